@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from tierlm.yaml_source import YamlDocument, load_yaml, load_yaml_file
 
@@ -154,21 +154,39 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     return _policy_from(load_yaml(text, source))
 
 
+def load_tenants(path: str | Path) -> dict[str, TenantConfig]:
+    """Read a tenants file (tenant name -> key_sha256 and budgets), kept apart from the policy
+    so keys can live in a Kubernetes Secret while the policy lives in a ConfigMap."""
+    document = load_yaml_file(path)
+    return _validated(document, _Tenants, "a mapping of tenant name to key_sha256 and budgets").root
+
+
+class _Tenants(RootModel[dict[str, TenantConfig]]):
+    pass
+
+
 def _policy_from(document: YamlDocument) -> Policy:
+    policy = _validated(document, Policy, "a mapping with tiers and cascade")
+    problems = [PolicyProblem(path, msg, document.line_of(path)) for path, msg in _cross_check(policy)]
+    if problems:
+        raise PolicyError(document.source, problems)
+    return policy
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validated(document: YamlDocument, model: type[_Model], expected: str) -> _Model:
     if not isinstance(document.data, dict):
-        raise PolicyError(document.source, [PolicyProblem((), "expected a mapping with tiers and cascade", 1)])
+        raise PolicyError(document.source, [PolicyProblem((), f"expected {expected}", 1)])
     try:
-        policy = Policy.model_validate(document.data)
+        return model.model_validate(document.data)
     except ValidationError as exc:
         problems = [
             PolicyProblem(tuple(err["loc"]), err["msg"], document.line_of(tuple(err["loc"])))
             for err in exc.errors()
         ]
         raise PolicyError(document.source, problems) from None
-    problems = [PolicyProblem(path, msg, document.line_of(path)) for path, msg in _cross_check(policy)]
-    if problems:
-        raise PolicyError(document.source, problems)
-    return policy
 
 
 def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:

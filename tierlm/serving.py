@@ -104,8 +104,9 @@ class _GuardInterceptor(grpc.aio.ServerInterceptor):
     handler's deserializer lets us answer INVALID_ARGUMENT, which is what the client did.
     """
 
-    def __init__(self, keys: KeyRing | None):
-        self._keys = keys
+    def __init__(self, config: ServerConfig):
+        # Read config.keys on every call: a router policy reload swaps the key ring.
+        self._config = config
 
     async def intercept_service(
         self,
@@ -116,11 +117,11 @@ class _GuardInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_streaming:
             return handler
         method = details.method
-        needs_key = self._keys is not None and not method.lstrip("/").startswith(_OPEN_SERVICES)
+        keys = self._config.keys
         tenant: str | None = ""
-        if needs_key:
+        if keys is not None and not method.lstrip("/").startswith(_OPEN_SERVICES):
             key = key_from_metadata(details.invocation_metadata)
-            tenant = self._keys.tenant_for(key) if key is not None else None
+            tenant = keys.tenant_for(key) if key is not None else None
 
         async def admit(request: Any, context: grpc.aio.ServicerContext) -> None:
             if tenant is None:
@@ -200,7 +201,7 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
             *config.extra_options,
         ]
-        server = grpc.aio.server(interceptors=[_GuardInterceptor(config.keys)], options=options)
+        server = grpc.aio.server(interceptors=[_GuardInterceptor(config)], options=options)
         for register in registrars:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

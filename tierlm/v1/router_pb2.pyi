@@ -78,3 +78,36 @@ class CompleteResponse(_message.Message):
     answer: _generator_pb2.GenerateResponse
     trace: RoutingTrace
     def __init__(self, answer: _Optional[_Union[_generator_pb2.GenerateResponse, _Mapping]] = ..., trace: _Optional[_Union[RoutingTrace, _Mapping]] = ...) -> None: ...
+
+class UsageRequest(_message.Message):
+    __slots__ = ("tenant", "since_unix_s")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    since_unix_s: float
+    def __init__(self, tenant: _Optional[str] = ..., since_unix_s: _Optional[float] = ...) -> None: ...
+
+class UsageResponse(_message.Message):
+    __slots__ = ("tenant", "requests", "answered", "cost", "prompt_tokens", "completion_tokens", "answers_by_tier")
+    class AnswersByTierEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_BY_TIER_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    requests: int
+    answered: int
+    cost: float
+    prompt_tokens: int
+    completion_tokens: int
+    answers_by_tier: _containers.ScalarMap[str, int]
+    def __init__(self, tenant: _Optional[str] = ..., requests: _Optional[int] = ..., answered: _Optional[int] = ..., cost: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., answers_by_tier: _Optional[_Mapping[str, int]] = ...) -> None: ...

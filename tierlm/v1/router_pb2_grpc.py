@@ -44,6 +44,11 @@ class RouterStub:
                 request_serializer=tierlm_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=tierlm_dot_v1_dot_router__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/tierlm.v1.Router/GetUsage',
+                request_serializer=tierlm_dot_v1_dot_router__pb2.UsageRequest.SerializeToString,
+                response_deserializer=tierlm_dot_v1_dot_router__pb2.UsageResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -61,6 +66,12 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +84,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.CompleteStream,
                     request_deserializer=tierlm_dot_v1_dot_router__pb2.CompleteRequest.FromString,
                     response_serializer=tierlm_dot_v1_dot_router__pb2.CompleteResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=tierlm_dot_v1_dot_router__pb2.UsageRequest.FromString,
+                    response_serializer=tierlm_dot_v1_dot_router__pb2.UsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +145,33 @@ class Router:
             '/tierlm.v1.Router/CompleteStream',
             tierlm_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
             tierlm_dot_v1_dot_router__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierlm.v1.Router/GetUsage',
+            tierlm_dot_v1_dot_router__pb2.UsageRequest.SerializeToString,
+            tierlm_dot_v1_dot_router__pb2.UsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
