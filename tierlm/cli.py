@@ -13,6 +13,7 @@ import tierlm
 # dependencies (torch, ray, ...) inside commands, so `tierlm --help` stays fast.
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("policy", "tierlm.commands.policy"),
+    ("router", "tierlm.commands.router"),
 ]
 
 app = typer.Typer(
@@ -39,3 +40,9 @@ def main(
 
 for _name, _module in COMMAND_GROUPS:
     app.add_typer(importlib.import_module(_module).app, name=_name)
+
+app.command("ask")(importlib.import_module("tierlm.commands.ask").ask)
+
+
+if __name__ == "__main__":
+    app()
