@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Extras the test suite needs.
-TEST_EXTRAS ?= dev
+TEST_EXTRAS ?= dev,router
 PYTEST_ARGS ?=
 
 .PHONY: test protos clean-venv

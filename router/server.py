@@ -329,18 +329,32 @@ async def serve(
     config: ServerConfig,
     ledger_path: Path,
     tenants_path: Path | None = None,
-    ready: Callable[[GrpcServer], None] | None = None,
+    ready: Callable[[GrpcServer, int | None], None] | None = None,
+    http_port: int | None = None,
 ) -> None:
-    """Run the router until SIGTERM/SIGINT; SIGHUP (or editing the files) reloads the policy."""
+    """Run the router until SIGTERM/SIGINT; SIGHUP (or editing the files) reloads the policy.
+
+    With `http_port`, an OpenAI-compatible HTTP API is served too (router/openai_http.py)."""
+    if http_port is not None and config.tls is not None:
+        raise ValueError("the OpenAI HTTP endpoint talks to the router over loopback without TLS; run it without --tls-cert")
     server, service = await start_router(policy_path, config, ledger_path, tenants_path)
+    http = None
+    if http_port is not None:
+        from tierlm.router.openai_http import build_app, serve_http
+
+        app = build_app(f"127.0.0.1:{server.port}", lambda: [t.name for t in service.policy.tiers])
+        http = await serve_http(app, config.host, http_port)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, service.reload)
     watcher = asyncio.create_task(service.watch_files())
     if ready is not None:
-        ready(server)
+        ready(server, http.servers[0].sockets[0].getsockname()[1] if http else None)
     try:
         await server.run_until_signal()
     finally:
+        if http is not None:
+            http.should_exit = True
+            await http.task
         watcher.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
         service.ledger.close()

@@ -21,6 +21,7 @@ def serve(
     policy: Path = typer.Option(..., "--policy", exists=True, dir_okay=False, help="Cascade policy YAML (reloaded on change and on SIGHUP)."),
     tenants: Path | None = typer.Option(None, "--tenants", exists=True, dir_okay=False, help="Extra tenants file: name -> key_sha256 and budgets."),
     port: int = typer.Option(50051, "--port", help="gRPC port of the Router service."),
+    http_port: int | None = typer.Option(None, "--http-port", help="Also serve an OpenAI-compatible HTTP API on this port."),
     ledger: Path = typer.Option(DEFAULT_LEDGER, "--ledger", help="SQLite cost ledger (created if missing)."),
     host: str = opt.HOST,
     metrics_port: int | None = opt.METRICS_PORT,
@@ -35,10 +36,13 @@ def serve(
 
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
 
-    def ready(server) -> None:
-        typer.echo(f"router listening on {host}:{server.port}" + (f", metrics on :{server.metrics_port}" if server.metrics_port else ""))
+    def ready(server, bound_http_port: int | None) -> None:
+        extras = [f"metrics on :{server.metrics_port}"] if server.metrics_port else []
+        extras += [f"OpenAI HTTP on :{bound_http_port}"] if bound_http_port else []
+        typer.echo(f"router listening on {host}:{server.port}" + "".join(f", {e}" for e in extras), err=True)
+        typer.echo(f"ROUTER_PORT {server.port}" + (f" HTTP_PORT {bound_http_port}" if bound_http_port else ""))
 
-    asyncio.run(run(policy, config, ledger, tenants, ready))
+    asyncio.run(run(policy, config, ledger, tenants, ready, http_port))
 
 
 @app.command("ledger")
