@@ -14,6 +14,8 @@ import tierlm
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("policy", "tierlm.commands.policy"),
     ("router", "tierlm.commands.router"),
+    ("cloud", "tierlm.commands.cloud"),
+    ("edge", "tierlm.commands.edge"),
 ]
 
 app = typer.Typer(

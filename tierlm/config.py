@@ -158,7 +158,7 @@ def load_tenants(path: str | Path) -> dict[str, TenantConfig]:
     """Read a tenants file (tenant name -> key_sha256 and budgets), kept apart from the policy
     so keys can live in a Kubernetes Secret while the policy lives in a ConfigMap."""
     document = load_yaml_file(path)
-    return _validated(document, _Tenants, "a mapping of tenant name to key_sha256 and budgets").root
+    return validate_document(document, _Tenants, "a mapping of tenant name to key_sha256 and budgets").root
 
 
 class _Tenants(RootModel[dict[str, TenantConfig]]):
@@ -166,7 +166,7 @@ class _Tenants(RootModel[dict[str, TenantConfig]]):
 
 
 def _policy_from(document: YamlDocument) -> Policy:
-    policy = _validated(document, Policy, "a mapping with tiers and cascade")
+    policy = validate_document(document, Policy, "a mapping with tiers and cascade")
     problems = [PolicyProblem(path, msg, document.line_of(path)) for path, msg in _cross_check(policy)]
     if problems:
         raise PolicyError(document.source, problems)
@@ -176,7 +176,8 @@ def _policy_from(document: YamlDocument) -> Policy:
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
-def _validated(document: YamlDocument, model: type[_Model], expected: str) -> _Model:
+def validate_document(document: YamlDocument, model: type[_Model], expected: str) -> _Model:
+    """Validate a parsed YAML file against `model`; PolicyError names each bad field's line."""
     if not isinstance(document.data, dict):
         raise PolicyError(document.source, [PolicyProblem((), f"expected {expected}", 1)])
     try:
