@@ -181,9 +181,12 @@ class RouterService(router_pb2_grpc.RouterServicer):
     # -- RPCs -------------------------------------------------------------------------------
 
     async def Complete(self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext):
-        async for reply in self._route(request, context, stream=False):
-            return reply
-        raise AssertionError("_route yields exactly one reply in unary mode")
+        replies = self._route(request, context, stream=False)
+        try:
+            return await anext(replies)
+        finally:
+            # Run _route's bookkeeping (ledger row, budget) now, not whenever the generator is collected.
+            await replies.aclose()
 
     async def CompleteStream(self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext):
         async for reply in self._route(request, context, stream=True):
@@ -257,9 +260,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
                         yield router_pb2.CompleteResponse(answer=chunk)
             else:
                 answer, trace = await generation.runner.complete(inner, cascade_plan, deadline)
+                if key is not None:
+                    generation.cache.put(key, answer)
+                # Complete() takes this reply and closes the generator: nothing may follow the yield.
                 yield router_pb2.CompleteResponse(answer=answer, trace=trace)
-            if key is not None and answer is not None and not stream:
-                generation.cache.put(key, answer)
         except CascadeError as exc:
             trace = exc.trace
             code = exc.code

@@ -270,3 +270,44 @@ def test_killed_tier_under_load_loses_nothing(loop, tiers, tmp_path):
     finally:
         edge.kill()
         edge.wait()
+
+
+def test_response_cache_answers_repeats_without_calling_tiers(loop, tiers, tmp_path):
+    router = Stack(loop, tmp_path, tiers["edge"][0].port, tiers["cloud"][0].port,
+                   cache={"enabled": True, "ttl_s": 60, "max_entries": 10})
+    try:
+        with router.client() as client:
+            first = client.complete("a tricky cached one", max_tokens=4)
+            calls = tiers["edge"][1].calls + tiers["cloud"][1].calls
+            again = client.complete("a tricky cached one", max_tokens=4)
+            assert tiers["edge"][1].calls + tiers["cloud"][1].calls == calls
+            assert (again.text, again.tier, again.cost) == (first.text, "cloud", 0.0)
+            assert again.trace.attempts[0].reason == "response cache hit"
+            client.complete("a tricky cached one", max_tokens=5)  # other parameters: a miss
+            assert tiers["edge"][1].calls + tiers["cloud"][1].calls > calls
+            sampled = [client.complete("an easy one", temperature=0.7) for _ in range(2)]  # no seed: never cached
+            assert all(s.trace.attempts[0].reason != "response cache hit" for s in sampled)
+    finally:
+        router.stop()
+
+
+def test_router_metrics(loop, tiers, tmp_path):
+    import urllib.request
+
+    from tierlm.router.server import RouterService  # noqa: F401 - metrics register on import
+
+    router = Stack(loop, tmp_path, tiers["edge"][0].port, tiers["cloud"][0].port)
+    try:
+        with router.client() as client:
+            client.complete("a tricky one")
+        from prometheus_client import REGISTRY, generate_latest
+
+        text = generate_latest(REGISTRY).decode()
+        assert 'tierlm_router_escalations_total{from_tier="edge",to_tier="cloud"}' in text
+        assert 'tierlm_router_answers_total{tier="cloud"}' in text
+        assert "tierlm_router_scorer_seconds_count" in text
+        assert 'tierlm_router_tier_seconds_count{ok="true",tier="edge"}' in text
+        assert 'tierlm_router_tenant_cost_total{tenant="acme"}' in text
+        assert 'tierlm_router_breaker_open{tier="edge"} 0.0' in text
+    finally:
+        router.stop()
