@@ -412,7 +412,7 @@ class Engine:
         seq.last_token_at = now
 
         reason = None
-        if token in self._eos:
+        if token in self._eos and not request.ignore_eos:
             delta, reason = seq.text.flush(), FinishReason.EOS
         else:
             delta = seq.text.add(token)

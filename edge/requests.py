@@ -32,6 +32,7 @@ class GenerationRequest:
       (tokenized on its own, without special tokens, so include a leading space if the
       label follows a space); the result carries every choice's summed log-probability and
       picks the highest. `max_tokens`, sampling and stop settings are ignored.
+    - `ignore_eos`: keep generating past end-of-sequence tokens (for benchmarks).
     """
 
     prompt: str | None = None
@@ -43,6 +44,7 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     logprobs: bool = False
     choices: Sequence[str] | None = None
+    ignore_eos: bool = False
     request_id: str = ""
 
 
