@@ -4,11 +4,6 @@ The inference engine is importable from here; names resolve lazily so that impor
 `tierlm.edge` (e.g. for its request types) does not load torch.
 """
 
-# This folder sits at the repository root but is only a package inside the tierlm namespace;
-# refusing the top-level name keeps a source checkout from shadowing unrelated `edge` modules.
-if __name__ != "tierlm.edge":
-    raise ImportError(f"{__name__!r} is not a module of its own; import tierlm.edge instead")
-
 import importlib
 
 _EXPORTS = {

@@ -30,8 +30,10 @@ def test_namespace_imports():
 
 
 @pytest.mark.parametrize("name", ["kernels", "edge", "cloud", "router"])
-def test_root_folders_are_not_top_level_modules(name):
-    # From the repo root, where the folders are on sys.path, they still refuse to import.
-    result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=REPO, capture_output=True, text=True)
+def test_root_folders_are_not_installed_as_top_level_modules(name, tmp_path):
+    # Outside the source tree, only the tierlm namespace exists. (Inside it, Python puts the
+    # working directory on sys.path, so the folders are visible to `python -c` there; they
+    # stay harmless: transformers' probe for a `kernels` package finds no version and skips it.)
+    result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode != 0
-    assert f"import tierlm.{name} instead" in result.stderr or "No module named" in result.stderr
+    assert f"No module named '{name}'" in result.stderr
