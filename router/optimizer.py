@@ -12,19 +12,24 @@ rejects are then a prefix of that sorted list. For depth 2 the accuracy and cost
 threshold are prefix sums (one sorted sweep, O(n log n)). For depth 3 the queries reaching
 stage 3 are those in the prefix of stage 1 *and* the prefix of stage 2, so accuracy and cost
 of every threshold pair are 2-D dominance sums, built row by row (row = stage-1 threshold)
-in vectorized blocks: O(K1 * K2) <= O(n^2) per order, with K the number of distinct scores.
+in vectorized blocks: O(K1 * K2) <= O(n^2) time per order and O(block_rows * n) memory.
 Within a row the cost never decreases as the stage-2 threshold rises (costs are >= 0), so
 a row's running maximum of accuracy gives every point of that row that is not dominated; the
 global frontier keeps, per number of correct answers, the cheapest point. Depth <= 3 is
 therefore the true optimum on the training split, for every budget at once.
 
+One exact pruning shrinks K: raising a threshold past a score that the tier answers
+correctly every time it occurs only escalates right answers (accuracy cannot rise, cost
+cannot fall, whatever the other stages do), so such thresholds are not tried. K becomes the
+number of distinct scores carrying an error, about n * (1 - tier accuracy).
+
 Pre-routing (optional, ``prerouting=True``; tiers need ``fail_prob``): the first stage may
 be skipped for queries whose ``fail_prob >= phi``. Depth 2: exact over every (phi, threshold)
-pair, the same 2-D sweep with phi as the row. Depth 3: phi takes at most ``preroute_grid``
-values (all distinct fail probabilities when there are no more than that, otherwise those
-closest above evenly spaced quantiles, i.e. skipping about 1/(G+1), ..., G/(G+1) of the
-queries), each searched exactly over both score thresholds: O(G * n^2) per order. Skipping
-every query is left out (it is the shorter cascade).
+pair, the same 2-D sweep with phi as the row (O(n * K) per order). Depth 3: phi takes at most
+``preroute_grid`` = G values (all distinct fail probabilities when there are no more, else
+the largest phi skipping at least k/(G+1) of the queries, k = 1..G), each searched exactly
+over both score thresholds: O(G * K1 * K2) per order, a documented search rather than the
+optimum. Skipping every query is left out (it is the shorter cascade).
 
 Ties: among equal accuracy the lower cost wins; among equal cost the shallower cascade
 (then the one found first) wins. Costs are compared with a relative tolerance of
@@ -158,8 +163,8 @@ def fit_frontier(
         raise ValueError("preroute_grid must be >= 1")
     stats = {t: _TierStats.of(data.tiers[t]) for t in names}
     best = _Best(data.n)
-    # Shallow before deep and plain before pre-routed: on exactly equal cost the first kept
-    # wins, so the simpler cascade is preferred.
+    # Shallow before deep and plain before pre-routed: on equal cost (within COST_RTOL) the
+    # first kept wins, so the simpler cascade is preferred.
     for depth in range(1, max_depth + 1):
         for order in itertools.permutations(names, depth):
             for sweep in _sweeps(order, stats, prerouting=False, preroute_grid=preroute_grid):

@@ -42,7 +42,7 @@ def all_policies(data: CascadeData, max_depth: int, prerouting: bool):
                 for phi in skips:
                     yield CascadePolicy(
                         order,
-                        dict(zip(order[:-1], map(float, combo))),
+                        dict(zip(order[:-1], map(float, combo), strict=True)),
                         {} if phi is None else {order[0]: float(phi)},
                     )
 
@@ -107,7 +107,7 @@ def test_frontier_matches_brute_force(seed: int, depth: int, prerouting: bool, d
     np.testing.assert_allclose([c for _, c in got], [c for _, c in want], rtol=1e-12)
 
     budgets = sorted({c for _, c in points}) + [max(c for _, c in points) * 2]
-    budgets += [(x + y) / 2 for x, y in zip(budgets, budgets[1:])]
+    budgets += [(x + y) / 2 for x, y in itertools.pairwise(budgets)]
     for budget in budgets:
         want_best = brute_best(points, budget)
         chosen = frontier.best_within(budget)
@@ -202,3 +202,27 @@ def test_blocks_do_not_change_the_result() -> None:
     one = fit_frontier(data, prerouting=True, block_rows=1)
     many = fit_frontier(data, prerouting=True, block_rows=1000)
     assert one == many
+
+
+def test_prerouting_without_fail_probabilities_changes_nothing() -> None:
+    data = random_split(1, n=30, dyadic=False)
+    stripped = CascadeData({name: TierOutcomes(t.correct, t.score, t.cost) for name, t in data.tiers.items()})
+    assert fit_frontier(stripped, prerouting=True) == fit_frontier(stripped)
+
+
+def test_coarse_preroute_grid_never_loses_to_plain_cascades() -> None:
+    # With more distinct fail probabilities than grid points depth 3 pre-routing is a
+    # search, not the optimum, but it only adds options: never worse at any budget.
+    data = random_split(2, n=80, dyadic=False)
+    data = CascadeData({
+        name: TierOutcomes(t.correct, t.score, t.cost, fail_prob=np.random.default_rng(7).random(80))
+        for name, t in data.tiers.items()
+    })
+    plain = fit_frontier(data)
+    routed = fit_frontier(data, prerouting=True, preroute_grid=2)
+    budgets = np.linspace(0, plain.points[-1].cost_per_query, 50)
+    routed_acc = np.nan_to_num(routed.accuracy_at(budgets), nan=-1)
+    assert (routed_acc >= np.nan_to_num(plain.accuracy_at(budgets), nan=-1)).all()
+    for point in routed.points:
+        real = evaluate_cascade(data, point.policy)
+        assert (real.accuracy, real.cost_per_query) == (point.accuracy, pytest.approx(point.cost_per_query, rel=1e-9))
