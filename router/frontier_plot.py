@@ -3,6 +3,7 @@ single tier, the oracle and any no-LLM baseline (e.g. ``knn-vote``) as points.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,12 @@ def _xy(point: Point) -> tuple[float, float]:
     if isinstance(point, tuple):
         return float(point[0]), float(point[1])
     return float(point.cost_per_query), float(point.accuracy)
+
+
+def _decades(low: float, high: float) -> list[float]:
+    """Powers of ten from the one at or above ``low`` to the one at or above ``high``; none
+    below ``low``, whose label would sit on top of the 0 tick."""
+    return [10.0**e for e in range(math.ceil(math.log10(low)), math.ceil(math.log10(high)) + 1)]
 
 
 def plot_cost_accuracy(
@@ -55,15 +62,15 @@ def plot_cost_accuracy(
     curve = sorted(_xy(p) for p in points)
     costs: list[float] = [c for c, _ in curve]
     if curve:
-        ax.plot(*zip(*curve, strict=True), drawstyle="steps-post", marker=".", markersize=3, label=frontier_label)
-    for name, point in (single_tiers or {}).items():
+        ax.plot(*zip(*curve, strict=True), drawstyle="steps-post", marker=".", markersize=3, color="C0",
+                label=frontier_label)
+    # Points take the colours after the frontier's, so none shares the line's colour.
+    marked = [("o", name, p) for name, p in (single_tiers or {}).items()]
+    marked += [("s", name, p) for name, p in (baselines or {}).items()]
+    for k, (marker, name, point) in enumerate(marked):
         c, a = _xy(point)
         costs.append(c)
-        ax.scatter([c], [a], marker="o", s=40, zorder=3, label=name)
-    for name, point in (baselines or {}).items():
-        c, a = _xy(point)
-        costs.append(c)
-        ax.scatter([c], [a], marker="s", s=40, zorder=3, label=name)
+        ax.scatter([c], [a], marker=marker, s=40, color=f"C{k % 9 + 1}", zorder=3, label=name)
     if oracle is not None:
         c, a = _xy(oracle)
         costs.append(c)
@@ -71,7 +78,8 @@ def plot_cost_accuracy(
     if log_x:
         positive = [c for c in costs if c > 0]
         if positive and len(positive) < len(costs):
-            ax.set_xscale("symlog", linthresh=min(positive))
+            ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
+            ax.set_xticks([0.0, *_decades(min(positive), max(positive))])
         elif positive:
             ax.set_xscale("log")
     ax.set_xlabel("mean cost per query")
@@ -79,7 +87,7 @@ def plot_cost_accuracy(
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -392,7 +392,7 @@ class _Best:
             tuple(
                 FrontierPoint(
                     policy=self.decoders[self.sweep[c]](int(self.k1[c]), int(self.k2[c])),
-                    accuracy=c / self.n,
+                    accuracy=float(c / self.n),
                     cost_per_query=float(self.cost[c] / self.n),
                 )
                 for c in keep
