@@ -11,9 +11,10 @@ from tierlm.router.cascade_eval import CascadeData, CascadePolicy, TierOutcomes,
 from tierlm.router.optimizer import COST_RTOL, InfeasibleBudgetError, fit_frontier, optimize
 
 
-def random_split(seed: int, n: int = 9, tiers: int = 3, dyadic: bool = True) -> CascadeData:
-    """Scores from a 5-value set (many ties); with ``dyadic`` every cost is a multiple of 1/4,
-    so all sums are exact and equal costs really are equal."""
+def random_split(seed: int, n: int = 9, tiers: int = 3, dyadic: bool = True, tied: bool = True) -> CascadeData:
+    """With ``tied`` scores come from a 5-value set (many ties), else every score differs;
+    with ``dyadic`` every cost is a multiple of 1/4, so all sums are exact and equal costs
+    really are equal."""
     rng = np.random.default_rng(seed)
     out = {}
     for k in range(tiers):
@@ -23,7 +24,7 @@ def random_split(seed: int, n: int = 9, tiers: int = 3, dyadic: bool = True) -> 
             cost = rng.uniform(0, 1, n) * (k + 1) * 1e-5
         out[f"t{k}"] = TierOutcomes(
             correct=rng.random(n) < 0.3 + 0.2 * k,
-            score=rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], n),
+            score=rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], n) if tied else rng.random(n),
             cost=cost,
             fail_prob=rng.choice([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], n),
         )
@@ -87,10 +88,19 @@ CASES = [
 
 @pytest.mark.parametrize(("seed", "depth", "prerouting", "dyadic"), CASES)
 def test_frontier_matches_brute_force(seed: int, depth: int, prerouting: bool, dyadic: bool) -> None:
-    data = random_split(seed, dyadic=dyadic)
+    check_against_brute_force(random_split(seed, dyadic=dyadic), depth, prerouting)
+
+
+def test_frontier_matches_brute_force_with_distinct_scores() -> None:
+    # Every score differs, so many threshold cuts are pruned as dominated and several rows
+    # fall into each block: the exact claim must survive both.
+    check_against_brute_force(random_split(11, n=16, dyadic=False, tied=False), 3, True, block_rows=4)
+
+
+def check_against_brute_force(data: CascadeData, depth: int, prerouting: bool, block_rows: int = 256) -> None:
     points = brute_points(data, depth, prerouting)
     # A large grid makes depth-3 pre-routing exhaustive on 6 distinct fail probabilities.
-    frontier = fit_frontier(data, max_depth=depth, prerouting=prerouting, preroute_grid=64)
+    frontier = fit_frontier(data, max_depth=depth, prerouting=prerouting, preroute_grid=64, block_rows=block_rows)
 
     for point in frontier.points:
         # Ties go to the simpler cascade: a stage accepting every query (threshold at the
@@ -106,8 +116,11 @@ def test_frontier_matches_brute_force(seed: int, depth: int, prerouting: bool, d
     assert [a for a, _ in got] == [a for a, _ in want]
     np.testing.assert_allclose([c for _, c in got], [c for _, c in want], rtol=1e-12)
 
-    budgets = sorted({c for _, c in points}) + [max(c for _, c in points) * 2]
-    budgets += [(x + y) / 2 for x, y in itertools.pairwise(budgets)]
+    # Every achievable cost (at most 100 of them, evenly spread), the midpoints between them
+    # and one above all: each is a budget some cascade meets exactly, or just misses.
+    costs = sorted({c for _, c in points})
+    costs = [costs[i] for i in np.unique(np.linspace(0, len(costs) - 1, 100).astype(int))]
+    budgets = costs + [costs[-1] * 2] + [(x + y) / 2 for x, y in itertools.pairwise(costs)]
     for budget in budgets:
         want_best = brute_best(points, budget)
         chosen = frontier.best_within(budget)
