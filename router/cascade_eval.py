@@ -208,7 +208,7 @@ def _check_known(data: CascadeData, order: tuple[str, ...]) -> None:
 
 
 def evaluate_cascade(data: CascadeData, policy: CascadePolicy) -> CascadeResult:
-    """Run ``policy`` on every query of ``data``, query by query semantics, vectorized."""
+    """What ``policy`` achieves on ``data``, following the conventions in the module docstring."""
     _check_known(data, policy.order)
     n = data.n
     pending = np.ones(n, dtype=bool)
