@@ -237,3 +237,10 @@ def test_names_fit_kubernetes_limits_for_the_longest_release_name(chart):
     # KubeRay refuses RayService names over 47 characters (RayCluster name limit minus suffix).
     assert len(rayservice["metadata"]["name"]) <= 47
     assert len(rayservice["metadata"]["name"] + "-serve-svc") <= 63
+
+
+def test_a_release_named_like_the_chart_is_not_repeated_in_names(chart):
+    # The README's commands use release "tierlm": its router is "tierlm-router".
+    objects = chart.render(release="tierlm")
+    assert chart.one(objects, "Service", "tierlm-router")
+    assert chart.one(objects, "RayService", "tierlm-cloud")
