@@ -3,7 +3,10 @@ which key is wrong."""
 
 from __future__ import annotations
 
+import json
+
 import helm_python
+import jsonschema
 import pytest
 
 REJECTED = [
@@ -62,3 +65,8 @@ def test_every_default_value_is_described_by_the_schema(chart):
 def test_the_defaults_and_every_value_set_satisfy_the_schema(chart, case):
     _, values = case
     helm_python.Chart.load(chart.path).validate_schema(chart.merge(chart.values, values))
+
+
+def test_the_schema_is_a_valid_draft_07_schema(chart):
+    """Helm 3 and Helm 4 read draft-07; a schema error would make Helm skip or refuse it."""
+    jsonschema.Draft7Validator.check_schema(json.loads((chart.path / "values.schema.json").read_text()))

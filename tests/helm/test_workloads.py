@@ -46,10 +46,16 @@ def test_tls_serves_certificates_and_probes_the_port_over_tcp(chart):
             # The kubelet's gRPC probe cannot do TLS; a TCP probe on the same port can.
             assert container[probe] == {**container[probe], "tcpSocket": {"port": grpc_port}}
             assert "grpc" not in container[probe]
-        mounted = {m["mountPath"] for m in container["volumeMounts"]}
-        assert "/etc/tierlm" in mounted or "/etc/tierlm/tls" in mounted
-        secrets = str(spec["volumes"])
-        assert "tierlm-tls" in secrets
+        # Each --tls-* file lies in a volume fed by the TLS Secret's key of the same name.
+        for path in (cert, key):
+            mount = max((m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")), key=lambda m: len(m["mountPath"]))
+            (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+            relative = path[len(mount["mountPath"]) + 1 :]
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] == "tierlm-tls" and relative == path.rsplit("/", 1)[1]
+            else:
+                items = [(s["secret"]["name"], i["key"], i["path"]) for s in volume["projected"]["sources"] if "secret" in s for i in s["secret"]["items"]]
+                assert ("tierlm-tls", relative.rsplit("/", 1)[1], relative) in items
 
 
 def test_no_container_runs_as_root(chart, case):
@@ -244,3 +250,19 @@ def test_a_release_named_like_the_chart_is_not_repeated_in_names(chart):
     objects = chart.render(release="tierlm")
     assert chart.one(objects, "Service", "tierlm-router")
     assert chart.one(objects, "RayService", "tierlm-cloud")
+
+
+def test_selectors_stay_stable_across_upgrades_and_common_labels_reach_every_object(chart):
+    """Selectors are immutable on Deployments and DaemonSets: they may hold only labels that never
+    change between releases (no chart version, no user labels)."""
+    objects = chart.render({"commonLabels": {"team": "ml-platform"}, "edge": {"podLabels": {"tier": "edge"}}})
+    for obj in objects:
+        assert obj["metadata"]["labels"]["team"] == "ml-platform", obj["metadata"]["name"]
+    stable = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
+    for obj in objects:
+        if obj["kind"] in {"Deployment", "DaemonSet", "PodDisruptionBudget"}:
+            assert set(obj["spec"]["selector"]["matchLabels"]) == stable
+        if obj["kind"] == "Service":
+            assert set(obj["spec"]["selector"]) == stable
+    edge = chart.one(objects, "Deployment", chart.EDGE)
+    assert edge["spec"]["template"]["metadata"]["labels"]["tier"] == "edge"
