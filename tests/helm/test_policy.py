@@ -96,9 +96,13 @@ def test_policy_passes_router_fields_through_unchanged(chart):
             {"router": {"policy": {"tiers": [{"name": "hosted", "cost": {}, "timeout_s": 1}], "cascade": {"order": ["hosted"]}}}},
             r"router.policy.tiers\[0\] \(hosted\): set address",
         ),
+        (
+            {"router": {"tenants": {"existingSecret": "prod", "items": {"acme": {"key_sha256": "ab" * 32}}}}},
+            r"router.tenants: set either existingSecret or items, not both",
+        ),
     ],
-    ids=["cloud-off-but-in-policy", "edge-off-but-in-policy", "duplicate-tier", "unknown-tier-in-order", "foreign-tier-without-address"],
+    ids=["cloud-off-but-in-policy", "edge-off-but-in-policy", "duplicate-tier", "unknown-tier-in-order", "foreign-tier-without-address", "two-tenant-sources"],
 )
-def test_policy_mistakes_fail_the_install_with_a_clear_message(chart, values, message):
+def test_config_mistakes_fail_the_install_with_a_clear_message(chart, values, message):
     with pytest.raises(helm_python.HelmRenderError, match=message):
         chart.render(values)
