@@ -22,12 +22,13 @@ def test_serve_config_runs_the_tierlm_app_with_grpc_ingress(chart, defaults):
     rayservice = chart.one(defaults, "RayService")
     config = serve_config(rayservice)
     (app,) = config["applications"]
-    assert app["import_path"] == "tierlm.cloud.app:app"
+    assert app["import_path"] == "tierlm.cloud.app:build_app"
     assert app["args"] == chart.values["cloud"]["serve"]["config"]  # builder args, unchanged
-    assert config["grpc_options"] == {
-        "port": 9000,
-        "grpc_servicer_functions": ["tierlm.v1.generator_pb2_grpc.add_GeneratorServicer_to_server"],
-    }
+    from tierlm.cloud.app import GRPC_SERVICER_FUNCTIONS
+    from tierlm.cloud.config import CloudConfig
+
+    CloudConfig.model_validate(app["args"])  # what build_app will accept
+    assert config["grpc_options"] == {"port": 9000, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS}
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
     head = groups(rayservice)[0]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in head["ports"]}
