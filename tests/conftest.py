@@ -1,4 +1,4 @@
-"""Tiny random Llama and Gemma 3 models, saved as HF folders, for the edge runtime tests."""
+"""Shared fixtures: tiny random Llama and Gemma 3 models saved as HF folders (edge, cloud, router tests)."""
 
 from __future__ import annotations
 
