@@ -33,21 +33,29 @@ def grid_params(
 
     Symmetric: ``s = max|w| / (2^(b-1) - 1)``, ``z = 2^(b-1)``. Asymmetric:
     ``s = (max - min) / (2^b - 1)``, ``z = round(-min / s)``. Either way every value in range is
-    within ``s/2`` of a grid point. ``s`` is rounded to ``scale_dtype`` *before* it is used, so the
-    codes are chosen against the scale that is actually stored.
+    within ``s/2`` of a grid point. ``s`` is rounded *up* to ``scale_dtype`` before it is used, so
+    the codes are chosen against the scale that is actually stored and the grid still spans the
+    group (rounding down could clip its extremes by more than half a step).
     """
     maxq = (1 << bits) - 1
     if symmetric:
         scale = w.abs().amax(-1) / ((1 << (bits - 1)) - 1)
     else:
         scale = (w.amax(-1) - w.amin(-1)) / maxq
-    tiny = torch.finfo(scale_dtype).tiny
-    scale = scale.clamp(min=tiny).to(scale_dtype).to(torch.float32)
+    scale = round_up_to(scale.clamp(min=torch.finfo(scale_dtype).tiny), scale_dtype)
     if symmetric:
         zero = torch.full_like(scale, float(1 << (bits - 1)))
     else:
         zero = torch.round(-w.amin(-1) / scale).clamp(0, maxq)
     return scale, zero
+
+
+def round_up_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Smallest ``dtype``-representable value ≥ ``x`` (elementwise), returned as float32."""
+    y = x.to(dtype)
+    low = y.to(torch.float32) < x
+    y = torch.where(low, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
+    return y.to(torch.float32)
 
 
 def quantize_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
