@@ -28,8 +28,13 @@ Backend = Literal["auto", "fast", "reference"]
 Kernel = Callable[[torch.Tensor], torch.Tensor]
 
 
-def fast_kernel(qt: QuantizedTensor) -> Kernel | None:
-    """The fast CPU kernel for ``qt``'s format, or None when there is none (or it is not installed)."""
+def fast_kernel(qt: QuantizedTensor, int4_accuracy_level: int = 4) -> Kernel | None:
+    """The fast CPU kernel for ``qt``'s format, or None when there is none (or it is not installed).
+
+    ``int4_accuracy_level``: 4 = MLAS quantizes activations to int8 per block (fastest, adds
+    ~1-3% relative output error on outlier-heavy inputs), 0 = float activations (exact to the
+    reference, 2-3x slower at batch 1); see bench/kernels_matmul.py.
+    """
     if isinstance(qt, Int8Tensor):
         from tierlm.kernels.ops.int8_mm import Int8MatMul
 
@@ -38,16 +43,23 @@ def fast_kernel(qt: QuantizedTensor) -> Kernel | None:
         from tierlm.kernels.ops.ort_nbits import ORT_BLOCK_SIZES, NBitsMatMul, ort_available
 
         if ort_available() and qt.group_size in ORT_BLOCK_SIZES:
-            return NBitsMatMul(qt)
+            return NBitsMatMul(qt, accuracy_level=int4_accuracy_level)
     return None
 
 
 class QuantLinear(nn.Module):
     """Drop-in for ``nn.Linear`` over a :class:`QuantizedTensor` weight."""
 
-    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None, backend: Backend = "auto") -> None:
+    def __init__(
+        self,
+        weight: QuantizedTensor,
+        bias: torch.Tensor | None = None,
+        backend: Backend = "auto",
+        int4_accuracy_level: int = 4,
+    ) -> None:
         super().__init__()
         self.qweight = weight
+        self.int4_accuracy_level = int4_accuracy_level
         self.out_features, self.in_features = weight.shape
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
         self._kernel: Kernel | None = None
@@ -64,7 +76,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"backend must be auto, fast or reference, got {value!r}")
         # Kernels are built here rather than on the first call so that a missing fast path is an
         # error at set-up time, and so that the (one-off) ORT session build is not in a timing.
-        self._kernel = None if value == "reference" else fast_kernel(self.qweight)
+        self._kernel = None if value == "reference" else fast_kernel(self.qweight, self.int4_accuracy_level)
         if value == "fast" and self._kernel is None:
             raise RuntimeError(f"no fast kernel for format {self.qweight.format!r} here")
         self._backend = value
