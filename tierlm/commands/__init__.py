@@ -1,0 +1,1 @@
+"""CLI command groups; each module exposes ``app``, registered by ``tierlm.cli``."""
