@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random Llama and Gemma 3 models saved as HF folders (edge, cloud, router tests)."""
+"""Shared fixtures: tiny random Llama and Gemma 3 HF folders, and a tiny llama GGUF with its conversion."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tiny_gguf import write_tiny_llama_gguf
 from tierlm.edge.tiny import build_model
 
 
@@ -34,3 +35,20 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny llama GGUF file."""
+    return write_tiny_llama_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GGUF converted into an HF folder by `write_hf_folder`."""
+    from tierlm import models
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    model, tokenizer = models.load_gguf(tiny_gguf)
+    models.write_hf_folder(model, tokenizer, folder)
+    return folder
