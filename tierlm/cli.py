@@ -16,6 +16,8 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("router", "tierlm.commands.router"),
     ("cloud", "tierlm.commands.cloud"),
     ("edge", "tierlm.commands.edge"),
+    ("model", "tierlm.commands.model"),
+    ("eval", "tierlm.commands.eval"),
 ]
 
 app = typer.Typer(
