@@ -61,7 +61,9 @@ class LLMServer:
         await self.engine.shutdown()
 
 
-@serve.deployment(max_ongoing_requests=1024)
+# The ingress only forwards; reserving no CPU keeps a whole core for the model replicas on
+# small machines (Ray would otherwise hold one logical CPU per ingress replica).
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
 class GeneratorIngress:
     """The Generator service as Ray Serve's gRPC proxy sees it: methods named after the rpcs."""
 

@@ -1,0 +1,159 @@
+"""Cloud tier throughput: output tokens/s at 1/8/32 concurrent requests through Serve's gRPC proxy.
+
+Same run, same model, same prompts, compared against
+  - `hf-generate-sequential`: transformers' greedy `generate`, one request after another;
+  - `bare-<engine>@N`: the same engine in this process without Ray Serve (Serve's overhead).
+
+    python bench/cloud.py --model ~/.cache/tierlm/models/gemma-3-270m --engine torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.results_io import write_results  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tierlm.v1 import generator_pb2  # noqa: E402
+
+BASELINE = "hf-generate-sequential"
+TOPICS = ["gold prices", "the central bank", "oil futures", "tech shares", "the dollar", "bond yields", "copper", "wheat"]
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Write a short market note about {TOPICS[i % len(TOPICS)]} (note {i}):" for i in range(n)]
+
+
+def hf_sequential(model_dir: Path, items: list[str], max_tokens: int, threads: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokens, latencies = 0, []
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for prompt in items:
+            begin = time.perf_counter()
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            out = model.generate(ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+            tokens += out.shape[1] - ids.shape[1]
+            latencies.append((time.perf_counter() - begin) * 1e3)
+    return _row(BASELINE, 1, tokens, time.perf_counter() - started, latencies)
+
+
+def _row(name: str, concurrency: int, tokens: int, seconds: float, latencies: list[float]) -> dict:
+    return {
+        "name": name,
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "decode_tok_s": round(tokens / seconds, 2),
+        "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
+        "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
+    }
+
+
+def request(prompt: str, max_tokens: int) -> generator_pb2.GenerateRequest:
+    return generator_pb2.GenerateRequest(prompt=prompt, max_tokens=max_tokens)
+
+
+def through_serve(address: str, items: list[str], concurrency: int, max_tokens: int, name: str) -> dict:
+    import grpc
+
+    from tierlm.v1 import generator_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        stub.Generate(request(items[0], 4), timeout=300)  # warm-up
+
+        def one(prompt: str) -> tuple[int, float]:
+            begin = time.perf_counter()
+            reply = stub.Generate(request(prompt, max_tokens), timeout=600)
+            return reply.usage.completion_tokens, (time.perf_counter() - begin) * 1e3
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, items))
+    return _row(name, concurrency, sum(t for t, _ in results), time.perf_counter() - started, [ms for _, ms in results])
+
+
+def bare_engine(config, items: list[str], concurrency: int, max_tokens: int, name: str) -> dict:
+    from tierlm.cloud.engines import make_engine
+
+    engine = make_engine(config.models[0], "cloud")
+    engine.start()
+
+    async def run() -> dict:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(prompt: str) -> tuple[int, float]:
+            async with gate:
+                begin = time.perf_counter()
+                reply = await engine.generate(request(prompt, max_tokens))
+                return reply.usage.completion_tokens, (time.perf_counter() - begin) * 1e3
+
+        await engine.generate(request(items[0], 4))
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one(p) for p in items))
+        row = _row(name, concurrency, sum(t for t, _ in results), time.perf_counter() - started, [ms for _, ms in results])
+        await engine.shutdown()
+        return row
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("~/.cache/tierlm/models/gemma-3-270m").expanduser())
+    parser.add_argument("--engine", choices=["torch", "vllm"], default="torch")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    from tierlm.cloud.config import CloudConfig
+    from tierlm.cloud.runner import start_cloud, stop_cloud
+
+    engine_options = {"threads": args.threads, "max_batch": max(args.concurrency), "max_queue": 4 * max(args.concurrency)}
+    if args.engine == "vllm":
+        engine_options = {"enforce_eager": True}
+    config = CloudConfig(
+        models=[{"name": args.model.name, "path": str(args.model), "engine": args.engine, "engine_options": engine_options,
+                 "max_ongoing_requests": 4 * max(args.concurrency)}],
+        grpc_port=free_port(), http_port=free_port(),
+    )
+    items = prompts(args.requests)
+    rows = [hf_sequential(args.model, items[: max(4, args.requests // 4)], args.max_tokens, args.threads)]
+    for concurrency in args.concurrency:
+        rows.append(bare_engine(config, items, concurrency, args.max_tokens, f"bare-{args.engine}@{concurrency}"))
+    endpoints = start_cloud(config, num_cpus=args.threads)
+    try:
+        for concurrency in args.concurrency:
+            rows.append(through_serve(endpoints.grpc_address, items, concurrency, args.max_tokens, f"serve-{args.engine}@{concurrency}"))
+    finally:
+        stop_cloud()
+    baseline = rows[0]["decode_tok_s"]
+    for row in rows:
+        row[f"speedup_vs_{BASELINE}"] = round(row["decode_tok_s"] / baseline, 2)
+    table = Table(title=f"cloud tier, {args.model.name}, {args.threads} threads, {args.max_tokens} tokens/request")
+    columns = ["name", "concurrency", "requests", "decode_tok_s", "latency_ms_p50", "latency_ms_p95", f"speedup_vs_{BASELINE}"]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    Console().print(table)
+    print(write_results("cloud", rows, model=args.model.name, engine=args.engine, threads=args.threads))
+
+
+if __name__ == "__main__":
+    main()
