@@ -46,11 +46,13 @@ class RMSNorm(nn.Module):
 class KVCache(nn.Module):
     """Keys and values of `max_batch` slots × `max_seq_len` positions for one layer."""
 
-    def __init__(self, max_batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype):
+    def __init__(
+        self, max_batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
         super().__init__()
         shape = (max_batch, num_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, batch: BatchLayout, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write rows' new keys/values ([B, H, T, D]) at their positions; return the visible range."""
@@ -181,15 +183,23 @@ class Transformer(nn.Module):
         if not dtype.is_floating_point:  # a quantized embedding: keep the cache in float32
             dtype = torch.float32
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
-        c = self.config
+        c, device = self.config, self.device
         for layer in self.layers:
-            layer.self_attn.kv_cache = KVCache(max_batch, c.num_kv_heads, max_seq_len, c.head_dim, dtype)
-        self._rope = {theta: _rope_table(theta, c.head_dim, max_seq_len, dtype) for theta in set(c.rope_theta)}
+            layer.self_attn.kv_cache = KVCache(max_batch, c.num_kv_heads, max_seq_len, c.head_dim, dtype, device)
+        self._rope = {
+            theta: tuple(t.to(device) for t in _rope_table(theta, c.head_dim, max_seq_len, dtype))
+            for theta in set(c.rope_theta)
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
 
     def forward(self, tokens: Tensor, positions: Tensor, slots: Tensor, logits: LogitsMode = "all") -> Tensor | None:
         """Run rows of tokens through the model, writing their keys/values into the cache.
 
-        tokens, positions: [B, T] (every row of one call has the same T); slots: [B], distinct.
+        tokens, positions: [B, T] (every row of one call has the same T); slots: [B], distinct;
+        all on the model's device.
         A row must have written all positions before its first one in earlier calls.
         Returns logits [B, T, V] ("all"), [B, 1, V] ("last", the next-token prediction of each
         row) or None ("none": a prefill chunk whose predictions nobody reads skips the output layer).
@@ -223,14 +233,14 @@ def _layout(slots: Tensor, positions: Tensor, window: int | None) -> BatchLayout
     """
     key_end = int(positions.max()) + 1
     key_start = 0 if window is None else max(0, int(positions.min()) - window + 1)
-    keys = torch.arange(key_start, key_end)
+    keys = torch.arange(key_start, key_end, device=positions.device)
     q = positions[..., None]
     mask = keys <= q
     if window is not None:
         mask &= q - keys < window
-    first = int(slots[0])
-    contiguous = bool(torch.equal(slots, torch.arange(first, first + len(slots))))
-    select: slice | Tensor = slice(first, first + len(slots)) if contiguous else slots
+    ids = slots.tolist()
+    contiguous = ids == list(range(ids[0], ids[0] + len(ids)))
+    select: slice | Tensor = slice(ids[0], ids[0] + len(ids)) if contiguous else slots
     return BatchLayout(slots, positions, select, key_start, key_end, mask.unsqueeze(1))
 
 
@@ -248,7 +258,7 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transformer:
     """Load an HF model folder (config.json + *.safetensors) into a `Transformer` (no cache yet)."""
     from safetensors.torch import load_file
 
@@ -271,7 +281,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Transfor
         raise ValueError(f"checkpoint does not match the architecture: missing {missing}, unexpected {unexpected}")
     if config.tie_word_embeddings:  # assign=True replaced the parameter object: tie again
         model.lm_head.weight = model.embed_tokens.weight
-    return model.eval()
+    return model.to(device).eval()
 
 
 def _our_name(hf_name: str) -> str:
