@@ -271,3 +271,30 @@ def test_close_without_drain_cancels(llama_dir):
         return await asyncio.gather(*pending)
 
     assert [r.finish_reason for r in run(scenario())] == [FinishReason.CANCELLED] * 2
+
+
+def test_long_prefill_is_chunked_between_decode_steps(engine):
+    """While a long prompt is fed, a running stream keeps getting a token per chunk."""
+    long_prompt = " ".join(PROMPTS[:3]) * 3
+    prompt_tokens = len(engine.tokenizer.encode(long_prompt))
+    assert 80 <= prompt_tokens < MAX_SEQ
+    order: list[str] = []
+
+    async def consume(name: str, request: GenerationRequest, started: asyncio.Event | None = None):
+        async for event in engine.stream(request):
+            order.append(name)
+            if started is not None and len(order) == 2:
+                started.set()
+
+    async def scenario():
+        started = asyncio.Event()
+        runner = asyncio.ensure_future(consume("a", GenerationRequest(prompt="Gold", max_tokens=60, ignore_eos=True), started))
+        await started.wait()
+        order.append("submit")
+        await consume("b", GenerationRequest(prompt=long_prompt, max_tokens=1))
+        await runner
+
+    run(scenario())
+    during_prefill = order[order.index("submit") : order.index("b")].count("a")
+    chunks = -(-prompt_tokens // engine.prefill_chunk)
+    assert during_prefill >= chunks - 2  # one decode step per prompt chunk, give or take the edges
