@@ -47,7 +47,13 @@ class KVCache(nn.Module):
     """Keys and values of `max_batch` slots × `max_seq_len` positions for one layer."""
 
     def __init__(
-        self, max_batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
+        self,
+        max_batch: int,
+        num_kv_heads: int,
+        max_seq_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         super().__init__()
         shape = (max_batch, num_kv_heads, max_seq_len, head_dim)
@@ -206,7 +212,10 @@ class Transformer(nn.Module):
         """
         if not self._rope:
             raise RuntimeError("call setup_cache() before forward()")
-        ropes = {theta: (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)) for theta, (cos, sin) in self._rope.items()}
+        ropes = {
+            theta: (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
+            for theta, (cos, sin) in self._rope.items()
+        }
         layouts = {w: _layout(slots, positions, w) for w in set(self.config.sliding_window)}
         x = self.embed_tokens(tokens)
         if self.config.embed_scale is not None:

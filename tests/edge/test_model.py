@@ -88,11 +88,23 @@ def test_sliding_window_is_applied(gemma_dir):
 def test_config_reads_transformers4_gemma3_spelling():
     """The real Gemma 3 270M config.json as transformers 4 wrote it."""
     hf = {
-        "model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
-        "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
-        "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": None,
-        "query_pre_attn_scalar": 256, "sliding_window": 512, "sliding_window_pattern": 6,
+        "model_type": "gemma3_text",
+        "vocab_size": 262144,
+        "hidden_size": 640,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 18,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": None,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 512,
+        "sliding_window_pattern": 6,
         "eos_token_id": [1, 106],
     }
     config = ModelConfig.from_hf(hf)
@@ -107,7 +119,14 @@ def test_config_reads_transformers4_gemma3_spelling():
 def test_config_rejects_what_it_cannot_run():
     with pytest.raises(ValueError, match="model_type"):
         ModelConfig.from_hf({"model_type": "gpt2"})
-    llama = {"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8,
-             "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    llama = {
+        "model_type": "llama",
+        "vocab_size": 8,
+        "hidden_size": 8,
+        "intermediate_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0},
+    }
     with pytest.raises(ValueError, match="rope type"):
         ModelConfig.from_hf(llama)
