@@ -285,7 +285,7 @@ def test_long_prefill_is_chunked_between_decode_steps(engine):
     order: list[str] = []
 
     async def consume(name: str, request: GenerationRequest, started: asyncio.Event | None = None):
-        async for event in engine.stream(request):
+        async for _event in engine.stream(request):
             order.append(name)
             if started is not None and len(order) == 2:
                 started.set()
