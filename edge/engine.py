@@ -167,7 +167,7 @@ class Engine:
         self._eos = frozenset(model.config.eos_token_ids) | (
             {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         )
-        model.setup_cache(max_batch, self.max_seq_len)
+        model.setup_cache(max_batch, self.max_seq_len, max_chunk=prefill_chunk)
 
         self._cv = threading.Condition()
         self._waiting: deque[_Sequence] = deque()

@@ -18,9 +18,7 @@ def pair(model_dir):
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ours = load_model(model_dir)
-    ours.setup_cache(max_batch=4, max_seq_len=64)
-    return hf, ours
+    return hf, load_model(model_dir)
 
 
 def _tokens(seed: int, vocab: int, n: int = SEQ) -> torch.Tensor:
@@ -30,16 +28,28 @@ def _tokens(seed: int, vocab: int, n: int = SEQ) -> torch.Tensor:
 @torch.inference_mode()
 def test_logits_match_transformers(pair):
     hf, ours = pair
+    ours.setup_cache(max_batch=4, max_seq_len=64)  # one 40-token chunk: linear caches only
     ids = _tokens(0, ours.config.vocab_size)
     expected = hf(ids).logits
     got = ours(ids, torch.arange(SEQ)[None], torch.tensor([2]))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+def _ring_cache(ours: Transformer, max_batch: int = 4) -> None:
+    """Chunks of at most 8 tokens: the tiny Gemma's window-6 layers get 13-entry rings."""
+    ours.setup_cache(max_batch=max_batch, max_seq_len=64, max_chunk=8)
+    for layer in ours.layers:
+        expected = 6 + 8 - 1 if layer.sliding_window else 64
+        assert layer.self_attn.kv_cache.k.shape[2] == expected
+
+
 @torch.inference_mode()
 def test_chunked_prefill_and_decode_match_one_shot(pair):
     hf, ours = pair
+    _ring_cache(ours)
     ids = _tokens(1, ours.config.vocab_size)
+    with pytest.raises(ValueError, match="max_chunk"):
+        ours(ids[:, :9], torch.arange(9)[None], torch.tensor([3]))
     expected = hf(ids).logits[0]
     rows = []
     for start in range(0, 30, 7):  # chunks of 7 prompt tokens, logits of each chunk
@@ -54,10 +64,13 @@ def test_chunked_prefill_and_decode_match_one_shot(pair):
 def test_batched_rows_at_different_positions(pair):
     """Rows of one decode step live in non-adjacent slots at different lengths."""
     hf, ours = pair
-    lengths = {0: 25, 2: 9, 3: 33}  # slot -> tokens already in the cache
+    _ring_cache(ours)
+    lengths = {0: 25, 2: 9, 3: 33}  # slot -> tokens already in the cache (rings wrapped or not)
     seqs = {slot: _tokens(10 + slot, ours.config.vocab_size, n + 1) for slot, n in lengths.items()}
     for slot, n in lengths.items():
-        ours(seqs[slot][:, :n], torch.arange(n)[None], torch.tensor([slot]), logits="none")
+        for start in range(0, n, 8):
+            end = min(start + 8, n)
+            ours(seqs[slot][:, start:end], torch.arange(start, end)[None], torch.tensor([slot]), logits="none")
     slots = list(lengths)
     tokens = torch.cat([seqs[s][:, -1:] for s in slots])
     positions = torch.tensor([[lengths[s]] for s in slots])
