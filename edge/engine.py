@@ -5,10 +5,11 @@ One dedicated thread owns the model. Each iteration of its loop
 1. drops requests whose consumer went away (cancel, deadline) and frees their slots,
 2. admits waiting requests into free KV-cache slots,
 3. runs one decode step for every request that is generating (one batched forward), and
-4. feeds at most one chunk (`prefill_chunk` tokens) of one admitted prompt,
+4. feeds admitted prompts, oldest first, at most `prefill_chunk` tokens in all (a long
+   prompt takes several iterations; several short ones can share one),
 
-so requests join and leave the running batch at token granularity, and a long prompt delays
-running streams by one chunk per token at most. Callers use the asyncio API
+so requests join and leave the running batch at token granularity, and prompts delay running
+streams by one chunk's worth of compute per token at most. Callers use the asyncio API
 (`Engine.stream`, `Engine.generate`); results cross from the thread to the event loop with
 `call_soon_threadsafe`.
 """
@@ -22,7 +23,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -36,6 +39,7 @@ from tierlm.edge.text import TextAssembler
 
 Event = TokenDelta | Completion
 _Sink = Callable[[Event | BaseException], None]
+T = TypeVar("T")
 
 
 class _Phase(enum.Enum):
@@ -324,9 +328,12 @@ class Engine:
         decoding = sorted((s for s in self._running if s.phase is _Phase.DECODE), key=lambda s: s.slot)
         if decoding:
             self._guarded(decoding, lambda: self._decode_step(decoding))
-        feeding = next((s for s in self._running if s.phase in (_Phase.PREFILL, _Phase.SCORING)), None)
-        if feeding is not None:
-            self._guarded([feeding], lambda: self._feed_chunk(feeding))
+        budget = self.prefill_chunk
+        for seq in [s for s in self._running if s.phase in (_Phase.PREFILL, _Phase.SCORING)]:
+            fed = self._guarded([seq], partial(self._feed_chunk, seq, budget))
+            budget -= fed or budget  # a failed step ends this iteration's feeding
+            if budget <= 0:
+                break
         return True
 
     def _reap_cancelled(self) -> None:
@@ -344,14 +351,15 @@ class Engine:
                 self._running.append(seq)
                 self._prompt_tokens += len(seq.prepared.prompt_ids)
 
-    def _guarded(self, seqs: list[_Sequence], step: Callable[[], None]) -> None:
+    def _guarded(self, seqs: list[_Sequence], step: Callable[[], T]) -> T | None:
         """Run a model step; if it raises, fail only the requests it served and carry on."""
         try:
-            step()
+            return step()
         except Exception as e:  # noqa: BLE001 - reported to each affected caller
             for seq in seqs:
                 if seq in self._running:
                     self._fail(seq, e)
+            return None
 
     def _decode_step(self, seqs: list[_Sequence]) -> None:
         dev = self.device
@@ -364,8 +372,9 @@ class Engine:
             seq.pos += 1
             self._emit(seq, row)
 
-    def _feed_chunk(self, seq: _Sequence) -> None:
-        chunk, seq.feed = seq.feed[: self.prefill_chunk], seq.feed[self.prefill_chunk :]
+    def _feed_chunk(self, seq: _Sequence, limit: int) -> int:
+        """Feed up to `limit` of `seq`'s pending tokens; return how many were fed."""
+        chunk, seq.feed = seq.feed[:limit], seq.feed[limit:]
         scoring, last = seq.phase is _Phase.SCORING, not seq.feed
         n = len(chunk)
         dev = self.device
@@ -389,6 +398,7 @@ class Engine:
             self._next_choice(seq)
         elif last:
             self._emit(seq, logits[0, -1])
+        return n
 
     def _next_choice(self, seq: _Sequence) -> None:
         """Queue the next multi-token choice's continuation, or finish when none is left."""
