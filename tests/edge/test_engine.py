@@ -371,3 +371,13 @@ def test_a_failing_step_fails_its_requests_and_the_engine_carries_on(small_engin
 
     assert run(scenario()).completion_tokens == 3
     assert small_engine.health().ok and small_engine.stats().requests_failed == 1
+
+
+def test_generation_stops_when_the_context_is_full(small_engine):
+    prompt = " ".join(PROMPTS[:3]) * 3
+    prompt_tokens = len(small_engine.tokenizer.encode(prompt))
+    assert MAX_SEQ - 40 < prompt_tokens < MAX_SEQ
+    result = run(small_engine.generate(GenerationRequest(prompt=prompt, max_tokens=1000, ignore_eos=True)))
+    assert result.finish_reason is FinishReason.LENGTH
+    # Positions 0..MAX_SEQ-1 hold the prompt and all but the last generated token.
+    assert result.prompt_tokens + result.completion_tokens == MAX_SEQ + 1
