@@ -26,7 +26,7 @@ from pathlib import Path
 PROMPT = "Gold prices fell sharply after the central bank raised rates, and traders said"
 
 
-def machine(threads: int) -> str:
+def machine(threads: int, device: str) -> str:
     cpu = platform.processor() or "cpu"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -35,7 +35,10 @@ def machine(threads: int) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads={threads}"
+    import torch
+
+    gpu = f" | {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch threads={threads}{gpu}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,7 +71,9 @@ def bench_model(name: str, path: Path, args) -> list[dict]:
     from tierlm.edge import Engine
 
     t0 = time.perf_counter()
-    engine = Engine.from_pretrained(path, max_batch=max(args.concurrency), threads=args.threads, max_seq_len=256)
+    engine = Engine.from_pretrained(
+        path, max_batch=max(args.concurrency), threads=args.threads, max_seq_len=256, device=args.device
+    )
     load_s = time.perf_counter() - t0
     rows = []
     try:
@@ -87,6 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per stream")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "edge_engine.json")
     args = parser.parse_args()
 
@@ -107,7 +113,7 @@ def main() -> None:
 
     result = {
         "bench": "edge_engine",
-        "machine": machine(args.threads),
+        "machine": machine(args.threads, args.device),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "rows": rows,

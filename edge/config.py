@@ -110,7 +110,9 @@ class ModelConfig:
         rope = hf.get("rope_parameters") or {}
         # transformers 5 nests per layer type; transformers 4 has rope_theta (global) and
         # rope_local_base_freq (sliding layers), with rope_scaling applying to global layers.
-        global_theta = _rope_theta(rope.get("full_attention"), hf.get("rope_scaling"), hf.get("rope_theta"), 1_000_000.0)
+        global_theta = _rope_theta(
+            rope.get("full_attention"), hf.get("rope_scaling"), hf.get("rope_theta"), 1_000_000.0
+        )
         local_theta = _rope_theta(rope.get("sliding_attention"), None, hf.get("rope_local_base_freq"), 10_000.0)
         window = int(hf.get("sliding_window") or 4096)
         thetas, windows = [], []

@@ -5,10 +5,11 @@ One dedicated thread owns the model. Each iteration of its loop
 1. drops requests whose consumer went away (cancel, deadline) and frees their slots,
 2. admits waiting requests into free KV-cache slots,
 3. runs one decode step for every request that is generating (one batched forward), and
-4. feeds at most one chunk (`prefill_chunk` tokens) of one admitted prompt,
+4. feeds admitted prompts, oldest first, at most `prefill_chunk` tokens in all (a long
+   prompt takes several iterations; several short ones can share one),
 
-so requests join and leave the running batch at token granularity, and a long prompt delays
-running streams by one chunk per token at most. Callers use the asyncio API
+so requests join and leave the running batch at token granularity, and prompts delay running
+streams by one chunk's worth of compute per token at most. Callers use the asyncio API
 (`Engine.stream`, `Engine.generate`); results cross from the thread to the event loop with
 `call_soon_threadsafe`.
 """
@@ -22,7 +23,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -36,6 +39,7 @@ from tierlm.edge.text import TextAssembler
 
 Event = TokenDelta | Completion
 _Sink = Callable[[Event | BaseException], None]
+T = TypeVar("T")
 
 
 class _Phase(enum.Enum):
@@ -48,7 +52,7 @@ class _Phase(enum.Enum):
 class _Sequence:
     """The engine thread's state of one request."""
 
-    def __init__(self, prepared: PreparedRequest, sink: _Sink, tokenizer) -> None:
+    def __init__(self, prepared: PreparedRequest, sink: _Sink, tokenizer, device: torch.device) -> None:
         request = prepared.request
         self.prepared = prepared
         self.request = request
@@ -62,7 +66,7 @@ class _Sequence:
         self.next_token = -1  # last sampled token, fed by the next decode step
         self.output_ids: list[int] = []
         self.logprobs: list[float] | None = [] if request.logprobs else None
-        self.generator = torch.Generator().manual_seed(prepared.seed) if request.temperature > 0 else None
+        self.generator = torch.Generator(device).manual_seed(prepared.seed) if request.temperature > 0 else None
         self.text = TextAssembler(tokenizer, prepared.prompt_ids, prepared.stop)
         self.first_token_at: float | None = None
         self.last_token_at = 0.0
@@ -127,7 +131,7 @@ class Engine:
     """Continuous-batching text generation over a `Transformer` with a slotted KV cache.
 
     Args:
-        model: the decoder (its cache is (re)allocated here).
+        model: the decoder, on the device the engine computes on (its cache is (re)allocated here).
         tokenizer: an HF tokenizer for the model.
         max_batch: requests decoded together (KV-cache slots).
         max_queue: admitted requests that may wait for a slot; beyond that `QueueFull`.
@@ -161,12 +165,13 @@ class Engine:
         self.max_seq_len = max_seq_len or min(model.config.max_position_embeddings, 2048)
         self.prefill_chunk = prefill_chunk
         self.threads = threads
+        self.device = model.device
         self.observer = observer or EngineObserver()
         self._preparer = RequestPreparer(tokenizer, self.max_seq_len, max_choices)
         self._eos = frozenset(model.config.eos_token_ids) | (
             {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         )
-        model.setup_cache(max_batch, self.max_seq_len)
+        model.setup_cache(max_batch, self.max_seq_len, max_chunk=prefill_chunk)
 
         self._cv = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
@@ -183,11 +188,13 @@ class Engine:
         self._thread.start()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, **kwargs) -> Engine:
+    def from_pretrained(
+        cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **kwargs
+    ) -> Engine:
         """Load an HF model folder (config.json, safetensors, tokenizer files) and start an engine."""
         from transformers import AutoTokenizer
 
-        return cls(load_model(path, dtype), AutoTokenizer.from_pretrained(str(path)), **kwargs)
+        return cls(load_model(path, dtype, device), AutoTokenizer.from_pretrained(str(path)), **kwargs)
 
     # ---- the caller's side (event loop) ----
 
@@ -204,7 +211,7 @@ class Engine:
         def sink(item: Event | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        seq = _Sequence(prepared, sink, self.tokenizer)
+        seq = _Sequence(prepared, sink, self.tokenizer, self.device)
         self._submit(seq)
         return RequestStream(self, seq, queue)
 
@@ -261,6 +268,12 @@ class Engine:
         """`close` without blocking the event loop (streams keep flowing while draining)."""
         await asyncio.to_thread(self.close, drain, timeout)
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def _submit(self, seq: _Sequence) -> None:
         with self._cv:
             if self._fatal is not None:
@@ -314,10 +327,13 @@ class Engine:
         self._admit()
         decoding = sorted((s for s in self._running if s.phase is _Phase.DECODE), key=lambda s: s.slot)
         if decoding:
-            self._guarded(decoding, self._decode_step, decoding)
-        feeding = next((s for s in self._running if s.phase in (_Phase.PREFILL, _Phase.SCORING)), None)
-        if feeding is not None:
-            self._guarded([feeding], self._feed_chunk, feeding)
+            self._guarded(decoding, lambda: self._decode_step(decoding))
+        budget = self.prefill_chunk
+        for seq in [s for s in self._running if s.phase in (_Phase.PREFILL, _Phase.SCORING)]:
+            fed = self._guarded([seq], partial(self._feed_chunk, seq, budget))
+            budget -= fed or budget  # a failed step ends this iteration's feeding
+            if budget <= 0:
+                break
         return True
 
     def _reap_cancelled(self) -> None:
@@ -335,40 +351,44 @@ class Engine:
                 self._running.append(seq)
                 self._prompt_tokens += len(seq.prepared.prompt_ids)
 
-    def _guarded(self, seqs: list[_Sequence], step: Callable, arg) -> None:
+    def _guarded(self, seqs: list[_Sequence], step: Callable[[], T]) -> T | None:
         """Run a model step; if it raises, fail only the requests it served and carry on."""
         try:
-            step(arg)
+            return step()
         except Exception as e:  # noqa: BLE001 - reported to each affected caller
             for seq in seqs:
                 if seq in self._running:
                     self._fail(seq, e)
+            return None
 
     def _decode_step(self, seqs: list[_Sequence]) -> None:
-        tokens = torch.tensor([[s.next_token] for s in seqs])
-        positions = torch.tensor([[s.pos] for s in seqs])
-        slots = torch.tensor([s.slot for s in seqs])
+        dev = self.device
+        tokens = torch.tensor([[s.next_token] for s in seqs], device=dev)
+        positions = torch.tensor([[s.pos] for s in seqs], device=dev)
+        slots = torch.tensor([s.slot for s in seqs], device=dev)
         logits = self.model(tokens, positions, slots, logits="last")[:, 0]
         self._decode_steps += 1
         for row, seq in zip(logits, seqs):
             seq.pos += 1
             self._emit(seq, row)
 
-    def _feed_chunk(self, seq: _Sequence) -> None:
-        chunk, seq.feed = seq.feed[: self.prefill_chunk], seq.feed[self.prefill_chunk :]
+    def _feed_chunk(self, seq: _Sequence, limit: int) -> int:
+        """Feed up to `limit` of `seq`'s pending tokens; return how many were fed."""
+        chunk, seq.feed = seq.feed[:limit], seq.feed[limit:]
         scoring, last = seq.phase is _Phase.SCORING, not seq.feed
         n = len(chunk)
+        dev = self.device
         logits = self.model(
-            torch.tensor([chunk]),
-            torch.arange(seq.pos, seq.pos + n)[None],
-            torch.tensor([seq.slot]),
+            torch.tensor([chunk], device=dev),
+            torch.arange(seq.pos, seq.pos + n, device=dev)[None],
+            torch.tensor([seq.slot], device=dev),
             logits="all" if scoring else "last" if last else "none",
         )
         self._prefill_chunks += 1
         seq.pos += n
         if scoring:
             targets, seq.targets = seq.targets[:n], seq.targets[n:]
-            seq.scores[seq.choice] += float(token_logprobs(logits[0], torch.tensor(targets)).sum())
+            seq.scores[seq.choice] += float(token_logprobs(logits[0], torch.tensor(targets, device=dev)).sum())
             if last:
                 self._next_choice(seq)
         elif last and seq.prepared.choice_ids is not None:
@@ -378,6 +398,7 @@ class Engine:
             self._next_choice(seq)
         elif last:
             self._emit(seq, logits[0, -1])
+        return n
 
     def _next_choice(self, seq: _Sequence) -> None:
         """Queue the next multi-token choice's continuation, or finish when none is left."""
@@ -400,7 +421,7 @@ class Engine:
         token = sample(logits, request.temperature, request.top_p, seq.generator)
         logprob = None
         if seq.logprobs is not None:
-            logprob = float(token_logprobs(logits[None], torch.tensor([token]))[0])
+            logprob = float(token_logprobs(logits[None], torch.tensor([token], device=self.device))[0])
             seq.logprobs.append(logprob)
         seq.output_ids.append(token)
         now = time.perf_counter()

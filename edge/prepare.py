@@ -80,7 +80,9 @@ class RequestPreparer:
         for i, m in enumerate(messages):
             if not isinstance(m, ChatMessage):
                 raise InvalidRequest(f"messages[{i}] must be a ChatMessage(role, content)")
-            turns.append({"role": _text(m.role, f"messages[{i}].role"), "content": _text(m.content, f"messages[{i}].content")})
+            turns.append(
+                {"role": _text(m.role, f"messages[{i}].role"), "content": _text(m.content, f"messages[{i}].content")}
+            )
         rendered = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
         # The template writes the special tokens (BOS, turn markers) itself.
         return self.tokenizer.encode(rendered, add_special_tokens=False)
@@ -127,9 +129,7 @@ def _check_sampling(r: GenerationRequest) -> None:
     if isinstance(r.max_tokens, bool) or not isinstance(r.max_tokens, int) or r.max_tokens <= 0:
         raise InvalidRequest(f"max_tokens must be a positive integer, got {r.max_tokens!r}")
     if not _is_real(r.temperature) or not 0.0 <= r.temperature <= MAX_TEMPERATURE:
-        raise InvalidRequest(
-            f"temperature must be between 0 (greedy) and {MAX_TEMPERATURE}, got {r.temperature!r}"
-        )
+        raise InvalidRequest(f"temperature must be between 0 (greedy) and {MAX_TEMPERATURE}, got {r.temperature!r}")
     if not _is_real(r.top_p) or not 0.0 < r.top_p <= 1.0:
         raise InvalidRequest(f"top_p must be in (0, 1], got {r.top_p!r}")
     if r.seed is not None and (isinstance(r.seed, bool) or not isinstance(r.seed, int) or not 0 <= r.seed <= MAX_SEED):

@@ -140,7 +140,9 @@ def test_stop_sequence_trims_the_output(engine):
 
 
 def test_logprobs_sum_to_the_sequence_logprob(engine, hf_model):
-    result = run(engine.generate(GenerationRequest(prompt=PROMPTS[4], max_tokens=16, logprobs=True, temperature=0.8, seed=1)))
+    result = run(
+        engine.generate(GenerationRequest(prompt=PROMPTS[4], max_tokens=16, logprobs=True, temperature=0.8, seed=1))
+    )
     assert len(result.token_logprobs) == len(result.token_ids)
     assert all(lp <= 0.0 for lp in result.token_logprobs)
     expected = hf_logprob(hf_model, engine.tokenizer.encode(PROMPTS[4]), list(result.token_ids))
@@ -202,11 +204,13 @@ def small_engine(llama_dir):
 LONG = GenerationRequest(prompt="The market", max_tokens=MAX_SEQ)
 
 
-async def wait_idle(engine: Engine) -> None:
+async def wait_idle(engine: Engine) -> int:
+    """Wait until no request is running or waiting; return the decode steps taken meanwhile."""
+    steps = engine.stats().decode_steps
     for _ in range(500):
         stats = engine.stats()
         if stats.running == 0 and stats.waiting == 0:
-            return
+            return stats.decode_steps - steps
         await asyncio.sleep(0.01)
     raise AssertionError(f"engine still busy: {engine.stats()}")
 
@@ -218,10 +222,10 @@ def test_cancel_and_deadline_free_the_slot(small_engine):
             seen += 1
             if seen == 2:
                 break
-        await wait_idle(small_engine)
+        assert await wait_idle(small_engine) <= 1  # the step under way may finish, no more
         with pytest.raises(asyncio.TimeoutError):  # a deadline cancels the awaiting task
             await asyncio.wait_for(small_engine.generate(LONG), timeout=0.05)
-        await wait_idle(small_engine)
+        assert await wait_idle(small_engine) <= 1
         return await small_engine.generate(GenerationRequest(prompt="Gold", max_tokens=3))
 
     result = run(scenario())
@@ -247,7 +251,9 @@ def test_close_drains_then_refuses(llama_dir):
     engine = Engine.from_pretrained(llama_dir, max_batch=2, max_queue=2, max_seq_len=MAX_SEQ)
 
     async def scenario():
-        pending = [asyncio.ensure_future(engine.generate(GenerationRequest(prompt=p, max_tokens=10))) for p in PROMPTS[:3]]
+        pending = [
+            asyncio.ensure_future(engine.generate(GenerationRequest(prompt=p, max_tokens=10))) for p in PROMPTS[:3]
+        ]
         await asyncio.sleep(0)  # let them submit
         await engine.aclose(drain=True)
         with pytest.raises(EngineClosed):
@@ -269,3 +275,109 @@ def test_close_without_drain_cancels(llama_dir):
         return await asyncio.gather(*pending)
 
     assert [r.finish_reason for r in run(scenario())] == [FinishReason.CANCELLED] * 2
+
+
+def test_long_prefill_is_chunked_between_decode_steps(engine):
+    """While a long prompt is fed, a running stream keeps getting a token per chunk."""
+    long_prompt = " ".join(PROMPTS[:3]) * 3
+    prompt_tokens = len(engine.tokenizer.encode(long_prompt))
+    assert 80 <= prompt_tokens < MAX_SEQ
+    order: list[str] = []
+
+    async def consume(name: str, request: GenerationRequest, started: asyncio.Event | None = None):
+        async for _event in engine.stream(request):
+            order.append(name)
+            if started is not None and len(order) == 2:
+                started.set()
+
+    async def scenario():
+        started = asyncio.Event()
+        runner = asyncio.ensure_future(
+            consume("a", GenerationRequest(prompt="Gold", max_tokens=60, ignore_eos=True), started)
+        )
+        await started.wait()
+        order.append("submit")
+        await consume("b", GenerationRequest(prompt=long_prompt, max_tokens=1))
+        await runner
+
+    run(scenario())
+    during_prefill = order[order.index("submit") : order.index("b")].count("a")
+    chunks = -(-prompt_tokens // engine.prefill_chunk)
+    assert during_prefill >= chunks - 2  # one decode step per prompt chunk, give or take the edges
+
+
+def test_observer_hooks_and_stats(llama_dir):
+    from tierlm.edge import EngineObserver
+
+    class Recorder(EngineObserver):
+        def __init__(self):
+            self.ttft, self.gaps, self.finished, self.rejects = [], [], [], 0
+
+        def on_reject(self):
+            self.rejects += 1
+
+        def on_first_token(self, ttft_s):
+            self.ttft.append(ttft_s)
+
+        def on_token(self, inter_token_s):
+            self.gaps.append(inter_token_s)
+
+        def on_finish(self, completion):
+            self.finished.append(completion.finish_reason)
+
+    recorder = Recorder()
+    with Engine.from_pretrained(llama_dir, max_batch=1, max_queue=0, max_seq_len=MAX_SEQ, observer=recorder) as engine:
+
+        async def scenario():
+            first = asyncio.ensure_future(
+                engine.generate(GenerationRequest(prompt="Gold", max_tokens=5, ignore_eos=True))
+            )
+            await asyncio.sleep(0)
+            with pytest.raises(QueueFull):
+                engine.stream(GenerationRequest(prompt="Oil"))
+            await first
+            await engine.generate(GenerationRequest(prompt="Gold", choices=[" up", " down"]))
+
+        run(scenario())
+        stats = engine.stats()
+    assert recorder.rejects == stats.requests_rejected == 1
+    assert len(recorder.ttft) == 2 and len(recorder.gaps) == 4 and all(t >= 0 for t in recorder.ttft + recorder.gaps)
+    assert recorder.finished == [FinishReason.LENGTH, FinishReason.SCORED]
+    assert stats.requests_finished == {"length": 1, "scored": 1}
+    assert stats.completion_tokens == 5 and stats.prompt_tokens > 0 and stats.running == stats.waiting == 0
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_carries_on(small_engine):
+    from tierlm.edge import EngineError
+
+    model = small_engine.model
+
+    class FailsOnce:
+        def __init__(self):
+            self.failed = False
+
+        def __call__(self, *args, **kwargs):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("simulated kernel failure")
+            return model(*args, **kwargs)
+
+    small_engine.model = FailsOnce()
+
+    async def scenario():
+        with pytest.raises(EngineError, match="simulated kernel failure"):
+            await small_engine.generate(GenerationRequest(prompt="Gold", max_tokens=3))
+        return await small_engine.generate(GenerationRequest(prompt="Gold", max_tokens=3))
+
+    assert run(scenario()).completion_tokens == 3
+    assert small_engine.health().ok and small_engine.stats().requests_failed == 1
+
+
+def test_generation_stops_when_the_context_is_full(small_engine):
+    prompt = " ".join(PROMPTS[:3]) * 3
+    prompt_tokens = len(small_engine.tokenizer.encode(prompt))
+    assert MAX_SEQ - 40 < prompt_tokens < MAX_SEQ
+    result = run(small_engine.generate(GenerationRequest(prompt=prompt, max_tokens=1000, ignore_eos=True)))
+    assert result.finish_reason is FinishReason.LENGTH
+    # Positions 0..MAX_SEQ-1 hold the prompt and all but the last generated token.
+    assert result.prompt_tokens + result.completion_tokens == MAX_SEQ + 1

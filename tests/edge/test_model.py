@@ -18,9 +18,7 @@ def pair(model_dir):
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ours = load_model(model_dir)
-    ours.setup_cache(max_batch=4, max_seq_len=64)
-    return hf, ours
+    return hf, load_model(model_dir)
 
 
 def _tokens(seed: int, vocab: int, n: int = SEQ) -> torch.Tensor:
@@ -30,16 +28,28 @@ def _tokens(seed: int, vocab: int, n: int = SEQ) -> torch.Tensor:
 @torch.inference_mode()
 def test_logits_match_transformers(pair):
     hf, ours = pair
+    ours.setup_cache(max_batch=4, max_seq_len=64)  # one 40-token chunk: linear caches only
     ids = _tokens(0, ours.config.vocab_size)
     expected = hf(ids).logits
     got = ours(ids, torch.arange(SEQ)[None], torch.tensor([2]))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+def _ring_cache(ours: Transformer, max_batch: int = 4) -> None:
+    """Chunks of at most 8 tokens: the tiny Gemma's window-6 layers get 13-entry rings."""
+    ours.setup_cache(max_batch=max_batch, max_seq_len=64, max_chunk=8)
+    for layer in ours.layers:
+        expected = 6 + 8 - 1 if layer.sliding_window else 64
+        assert layer.self_attn.kv_cache.k.shape[2] == expected
+
+
 @torch.inference_mode()
 def test_chunked_prefill_and_decode_match_one_shot(pair):
     hf, ours = pair
+    _ring_cache(ours)
     ids = _tokens(1, ours.config.vocab_size)
+    with pytest.raises(ValueError, match="max_chunk"):
+        ours(ids[:, :9], torch.arange(9)[None], torch.tensor([3]))
     expected = hf(ids).logits[0]
     rows = []
     for start in range(0, 30, 7):  # chunks of 7 prompt tokens, logits of each chunk
@@ -54,10 +64,13 @@ def test_chunked_prefill_and_decode_match_one_shot(pair):
 def test_batched_rows_at_different_positions(pair):
     """Rows of one decode step live in non-adjacent slots at different lengths."""
     hf, ours = pair
-    lengths = {0: 25, 2: 9, 3: 33}  # slot -> tokens already in the cache
+    _ring_cache(ours)
+    lengths = {0: 25, 2: 9, 3: 33}  # slot -> tokens already in the cache (rings wrapped or not)
     seqs = {slot: _tokens(10 + slot, ours.config.vocab_size, n + 1) for slot, n in lengths.items()}
     for slot, n in lengths.items():
-        ours(seqs[slot][:, :n], torch.arange(n)[None], torch.tensor([slot]), logits="none")
+        for start in range(0, n, 8):
+            end = min(start + 8, n)
+            ours(seqs[slot][:, start:end], torch.arange(start, end)[None], torch.tensor([slot]), logits="none")
     slots = list(lengths)
     tokens = torch.cat([seqs[s][:, -1:] for s in slots])
     positions = torch.tensor([[lengths[s]] for s in slots])
@@ -88,11 +101,23 @@ def test_sliding_window_is_applied(gemma_dir):
 def test_config_reads_transformers4_gemma3_spelling():
     """The real Gemma 3 270M config.json as transformers 4 wrote it."""
     hf = {
-        "model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
-        "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
-        "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": None,
-        "query_pre_attn_scalar": 256, "sliding_window": 512, "sliding_window_pattern": 6,
+        "model_type": "gemma3_text",
+        "vocab_size": 262144,
+        "hidden_size": 640,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 18,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": None,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 512,
+        "sliding_window_pattern": 6,
         "eos_token_id": [1, 106],
     }
     config = ModelConfig.from_hf(hf)
@@ -107,7 +132,14 @@ def test_config_reads_transformers4_gemma3_spelling():
 def test_config_rejects_what_it_cannot_run():
     with pytest.raises(ValueError, match="model_type"):
         ModelConfig.from_hf({"model_type": "gpt2"})
-    llama = {"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8,
-             "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    llama = {
+        "model_type": "llama",
+        "vocab_size": 8,
+        "hidden_size": 8,
+        "intermediate_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0},
+    }
     with pytest.raises(ValueError, match="rope type"):
         ModelConfig.from_hf(llama)
