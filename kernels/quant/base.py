@@ -75,6 +75,16 @@ class QuantizedTensor(ABC):
         """
         return torch.nn.functional.linear(x, self.dequantize().to(x.dtype))
 
+    def to(self, device: torch.device | str) -> "QuantizedTensor":
+        """A copy with every stored tensor on ``device`` (dequantization then runs there)."""
+        tensors = {k: v.to(device) for k, v in self.tensors().items()}
+        return type(self).from_parts(tensors, self.metadata())
+
+    @property
+    def device(self) -> torch.device:
+        """Where the stored tensors live."""
+        return next(iter(self.tensors().values())).device
+
     @property
     def nbytes(self) -> int:
         """Bytes of all stored tensors (what the artifact pays for this weight)."""

@@ -144,7 +144,7 @@ class GroupQuantTensor(QuantizedTensor):
         """Group of each input column ``[K]`` (int64)."""
         if self.g_idx is not None:
             return self.g_idx.to(torch.int64)
-        return torch.arange(self.shape[1]) // self.group_size
+        return torch.arange(self.shape[1], device=self.scales.device) // self.group_size
 
     def dequantize(self) -> torch.Tensor:
         g = self.group_index()

@@ -65,12 +65,12 @@ class NF4Tensor(QuantizedTensor):
         """Per-block absmax as used for dequantization ``[N·K/block]``."""
         if self.absmax is not None:
             return self.absmax
-        idx = torch.arange(self.absmax_q.numel()) // self.dq_block_size
+        idx = torch.arange(self.absmax_q.numel(), device=self.absmax_q.device) // self.dq_block_size
         return self.absmax_q.to(torch.float32) * self.absmax_scale[idx] + self.absmax_offset
 
     def _dequant(self, codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
         n, k = codes.shape[0], codes.shape[1] * 2
-        levels = NF4_LEVELS[_unpack_nibbles(codes).to(torch.int64)]
+        levels = NF4_LEVELS.to(codes.device)[_unpack_nibbles(codes).to(torch.int64)]
         return (levels.reshape(n, k // self.block_size, self.block_size) * absmax.reshape(n, -1, 1)).reshape(n, k)
 
     def dequantize(self) -> torch.Tensor:
