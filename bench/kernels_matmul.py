@@ -1,16 +1,19 @@
-"""Matmul speed of each quantized fast path vs fp32 nn.Linear on Gemma 3 270M's layer shapes.
+"""Matmul speed of each quantized fast path vs a float nn.Linear on Gemma 3 270M's layer shapes.
 
 Weights are random (speed does not depend on the values); shapes are the model's real ones.
-Threads are pinned for torch and onnxruntime alike and reported. Writes
-bench/results/kernels_matmul.json in the shape of DESIGN §7 and prints a table.
+CPU (default): baseline fp32, threads pinned for torch and onnxruntime alike and reported; writes
+bench/results/kernels_matmul.json. ``--device cuda``: baseline fp16, writes
+bench/results/kernels_matmul_cuda.json. Both in the shape of DESIGN §7, plus a printed table.
 
     python bench/kernels_matmul.py --threads 1
+    python bench/kernels_matmul.py --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -47,33 +50,46 @@ def cpu_model() -> str:
 
 def time_call(fn, x: torch.Tensor, budget_s: float) -> float:
     """Median microseconds per call over ~budget_s (at least 3 calls after 2 warm-up calls)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     with torch.inference_mode():
         fn(x)
         fn(x)
+        sync()
         times = []
         start = time.perf_counter()
         while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 2000):
             t0 = time.perf_counter()
             fn(x)
+            sync()
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
 
 
-def variants(linear: torch.nn.Linear):
-    """(name, module) for every fast path; fp32 first."""
-    yield "fp32", linear
-    yield "int8-w8a8 (_int_mm)", QuantLinear.from_linear(linear, get_quantizer("int8"), backend="fast")
+def variants(linear: torch.nn.Linear, device: str):
+    """(name, module, input dtype) for every fast path on ``device``; the float baseline first."""
+    int8 = QuantLinear.from_linear(linear, get_quantizer("int8"), backend="fast")
     int4 = get_quantizer("rtn", bits=4, group_size=128).quantize(linear.weight)
-    yield "int4-g128 (ort acc4)", QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=4)
-    yield "int4-g128 (ort acc0)", QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=0)
+    if device == "cuda":
+        yield "fp16", linear.to("cuda", torch.float16), torch.float16
+        yield "int8-w8a8 (_int_mm)", int8, torch.float16
+        yield "int4-g128 (tinygemm)", QuantLinear(int4, linear.bias, backend="fast"), torch.float16
+        return
+    yield "fp32", linear, torch.float32
+    yield "int8-w8a8 (_int_mm)", int8, torch.float32
+    yield "int4-g128 (ort acc4)", QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=4), torch.float32
+    yield "int4-g128 (ort acc0)", QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=0), torch.float32
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--budget-s", type=float, default=1.0, help="timing budget per measurement")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "kernels_matmul.json")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/kernels_matmul[_cuda].json")
     args = parser.parse_args()
+    suffix = "_cuda" if args.device == "cuda" else ""
+    out = args.out or Path(__file__).parent / "results" / f"kernels_matmul{suffix}.json"
+    machine = cpu_model() if args.device == "cpu" else torch.cuda.get_device_name()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -82,38 +98,43 @@ def main() -> None:
     for layer, k, n in SHAPES:
         linear = torch.nn.Linear(k, n, bias=False)
         linear.weight.requires_grad_(False)
-        fp32_us: dict[int, float] = {}
-        for name, module in variants(linear):
+        base_us: dict[int, float] = {}
+        base_name = ""
+        for name, module, dtype in variants(linear, args.device):
+            base_name = base_name or name
             for batch in BATCHES:
-                us = time_call(module, torch.randn(batch, k), args.budget_s)
-                fp32_us.setdefault(batch, us)
+                us = time_call(module, torch.randn(batch, k, device=args.device, dtype=dtype), args.budget_s)
+                base_us.setdefault(batch, us)
                 rows.append({
                     "name": name, "layer": layer, "shape": f"{k}x{n}", "batch": batch,
-                    "us_per_call": round(us, 1), "speedup_vs_fp32": round(fp32_us[batch] / us, 2),
+                    "us_per_call": round(us, 1), f"speedup_vs_{base_name}": round(base_us[batch] / us, 2),
                 })  # fmt: skip
                 console.log(f"{layer} {name} batch {batch}: {us:.0f} us")
         del linear
 
-    table = Table(title=f"matmul, {args.threads} thread(s), {cpu_model()}")
-    for col in ("layer", "shape", "batch", "name", "us/call", "vs fp32"):
-        table.add_column(col, justify="right" if col in ("batch", "us/call", "vs fp32") else "left")
+    threads = f", {args.threads} CPU thread(s)" if args.device == "cpu" else ""
+    table = Table(title=f"matmul on {machine}{threads}")
+    for col in ("layer", "shape", "batch", "name", "us/call", f"vs {base_name}"):
+        table.add_column(col, justify="left" if col in ("layer", "shape", "name") else "right")
     for r in rows:
-        table.add_row(r["layer"], r["shape"], str(r["batch"]), r["name"], f"{r['us_per_call']:.0f}", f"{r['speedup_vs_fp32']:.2f}x")
+        speedup = r[f"speedup_vs_{base_name}"]
+        table.add_row(r["layer"], r["shape"], str(r["batch"]), r["name"], f"{r['us_per_call']:.0f}", f"{speedup:.2f}x")
     console.print(table)
 
     result = {
         "bench": "kernels_matmul",
-        "machine": f"{cpu_model()}, {torch.get_num_threads()} of {__import__('os').cpu_count()} cores used",
+        "machine": f"{cpu_model()}, {args.threads} of {os.cpu_count()} cores used" if args.device == "cpu" else machine,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "threads": args.threads,
+        "threads": args.threads if args.device == "cpu" else None,
         "torch": torch.__version__,
-        "onnxruntime": __import__("onnxruntime").__version__,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    if args.device == "cpu":
+        result["onnxruntime"] = __import__("onnxruntime").__version__
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {out}")
 
 
 if __name__ == "__main__":
