@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-
 from tierlm.kernels.modules import QuantLinear
 from tierlm.kernels.quant import get_quantizer
 
@@ -76,8 +75,16 @@ def variants(linear: torch.nn.Linear, device: str):
         return
     yield "fp32", linear, torch.float32
     yield "int8-w8a8 (_int_mm)", int8, torch.float32
-    yield "int4-g128 (ort acc4)", QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=4), torch.float32
-    yield "int4-g128 (ort acc0)", QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=0), torch.float32
+    yield (
+        "int4-g128 (ort acc4)",
+        QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=4),
+        torch.float32,
+    )
+    yield (
+        "int4-g128 (ort acc0)",
+        QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=0),
+        torch.float32,
+    )
 
 
 def main() -> None:
@@ -85,7 +92,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--budget-s", type=float, default=1.0, help="timing budget per measurement")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/kernels_matmul[_cuda].json")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: bench/results/kernels_matmul[_cuda].json"
+    )
     args = parser.parse_args()
     suffix = "_cuda" if args.device == "cuda" else ""
     out = args.out or Path(__file__).parent / "results" / f"kernels_matmul{suffix}.json"
@@ -118,12 +127,16 @@ def main() -> None:
         table.add_column(col, justify="left" if col in ("layer", "shape", "name") else "right")
     for r in rows:
         speedup = r[f"speedup_vs_{base_name}"]
-        table.add_row(r["layer"], r["shape"], str(r["batch"]), r["name"], f"{r['us_per_call']:.0f}", f"{speedup:.2f}x")
+        table.add_row(
+            r["layer"], r["shape"], str(r["batch"]), r["name"], f"{r['us_per_call']:.0f}", f"{speedup:.2f}x"
+        )
     console.print(table)
 
     result = {
         "bench": "kernels_matmul",
-        "machine": f"{cpu_model()}, {args.threads} of {os.cpu_count()} cores used" if args.device == "cpu" else machine,
+        "machine": f"{cpu_model()}, {args.threads} of {os.cpu_count()} cores used"
+        if args.device == "cpu"
+        else machine,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "threads": args.threads if args.device == "cpu" else None,

@@ -16,18 +16,19 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import torch
-from torch import nn
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
 from tierlm.kernels.quant.group import GroupQuantTensor
 from tierlm.kernels.quant.int8 import Int8Tensor
+from torch import nn
 
 Backend = Literal["auto", "fast", "reference"]
 Kernel = Callable[[torch.Tensor], torch.Tensor]
 
 
-def fast_kernel(qt: QuantizedTensor, device: torch.device | str = "cpu", int4_accuracy_level: int = 4) -> Kernel | None:
+def fast_kernel(
+    qt: QuantizedTensor, device: torch.device | str = "cpu", int4_accuracy_level: int = 4
+) -> Kernel | None:
     """The fast kernel for ``qt``'s format on ``device``, or None when there is none here.
 
     CPU: int8 -> ``torch._int_mm``; int3/int4 -> onnxruntime ``MatMulNBits``, where
@@ -44,7 +45,11 @@ def fast_kernel(qt: QuantizedTensor, device: torch.device | str = "cpu", int4_ac
             return Int8MatMul(qt, device)
     elif isinstance(qt, GroupQuantTensor):
         if device.type == "cpu":
-            from tierlm.kernels.ops.ort_nbits import ORT_BLOCK_SIZES, NBitsMatMul, ort_available
+            from tierlm.kernels.ops.ort_nbits import (
+                ORT_BLOCK_SIZES,
+                NBitsMatMul,
+                ort_available,
+            )
 
             if ort_available() and qt.group_size in ORT_BLOCK_SIZES:
                 return NBitsMatMul(qt, accuracy_level=int4_accuracy_level)
@@ -74,7 +79,9 @@ class QuantLinear(nn.Module):
         self.qweight = weight
         self.int4_accuracy_level = int4_accuracy_level
         self.out_features, self.in_features = weight.shape
-        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
+        )
         self._kernels: dict[torch.device, Kernel | None] = {}
         self._device_weights: dict[torch.device, QuantizedTensor] = {}
         self.backend = backend
@@ -103,7 +110,11 @@ class QuantLinear(nn.Module):
 
     def _kernel_for(self, device: torch.device) -> Kernel | None:
         if device not in self._kernels:
-            kernel = None if self._backend == "reference" else fast_kernel(self.qweight, device, self.int4_accuracy_level)
+            kernel = (
+                None
+                if self._backend == "reference"
+                else fast_kernel(self.qweight, device, self.int4_accuracy_level)
+            )
             if self._backend == "fast" and kernel is None:
                 raise RuntimeError(f"no fast kernel for format {self.qweight.format!r} on {device}")
             self._kernels[device] = kernel
@@ -118,7 +129,11 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, quantizer: Quantizer, calib: LayerStats | None = None, backend: Backend = "auto"
+        cls,
+        linear: nn.Linear,
+        quantizer: Quantizer,
+        calib: LayerStats | None = None,
+        backend: Backend = "auto",
     ) -> "QuantLinear":
         """Quantize ``linear.weight`` with ``quantizer`` and keep its bias in float."""
         return cls(quantizer.quantize(linear.weight.detach().cpu(), calib), linear.bias, backend)
@@ -136,7 +151,10 @@ class QuantLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.qweight.format}, backend={self.backend}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"format={self.qweight.format}, backend={self.backend}"
+        )
 
 
 class QuantEmbedding(nn.Module):

@@ -9,7 +9,6 @@ be contiguous, so act-order weights are permuted as for the CPU path; int3 codes
 from __future__ import annotations
 
 import torch
-
 from tierlm.kernels.quant.group import GroupQuantTensor
 
 TINYGEMM_GROUP_SIZES = (32, 64, 128, 256)
@@ -48,4 +47,6 @@ class TinyGemmMatMul:
         if self.perm is not None:
             x = x[:, self.perm]
         x = x.to(torch.bfloat16).contiguous()
-        return torch.ops.aten._weight_int4pack_mm(x, self.weight, self.group_size, self.scales_and_zeros).float()
+        return torch.ops.aten._weight_int4pack_mm(
+            x, self.weight, self.group_size, self.scales_and_zeros
+        ).float()

@@ -10,9 +10,7 @@ AVX512_CORE_VNNI before first use (see its ``__init__``).
 from __future__ import annotations
 
 import torch
-
 from tierlm.kernels.quant.int8 import Int8Tensor, absmax_quantize
-
 
 _CUDA_MIN_ROWS = 17
 

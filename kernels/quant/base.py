@@ -103,9 +103,11 @@ class QuantizedTensor(ABC):
         try:
             cls = _FORMATS[meta["format"]]
         except KeyError:
-            raise ValueError(f"unknown quantized format {meta.get('format')!r}; known: {sorted(_FORMATS)}") from None
+            raise ValueError(
+                f"unknown quantized format {meta.get('format')!r}; known: {sorted(_FORMATS)}"
+            ) from None
         head = f"{prefix}."
-        tensors = {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
+        tensors = {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
         return cls.from_parts(tensors, {k: v for k, v in meta.items() if k != "format"})
 
 

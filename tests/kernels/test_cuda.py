@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear
 from tierlm.kernels.quant import get_quantizer
@@ -38,7 +37,13 @@ def test_cuda_int8_equals_reference(layer, config, batch):
 
 @pytest.mark.parametrize(
     "name,config",
-    [("rtn", {}), ("rtn", {"symmetric": True, "group_size": 64}), ("rtn", {"bits": 3, "group_size": 32}), ("awq", {"n_grid": 4}), ("gptq", {"act_order": True})],
+    [
+        ("rtn", {}),
+        ("rtn", {"symmetric": True, "group_size": 64}),
+        ("rtn", {"bits": 3, "group_size": 32}),
+        ("awq", {"n_grid": 4}),
+        ("gptq", {"act_order": True}),
+    ],
 )
 @pytest.mark.parametrize("batch", [1, 32])
 def test_cuda_int4_equals_reference(layer, name, config, batch):
