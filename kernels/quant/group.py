@@ -66,7 +66,7 @@ def quantize_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, b
 def group_rtn(
     w: torch.Tensor, bits: int, group_size: int, symmetric: bool, scale_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest of ``[N, K]`` in contiguous groups: ``(codes [N,K] uint8, scales [G,N], zeros [G,N])``.
+    """Round-to-nearest of ``[N, K]`` in contiguous groups -> ``(codes uint8 [N,K], scales, zeros [G,N])``.
 
     Rows are processed in chunks so the float temporaries stay small for a 262k-row embedding.
     """
@@ -89,7 +89,8 @@ def _gather_packed_columns(words: torch.Tensor, bits: int, cols: torch.Tensor) -
     """Codes of columns ``cols`` from words packed along dim 1, unpacking only the words needed."""
     codes_per_unit, words_per_unit = (8, 1) if bits == 4 else (32, 3)
     unit = cols // codes_per_unit
-    word_idx = (unit.unsqueeze(1) * words_per_unit + torch.arange(words_per_unit, device=cols.device)).reshape(-1)
+    offsets = torch.arange(words_per_unit, device=cols.device)
+    word_idx = (unit.unsqueeze(1) * words_per_unit + offsets).reshape(-1)
     codes = _unpack(words[:, word_idx], bits, 1).reshape(words.shape[0], cols.numel(), codes_per_unit)
     return codes[:, torch.arange(cols.numel(), device=cols.device), cols % codes_per_unit]
 
