@@ -27,9 +27,16 @@ SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": 
 
 
 def grid_params(
-    w: torch.Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype = torch.float16
+    w: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    scale_dtype: torch.dtype = torch.float16,
+    clip: torch.Tensor | float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and integer zero point per row of ``w`` (``[..., group]``) for a ``bits``-bit grid.
+
+    ``clip`` (broadcast to ``w.shape[:-1]``) shrinks the range to ``clip ×`` the extremes (AWQ's
+    clipping search); values outside it are clamped to the end codes.
 
     Symmetric: ``s = max|w| / (2^(b-1) - 1)``, ``z = 2^(b-1)``. Asymmetric:
     ``s = (max - min) / (2^b - 1)``, ``z = round(-min / s)``. Either way every value in range is
@@ -39,14 +46,15 @@ def grid_params(
     """
     maxq = (1 << bits) - 1
     if symmetric:
-        scale = w.abs().amax(-1) / ((1 << (bits - 1)) - 1)
+        scale = w.abs().amax(-1) * clip / ((1 << (bits - 1)) - 1)
     else:
-        scale = (w.amax(-1) - w.amin(-1)) / maxq
+        lo = w.amin(-1) * clip
+        scale = (w.amax(-1) * clip - lo) / maxq
     scale = round_up_to(scale.clamp(min=torch.finfo(scale_dtype).tiny), scale_dtype)
     if symmetric:
         zero = torch.full_like(scale, float(1 << (bits - 1)))
     else:
-        zero = torch.round(-w.amin(-1) / scale).clamp(0, maxq)
+        zero = torch.round(-lo / scale).clamp(0, maxq)
     return scale, zero
 
 
@@ -64,11 +72,17 @@ def quantize_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, b
 
 
 def group_rtn(
-    w: torch.Tensor, bits: int, group_size: int, symmetric: bool, scale_dtype: torch.dtype
+    w: torch.Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    scale_dtype: torch.dtype,
+    clip: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round-to-nearest of ``[N, K]`` in contiguous groups -> ``(codes uint8 [N,K], scales, zeros [G,N])``.
 
-    Rows are processed in chunks so the float temporaries stay small for a 262k-row embedding.
+    ``clip`` ``[N, G]`` optionally shrinks each group's range (see :func:`grid_params`). Rows are
+    processed in chunks so the float temporaries stay small for a 262k-row embedding.
     """
     n, k = w.shape
     if k % group_size:
@@ -78,7 +92,8 @@ def group_rtn(
     zeros = torch.empty(n, k // group_size)
     for r in range(0, n, _RTN_CHUNK_ROWS):
         g = w[r : r + _RTN_CHUNK_ROWS].reshape(-1, k // group_size, group_size)
-        scale, zero = grid_params(g, bits, symmetric, scale_dtype)
+        c = 1.0 if clip is None else clip[r : r + _RTN_CHUNK_ROWS]
+        scale, zero = grid_params(g, bits, symmetric, scale_dtype, c)
         q = quantize_to_grid(g, scale.unsqueeze(-1), zero.unsqueeze(-1), bits)
         codes[r : r + _RTN_CHUNK_ROWS] = q.reshape(-1, k)
         scales[r : r + _RTN_CHUNK_ROWS], zeros[r : r + _RTN_CHUNK_ROWS] = scale, zero
@@ -228,10 +243,12 @@ class GroupGrid:
     def torch_scale_dtype(self) -> torch.dtype:
         return SCALE_DTYPES[self.scale_dtype]
 
-    def rtn(self, w: torch.Tensor, input_scale: torch.Tensor | None = None) -> GroupQuantTensor:
+    def rtn(
+        self, w: torch.Tensor, input_scale: torch.Tensor | None = None, clip: torch.Tensor | None = None
+    ) -> GroupQuantTensor:
         """Round-to-nearest ``w`` (already multiplied by ``input_scale`` if given)."""
         codes, scales, zeros = group_rtn(
-            w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype
+            w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype, clip
         )
         return self.pack(codes, scales, zeros, input_scale=input_scale)
 
