@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 from _results import write
-
 from tierlm.router.datasets import LABELS, load_headlines
 from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
 from tierlm.router.knn import KnnVote
@@ -40,16 +39,39 @@ def main() -> None:
 
     rows = [
         {"name": "knn-vote", "split": "dev", "n": len(dev), "k": args.k, "accuracy": round(float(dev_ok.mean()), 4)},
-        {"name": "knn-vote", "split": "dev[:300]", "n": 300, "k": args.k, "accuracy": round(float(dev_ok[:300].mean()), 4)},
-        {"name": "knn-vote", "split": "train (leave-one-out)", "n": len(train), "k": args.k,
-         "accuracy": round(float(loo_ok.mean()), 4)},
-        {"name": "always-up", "split": "dev", "n": len(dev), "accuracy": round(float(np.mean([e.label == "up" for e in dev])), 4)},
+        {
+            "name": "knn-vote",
+            "split": "dev[:300]",
+            "n": 300,
+            "k": args.k,
+            "accuracy": round(float(dev_ok[:300].mean()), 4),
+        },
+        {
+            "name": "knn-vote",
+            "split": "train (leave-one-out)",
+            "n": len(train),
+            "k": args.k,
+            "accuracy": round(float(loo_ok.mean()), 4),
+        },
+        {
+            "name": "always-up",
+            "split": "dev",
+            "n": len(dev),
+            "accuracy": round(float(np.mean([e.label == "up" for e in dev])), 4),
+        },
     ]
     shares = np.array([p.vote_share for p in dev_pred])
     for low in (0.5, 0.75, 1.0):
         mask = shares >= low
-        rows.append({"name": f"knn-vote@share>={low}", "split": "dev", "n": int(mask.sum()),
-                     "coverage": round(float(mask.mean()), 4), "accuracy": round(float(dev_ok[mask].mean()), 4)})
+        rows.append(
+            {
+                "name": f"knn-vote@share>={low}",
+                "split": "dev",
+                "n": int(mask.sum()),
+                "coverage": round(float(mask.mean()), 4),
+                "accuracy": round(float(dev_ok[mask].mean()), 4),
+            }
+        )
     for row in rows:
         print(row)
     print("wrote", write("knn_vote", rows))

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from tierlm.router.datasets import LABELS, Example, headlines_dir
 
 if TYPE_CHECKING:
@@ -65,9 +64,7 @@ class PromptStrategy(BaseModel):
     instruction: str = HEADLINES_INSTRUCTION
     selection: Selection = "fixed"
     k: int = Field(8, ge=0, description="number of demonstrations")
-    labels: tuple[str, ...] = Field(
-        LABELS, description="label set for balanced selection and label-choice scoring"
-    )
+    labels: tuple[str, ...] = Field(LABELS, description="label set for balanced selection and label-choice scoring")
     calibration: Calibration | None = None
     seed: int = Field(0, description="seed of balanced selection")
     fixed_prompt: Path | None = Field(
@@ -239,7 +236,9 @@ class PromptBuilder:
         if self.strategy.calibration is None:
             raise ValueError("this strategy has no calibration")
         demos = self.demonstrations(query, query_embedding)
-        return [render_prompt(self.strategy.instruction, demos, text) for text in self.strategy.calibration.content_free]
+        return [
+            render_prompt(self.strategy.instruction, demos, text) for text in self.strategy.calibration.content_free
+        ]
 
 
 def _log_softmax(values: np.ndarray) -> np.ndarray:
@@ -262,7 +261,10 @@ def calibrate(
         raise ValueError("need at least one content-free distribution")
     p = _log_softmax(np.array([label_logprobs[label] for label in labels], dtype=np.float64))
     cf = np.mean(
-        [np.exp(_log_softmax(np.array([row[label] for label in labels], dtype=np.float64))) for row in content_free_logprobs],
+        [
+            np.exp(_log_softmax(np.array([row[label] for label in labels], dtype=np.float64)))
+            for row in content_free_logprobs
+        ],
         axis=0,
     )
     q = _log_softmax(p - np.log(cf))

@@ -77,4 +77,3 @@ def read_records(path: Path) -> Iterator[AnswerRecord]:
         for line in handle:
             if line.strip():
                 yield AnswerRecord.from_dict(json.loads(line))
-

@@ -19,12 +19,11 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
-
 from tierlm.router.features import (
     CONFIDENCE_FEATURES,
     TextEncoder,
@@ -37,7 +36,6 @@ from tierlm.router.records import AnswerRecord
 
 FORMAT_VERSION = 1
 _SHARED = "*"  # key of the one model all tiers share
-_C_GRID = (0.01, 0.1, 1.0)
 
 
 @dataclass(frozen=True)
@@ -262,12 +260,13 @@ def train(
     text_features: TextFeatures = "separate",
     split: str = "train",
     folds: int = 5,
+    c_grid: Sequence[float] = (0.01, 0.1, 1.0),
     seed: int = 0,
     query_embeddings: np.ndarray | None = None,
 ) -> Scorer:
     """Fit a scorer on labelled records (``correct`` set on every one).
 
-    Chooses shared-vs-per-tier and ``C`` from a small grid by ``folds``-fold cross-validated
+    Chooses shared-vs-per-tier and ``C`` from ``c_grid`` by ``folds``-fold cross-validated
     log-loss, folds grouped by ``query_id`` (or by query text where ids are empty), then refits
     the winner on all records. The cross-validated metrics of every candidate go into the
     metadata, so the choice can be audited.
@@ -298,13 +297,13 @@ def train(
         splits = list(GroupKFold(n_splits=n_folds).split(design[False], y, groups))
         for per_tier in (False, True):
             x = design[per_tier]
-            for c in _C_GRID:
+            for c in c_grid:
                 pred = held_out[(per_tier, c)] = np.empty(len(y))
                 for fit_rows, test_rows in splits:
                     models = _fit_variant(x[fit_rows], y[fit_rows], tiers[fit_rows], per_tier, c, seed)
                     pred[test_rows] = _predict_variant(models, x[test_rows], tiers[test_rows])
     candidates = {key: _metrics(y, pred) for key, pred in held_out.items()}
-    per_tier, c = min(candidates, key=lambda key: candidates[key]["log_loss"]) if candidates else (False, 1.0)
+    per_tier, c = min(candidates, key=lambda key: candidates[key]["log_loss"]) if candidates else (False, c_grid[-1])
     chosen_per_tier = (
         {tier: _metrics(y[tiers == tier], held_out[(per_tier, c)][tiers == tier]) for tier in tier_names}
         if held_out
@@ -314,7 +313,7 @@ def train(
     models = _fit_variant(design[per_tier], y, tiers, per_tier, c, seed)
     metadata = {
         "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "encoder": encoder.model_id,
         "text_features": text_features,
         "confidence_features": list(CONFIDENCE_FEATURES),
@@ -322,9 +321,7 @@ def train(
         "per_tier": per_tier,
         "C": c,
         "training": {"split": split, "records": len(records), "positive_rate": float(y.mean()), "folds": n_folds},
-        "cross_validation": [
-            {"per_tier": key[0], "C": key[1], **metrics} for key, metrics in candidates.items()
-        ],
+        "cross_validation": [{"per_tier": key[0], "C": key[1], **metrics} for key, metrics in candidates.items()],
         "cross_validation_by_tier": chosen_per_tier,
         "versions": _versions(),
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-
 from tierlm.router.datasets import LABELS, Example, is_correct, load_headlines, normalize_answer, parse_query
 
 

@@ -8,7 +8,6 @@ from collections import Counter
 import numpy as np
 import pytest
 from pydantic import ValidationError
-
 from tierlm.router.datasets import LABELS, Example, load_fixed_prompt
 from tierlm.router.prompting import (
     Calibration,

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-
 from tierlm.router.datasets import LABELS
 from tierlm.router.records import AnswerRecord, read_records, write_records
 from tierlm.router.scorer import Scorer, train
