@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--c-grid", type=float, nargs="+", default=[0.01, 0.1])
+    parser.add_argument("--c-grid", type=float, nargs="+", default=[0.001, 0.003, 0.01])
     args = parser.parse_args()
     encoder = Encoder(threads=args.threads, cache=EmbeddingCache(default_cache_path()))
     train_ex, dev_ex = load_headlines("train"), load_headlines("dev")

@@ -9,6 +9,11 @@ Two ways to turn (query, answer) into a vector, chosen per scorer by measurement
   ``q`` is the embedding a retrieved prompt or the knn-vote tier already computed for the
   request, and answers repeat (a label set has a handful of strings), so scoring an answer
   costs no encoder pass at all once the request's query is embedded.
+
+Measured on HEADLINES dev with two real no-LLM tiers (bench/scorer_headlines.py): ``separate``
+AUROC 0.869 on knn-vote answers against 0.787 for ``joint`` (the tier's own vote share: 0.764),
+0.829 against 0.833 on a linear-probe tier. ``separate`` is the default: as good or better, and
+free at serving time.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ the tier's confidence signals, all standardised; the model is logistic regressio
 model shared by all tiers (with a tier one-hot) or one model per tier. :func:`train` decides
 between those two, and the regularisation strength, by cross-validated log-loss with folds
 grouped by query (the same query answered by two tiers never sits on both sides of a split),
-then refits the winner on every record.
+then refits the winner on every record. On HEADLINES with two no-LLM tiers the per-tier
+models won narrowly (cross-validated log-loss 0.368 against 0.373 shared) with C = 0.003:
+strong regularisation, as 1,161 features on 10,000 records asks for.
 
 A saved scorer is a folder: ``scorer.json`` (metadata: features, tiers, encoder id, training
 split, cross-validated metrics, library versions) and ``coefficients.npz`` (plain float64
@@ -259,8 +261,8 @@ def train(
     *,
     text_features: TextFeatures = "separate",
     split: str = "train",
-    folds: int = 5,
-    c_grid: Sequence[float] = (0.01, 0.1, 1.0),
+    folds: int = 3,
+    c_grid: Sequence[float] = (0.001, 0.003, 0.01, 0.03),
     seed: int = 0,
     query_embeddings: np.ndarray | None = None,
 ) -> Scorer:

@@ -48,7 +48,7 @@ def synthetic_records(n_queries: int, seed: int) -> list[AnswerRecord]:
         records.append(
             AnswerRecord(
                 query=query,
-                answer=label if large_right else "none of these",
+                answer=label if large_right else LABELS[(LABELS.index(label) + 2) % 4],
                 tier="large",
                 token_logprobs=tokens,
                 correct=bool(large_right),
@@ -135,3 +135,34 @@ def test_records_round_trip_through_json_lines(tmp_path) -> None:
     assert list(read_records(tmp_path / "r.jsonl")) == records
     with pytest.raises(ValueError, match="log-probs"):
         AnswerRecord("q", "a", "t", token_logprobs=(0.5,))
+
+
+def test_given_query_embedding_scores_like_encoding_it(trained) -> None:
+    scorer, encoder = trained
+    record = synthetic_records(1, seed=6)[0]
+    args = (record.query, record.answer, record.tier, record.token_logprobs, record.label_logprobs)
+    given = scorer.score(*args, query_embedding=encoder.encode([record.query])[0])
+    assert given == pytest.approx(scorer.score(*args), rel=1e-12)
+
+
+def test_opposite_signals_per_tier_choose_one_model_per_tier(hashing_encoder) -> None:
+    rng = np.random.default_rng(7)
+    records = []
+    for q in range(300):
+        margin = rng.random()
+        for tier, right in (("trusting", margin > 0.5), ("contrary", margin < 0.5)):
+            probs = np.array([0.5 + margin / 2, 0.5 - margin / 2])
+            records.append(
+                AnswerRecord(
+                    f"query {q}",
+                    "up",
+                    tier,
+                    label_logprobs={"up": math.log(probs[0]), "down": math.log(probs[1])},
+                    correct=bool(right),
+                    query_id=str(q),
+                )
+            )
+    scorer = train(records, hashing_encoder, folds=3)
+    assert scorer.per_tier
+    for tier in ("trusting", "contrary"):
+        assert scorer.metadata["cross_validation_by_tier"][tier]["auroc"] > 0.95
