@@ -78,7 +78,7 @@ def main() -> None:
     y_train = np.array([LABELS.index(e.label) for e in train_ex])
 
     knn = KnnVote(train_x, [e.label for e in train_ex], k=8, labels=LABELS)
-    probe = LogisticRegression(C=10.0, max_iter=3000)
+    probe = LogisticRegression(C=10.0, max_iter=3000)  # the C bench/no_llm_tiers.py picks by CV on train
     records = {
         "train": tier_records(train_ex, knn_probs(knn, train_x, list(range(len(train_ex)))), "knn-vote")
         + tier_records(train_ex, cross_val_predict(probe, train_x, y_train, cv=5, method="predict_proba"), "probe"),
