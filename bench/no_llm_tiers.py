@@ -16,7 +16,7 @@ import argparse
 import time
 
 import numpy as np
-from _results import write
+from results_io import write_results
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from tierlm.router.datasets import LABELS, load_headlines
@@ -98,7 +98,7 @@ def main() -> None:
         )
     for row in rows:
         print(row)
-    print("wrote", write("no_llm_tiers", rows))
+    print("wrote", write_results("no_llm_tiers", rows))
 
 
 if __name__ == "__main__":

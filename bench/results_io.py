@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +14,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
-    """'<cpu model>, <n> cores' (or the GPU's name when torch sees one)."""
+    """'<cpu model>, <cores this process may use> cores', plus the GPU's name when torch sees one."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -22,7 +23,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    described = f"{model}, {os.cpu_count()} cores"
+    described = f"{model}, {len(os.sched_getaffinity(0))} cores"
     if "torch" in sys.modules:
         import torch
 
@@ -38,7 +39,7 @@ def write_results(bench: str, rows: list[dict], **extra: object) -> Path:
         "bench": bench,
         "machine": machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         **extra,
         "rows": rows,
     }

@@ -24,9 +24,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.results_io import write_results  # noqa: E402
-from tierlm.client import Client  # noqa: E402
+from results_io import write_results
+from tierlm.client import Client
 
 REPO = Path(__file__).resolve().parents[1]
 

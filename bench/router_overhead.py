@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from _results import write
+from results_io import write_results
 from tierlm.router.datasets import LABELS, load_headlines
 from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
 from tierlm.router.knn import KnnVote
@@ -123,7 +123,7 @@ def main() -> None:
     )
     for row in rows:
         print(row)
-    print("wrote", write(f"router_overhead_t{args.threads}", rows))
+    print("wrote", write_results(f"router_overhead_t{args.threads}", rows))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import numpy as np
-from _results import write
+from results_io import write_results
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import cross_val_predict
@@ -136,7 +136,7 @@ def main() -> None:
         print("cross-validation on train:", scorer.metadata["cross_validation"])
     for row in rows:
         print(row)
-    print("wrote", write("scorer_headlines", rows))
+    print("wrote", write_results("scorer_headlines", rows))
 
 
 if __name__ == "__main__":
