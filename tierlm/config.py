@@ -14,6 +14,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
+from tierlm.router.prompting import PromptStrategy  # the router's per-tier prompt settings live in the policy
 from tierlm.yaml_source import YamlDocument, load_yaml, load_yaml_file
 
 NonNegative = Annotated[float, Field(ge=0.0)]
@@ -54,6 +55,12 @@ class TierConfig(_Strict):
     tls: TLSClientConfig | None = None
     # Name of the environment variable holding the key this tier expects, if it has auth on.
     api_key_env: str | None = None
+    # What the tier serves: a model name from `tierlm model list` or a model/artifact folder.
+    # Offline tools (`tierlm router collect`) run it in-process from here.
+    model: str | None = None
+    # FrugalGPT's prompt adaptation: with a strategy, the router sends the tier a prompt of its
+    # own (instruction + demonstrations + the query) and scores its answer by label choice.
+    prompt: PromptStrategy | None = None
 
     @field_validator("address")
     @classmethod

@@ -69,3 +69,88 @@ def ledger_summary(
                f"cost {summary.cost:.6g}, tokens {summary.prompt_tokens} in / {summary.completion_tokens} out")
     for tier, count in sorted(summary.by_tier.items()):
         typer.echo(f"  {tier}: {count} answers")
+
+
+@app.command()
+def collect(
+    tiers: Path = typer.Option(..., "--tiers", exists=True, dir_okay=False, help="Policy YAML: each tier's model, prompt strategy and cost."),
+    data: Path = typer.Option(None, "--data", exists=True, dir_okay=False, help="Labelled CSV (query,answer,id); default: HEADLINES dev."),
+    out: Path = typer.Option(Path("answers.sqlite"), "--out", help="SQLite answer store (resumable; created if missing)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight per run (the engine batches them)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads per in-process model."),
+    only: list[str] = typer.Option([], "--tier", help="Collect only these tiers (repeatable)."),
+) -> None:
+    """Run every tier on every labelled query and store its answer, log-probs, cost and correctness.
+
+    Tiers with `model` run in-process through the edge engine; others are called at their
+    address. Answers already stored for the same tier, model and exact prompt are skipped."""
+    from tierlm.config import load_policy
+    from tierlm.router.collect import AnswerStore, CollectTier, collect as run_collect
+    from tierlm.router.datasets import headlines_dir, load_headlines
+    from tierlm.router.embeddings import Encoder
+    from tierlm.router.tier_setup import model_folder, prompt_builder
+
+    policy = load_policy(tiers)
+    data = data or headlines_dir() / "dev.csv"
+    rows = load_headlines(data.stem, data.parent)[:limit]
+    chosen = [t for t in policy.tiers if not only or t.name in only]
+    encoder = Encoder(threads=threads) if any(t.prompt and t.prompt.selection == "retrieved" for t in chosen) else None
+    store = AnswerStore(out)
+
+    async def main() -> dict[str, int]:
+        runs, engines = [], []
+        for tier in chosen:
+            if tier.model is not None:
+                from tierlm.edge.server import load_generator
+
+                folder = model_folder(tier)
+                generator = load_generator(folder, tier.name, threads, max_batch=concurrency, max_queue=4 * concurrency)
+                engines.append(generator.engine)
+                model_id, generate = folder.name, generator.generate
+            else:
+                from tierlm.router.tiers import TierClient
+
+                client = TierClient(tier)
+                model_id, generate = tier.address, (lambda request, c=client: c.generate(request, None))
+            runs.append(CollectTier(tier.name, model_id, prompt_builder(tier, encoder), tier.cost, generate))
+        try:
+            return await run_collect(rows, data.stem, runs, store, concurrency)
+        finally:
+            for engine in engines:
+                await engine.aclose(drain=False)
+
+    fresh = asyncio.run(main())
+    store.close()
+    typer.echo(f"{out}: {', '.join(f'{n} +{c}' for n, c in fresh.items())} answers on {data.stem} ({len(rows)} rows)")
+
+
+@app.command()
+def train(
+    db: Path = typer.Option(..., "--db", exists=True, dir_okay=False, help="Answer store from `tierlm router collect`."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the scorer to."),
+    split: str = typer.Option("train", "--split", help="Split to train on."),
+    report_split: str = typer.Option("dev", "--report-split", help="Split to report AUROC / Brier / ECE on (if collected)."),
+    threads: int = typer.Option(1, "--threads", min=1),
+) -> None:
+    """Train the answer scorer P(correct | query, answer, tier) and report its quality per tier."""
+    from tierlm.router.collect import AnswerStore
+    from tierlm.router.embeddings import Encoder
+    from tierlm.router.metrics import tier_score_metrics
+    from tierlm.router.offline import cascade_data
+    from tierlm.router.scorer import Scorer, train as train_scorer
+
+    store = AnswerStore(db)
+    records = store.records(split)
+    if not records:
+        raise typer.BadParameter(f"no answers for split {split!r} in {db}", param_hint="--split")
+    encoder = Encoder(threads=threads)
+    scorer = train_scorer(records, encoder, split=split)
+    scorer.save(out)
+    typer.echo(f"scorer for tiers {list(scorer.tiers)} trained on {len(records)} {split} answers -> {out}")
+    held_out = store.records(report_split)
+    if held_out:
+        data, _ = cascade_data(held_out, Scorer.load(out, encoder))
+        for tier, m in tier_score_metrics(data).items():
+            typer.echo(f"  {report_split} {tier}: n={m.n} accuracy={m.accuracy:.3f} AUROC={m.auroc:.3f} "
+                       f"Brier={m.brier:.3f} ECE={m.ece:.3f}")
