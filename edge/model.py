@@ -1,0 +1,281 @@
+"""A minimal decoder for the Llama and Gemma 3 text families, with a slotted KV cache.
+
+Written in the style of gpt-fast: plain modules, a preallocated cache, nothing between the
+caller and the matmuls. Every projection is an `nn.Linear` and the embedding an `nn.Embedding`
+with the HF module names (`layers.3.self_attn.q_proj`, `lm_head`, ...), so the quantized
+modules of `tierlm.kernels` can replace them by name after loading.
+
+The cache holds `max_batch` independent slots. One forward call processes a batch of rows,
+each row belonging to one slot at its own positions: a continuous-batching engine can mix
+requests of different lengths in one decode step, and feed a long prompt in chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tierlm.edge.config import ModelConfig
+
+LogitsMode = Literal["all", "last", "none"]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm; with `unit_offset` the weight is stored as an offset from one (Gemma's `x*(1+w)`)."""
+
+    def __init__(self, dim: int, eps: float, unit_offset: bool) -> None:
+        super().__init__()
+        self.eps = eps
+        self.unit_offset = unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        # The two families round at different points in low precision; match each one.
+        if self.unit_offset:
+            return (normed * (1.0 + self.weight.float())).type_as(x)
+        return self.weight * normed.type_as(x)
+
+
+class KVCache(nn.Module):
+    """Keys and values of `max_batch` slots × `max_seq_len` positions for one layer."""
+
+    def __init__(self, max_batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        shape = (max_batch, num_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def update(self, batch: BatchLayout, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write rows' new keys/values ([B, H, T, D]) at their positions; return the visible range."""
+        rows = batch.slots[:, None]
+        self.k[rows, :, batch.positions] = k.transpose(1, 2)
+        self.v[rows, :, batch.positions] = v.transpose(1, 2)
+        return self.k[batch.select, :, batch.key_start : batch.key_end], self.v[
+            batch.select, :, batch.key_start : batch.key_end
+        ]
+
+
+@dataclass
+class BatchLayout:
+    """Where each row of a forward call lives in the cache, and which key positions it may see."""
+
+    slots: Tensor  # [B] cache slot of each row
+    positions: Tensor  # [B, T] position of each token
+    select: slice | Tensor  # the rows' slots as a view (contiguous slots) or an index
+    key_start: int
+    key_end: int
+    mask: Tensor  # [B, 1, T, key_end - key_start], True where attention is allowed
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with rope, optional q/k RMSNorm, reading and writing the cache."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hd, bias = config.head_dim, config.attention_bias
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, hd
+        self.scale = config.attention_scale
+        self.q_proj = nn.Linear(config.hidden_size, config.num_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * hd, bias=bias)
+        self.o_proj = nn.Linear(config.num_heads * hd, config.hidden_size, bias=bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(hd, config.norm_eps, config.norm_unit_offset)
+            self.k_norm = RMSNorm(hd, config.norm_eps, config.norm_unit_offset)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rope
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        keys, values = self.kv_cache.update(batch, k, v)
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=batch.mask, scale=self.scale, enable_gqa=self.num_heads != self.num_kv_heads
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """Gated MLP: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias)
+        self.gelu = config.activation == "gelu_tanh"
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = self.gate_proj(x)
+        gate = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
+        return self.down_proj(gate * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block; Gemma adds post-norms around attention and MLP ("sandwich").
+
+    The norm names follow each family's checkpoint: Llama's `post_attention_layernorm` is the
+    norm *before* the MLP, Gemma's is the norm *after* attention (Gemma's pre-MLP norm is
+    `pre_feedforward_layernorm`).
+    """
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        norm = lambda: RMSNorm(config.hidden_size, config.norm_eps, config.norm_unit_offset)  # noqa: E731
+        self.rope_theta = config.rope_theta[layer]
+        self.sliding_window = config.sliding_window[layer]
+        self.sandwich = config.sandwich_norm
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = norm()
+        self.post_attention_layernorm = norm()
+        if self.sandwich:
+            self.pre_feedforward_layernorm = norm()
+            self.post_feedforward_layernorm = norm()
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
+        h = self.self_attn(self.input_layernorm(x), rope, batch)
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(h)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """The decoder. Call `setup_cache` once before `forward`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps, config.norm_unit_offset)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.max_batch = 0
+        self.max_seq_len = 0
+        self._rope: dict[float, tuple[Tensor, Tensor]] = {}
+
+    def setup_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate the KV cache (`max_batch` slots × `max_seq_len` positions) and rope tables."""
+        if max_seq_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"max_seq_len {max_seq_len} exceeds the model's {self.config.max_position_embeddings} positions"
+            )
+        dtype = dtype or self.embed_tokens.weight.dtype
+        if not dtype.is_floating_point:  # a quantized embedding: keep the cache in float32
+            dtype = torch.float32
+        self.max_batch, self.max_seq_len = max_batch, max_seq_len
+        c = self.config
+        for layer in self.layers:
+            layer.self_attn.kv_cache = KVCache(max_batch, c.num_kv_heads, max_seq_len, c.head_dim, dtype)
+        self._rope = {theta: _rope_table(theta, c.head_dim, max_seq_len, dtype) for theta in set(c.rope_theta)}
+
+    def forward(self, tokens: Tensor, positions: Tensor, slots: Tensor, logits: LogitsMode = "all") -> Tensor | None:
+        """Run rows of tokens through the model, writing their keys/values into the cache.
+
+        tokens, positions: [B, T] (every row of one call has the same T); slots: [B], distinct.
+        A row must have written all positions before its first one in earlier calls.
+        Returns logits [B, T, V] ("all"), [B, 1, V] ("last", the next-token prediction of each
+        row) or None ("none": a prefill chunk whose predictions nobody reads skips the output layer).
+        """
+        if not self._rope:
+            raise RuntimeError("call setup_cache() before forward()")
+        ropes = {theta: (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)) for theta, (cos, sin) in self._rope.items()}
+        layouts = {w: _layout(slots, positions, w) for w in set(self.config.sliding_window)}
+        x = self.embed_tokens(tokens)
+        if self.config.embed_scale is not None:
+            # HF rounds the scale to the weights' dtype before multiplying; so do we.
+            x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
+        for layer in self.layers:
+            x = layer(x, ropes[layer.rope_theta], layouts[layer.sliding_window])
+        if logits == "none":
+            return None
+        if logits == "last":
+            x = x[:, -1:]
+        out = self.lm_head(self.norm(x))
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            out = torch.tanh(out / cap) * cap
+        return out
+
+
+def _layout(slots: Tensor, positions: Tensor, window: int | None) -> BatchLayout:
+    """Key range and mask for rows at `positions`: causal, and within `window` when set.
+
+    The key range starts where the oldest query's window starts, so a sliding-window layer
+    attends over at most window + T - 1 keys however long the sequence is.
+    """
+    key_end = int(positions.max()) + 1
+    key_start = 0 if window is None else max(0, int(positions.min()) - window + 1)
+    keys = torch.arange(key_start, key_end)
+    q = positions[..., None]
+    mask = keys <= q
+    if window is not None:
+        mask &= q - keys < window
+    first = int(slots[0])
+    contiguous = bool(torch.equal(slots, torch.arange(first, first + len(slots))))
+    select: slice | Tensor = slice(first, first + len(slots)) if contiguous else slots
+    return BatchLayout(slots, positions, select, key_start, key_end, mask.unsqueeze(1))
+
+
+def _rope_table(theta: float, dim: int, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    # Same arithmetic as HF's default rope (float32, non-interleaved halves).
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
+    """Load an HF model folder (config.json + *.safetensors) into a `Transformer` (no cache yet)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = ModelConfig.from_dir(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {path}")
+    state: dict[str, Tensor] = {}
+    for file in files:
+        for name, tensor in load_file(file).items():
+            state[_our_name(name)] = tensor.to(dtype)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    with torch.device("meta"):
+        model = Transformer(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"checkpoint does not match the architecture: missing {missing}, unexpected {unexpected}")
+    if config.tie_word_embeddings:  # assign=True replaced the parameter object: tie again
+        model.lm_head.weight = model.embed_tokens.weight
+    return model.eval()
+
+
+def _our_name(hf_name: str) -> str:
+    for prefix in ("model.language_model.", "language_model.model.", "model."):
+        if hf_name.startswith(prefix):
+            return hf_name[len(prefix) :]
+    return hf_name

@@ -1,0 +1,1 @@
+"""Fast matmul kernels for quantized weights; each has a reference in ``QuantizedTensor``."""

@@ -1,0 +1,110 @@
+"""Bit packing of small unsigned integer codes into int32 words, in the GPTQ checkpoint layout.
+
+Layout (the one AutoGPTQ / vLLM's ``gptq`` loader use, *not* AWQ's interleaved order):
+
+- **int4**: 8 codes per int32 word, packed along ``dim`` (for a GPTQ ``qweight`` that is the
+  input dimension of ``Wᵀ``). Code ``i`` of a word sits in bits ``4i .. 4i+3``, so the order is
+  sequential (0,1,...,7), least significant nibble first. AWQ's layout differs: it packs along the
+  output dimension in the order (0,2,4,6,1,3,5,7).
+- **int3**: 32 codes per three int32 words, as one little-endian 96-bit stream: code ``i`` sits in
+  stream bits ``3i .. 3i+2`` (codes 10 and 21 straddle word boundaries), as AutoGPTQ packs 3 bits.
+
+Because int4 words are little-endian, the bytes of a word read low nibble first: a ``[K/8, N]``
+int4 ``qweight`` transposed to ``[N, K/8]`` and viewed as uint8 is ``[N, K/2]`` with element
+``2j`` in the low nibble of byte ``j`` -- exactly onnxruntime's ``MatMulNBits`` B layout
+(see :func:`int4_words_to_bytes`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_INT4_PER_WORD = 8
+_INT3_PER_3WORDS = 32
+
+
+def _move_last(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return t.movedim(dim, -1)
+
+
+def _check_codes(codes: torch.Tensor, bits: int) -> None:
+    if codes.is_floating_point() or codes.dtype == torch.bool:
+        raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 1 << bits):
+        raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for {bits}-bit packing")
+
+
+def pack_int4(codes: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Pack 4-bit codes (values 0..15) into int32 words, 8 per word along ``dim``.
+
+    ``codes.shape[dim]`` must be a multiple of 8; the result has that dimension divided by 8.
+    """
+    _check_codes(codes, 4)
+    c = _move_last(codes, dim)
+    if c.shape[-1] % _INT4_PER_WORD:
+        raise ValueError(f"int4 packing needs a multiple of 8 along dim {dim}, got {c.shape[-1]}")
+    c = c.reshape(*c.shape[:-1], -1, _INT4_PER_WORD)
+    words = torch.zeros(c.shape[:-1], dtype=torch.int32, device=c.device)
+    for i in range(_INT4_PER_WORD):
+        # int32 shifts wrap, so nibble 7 lands in the sign bit as intended.
+        words |= c[..., i].to(torch.int32) << (4 * i)
+    return words.movedim(-1, dim).contiguous()
+
+
+def unpack_int4(words: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: int32 words to uint8 codes, 8 per word along ``dim``."""
+    w = _move_last(words, dim)
+    codes = torch.empty(*w.shape, _INT4_PER_WORD, dtype=torch.uint8, device=w.device)
+    for i in range(_INT4_PER_WORD):
+        codes[..., i] = (w >> (4 * i)) & 0xF  # the mask drops the sign bits >> drags in
+    return codes.reshape(*w.shape[:-1], -1).movedim(-1, dim).contiguous()
+
+
+def _int3_positions() -> list[tuple[int, int]]:
+    """(word index, bit offset) of each of the 32 codes in a 96-bit group."""
+    return [(3 * i // 32, 3 * i % 32) for i in range(_INT3_PER_3WORDS)]
+
+
+def pack_int3(codes: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Pack 3-bit codes (values 0..7) as a 96-bit little-endian stream per 32 codes along ``dim``.
+
+    ``codes.shape[dim]`` must be a multiple of 32; the result has ``3 * shape[dim] / 32`` int32
+    words along that dimension.
+    """
+    _check_codes(codes, 3)
+    c = _move_last(codes, dim)
+    if c.shape[-1] % _INT3_PER_3WORDS:
+        raise ValueError(f"int3 packing needs a multiple of 32 along dim {dim}, got {c.shape[-1]}")
+    c = c.reshape(*c.shape[:-1], -1, _INT3_PER_3WORDS)
+    words = torch.zeros(*c.shape[:-1], 3, dtype=torch.int32, device=c.device)
+    for i, (word, off) in enumerate(_int3_positions()):
+        code = c[..., i].to(torch.int32)
+        words[..., word] |= code << off  # bits past 31 wrap away ...
+        if off > 29:
+            words[..., word + 1] |= code >> (32 - off)  # ... and continue in the next word
+    return words.reshape(*c.shape[:-2], -1).movedim(-1, dim).contiguous()
+
+
+def unpack_int3(words: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Inverse of :func:`pack_int3`: int32 words to uint8 codes along ``dim``."""
+    w = _move_last(words, dim)
+    if w.shape[-1] % 3:
+        raise ValueError("int3 words come in triples")
+    w = w.reshape(*w.shape[:-1], -1, 3)
+    codes = torch.empty(*w.shape[:-1], _INT3_PER_3WORDS, dtype=torch.uint8, device=w.device)
+    for i, (word, off) in enumerate(_int3_positions()):
+        code = (w[..., word] >> off) & 0x7
+        if off > 29:
+            low_bits = 32 - off
+            code = (code & ((1 << low_bits) - 1)) | ((w[..., word + 1] << low_bits) & 0x7)
+        codes[..., i] = code
+    return codes.reshape(*w.shape[:-2], -1).movedim(-1, dim).contiguous()
+
+
+def int4_words_to_bytes(qweight: torch.Tensor) -> torch.Tensor:
+    """GPTQ ``qweight`` ``[K/8, N]`` int32 to ``[N, K/2]`` uint8, low nibble = even input index.
+
+    This is a transpose plus a reinterpretation of the same bits (little-endian words), which is
+    the byte layout onnxruntime's ``MatMulNBits`` expects for its B input.
+    """
+    return qweight.t().contiguous().view(torch.uint8)

@@ -1,0 +1,239 @@
+"""Group-wise uniform integer weights (int3/int4), the storage shared by RTN, AWQ and GPTQ.
+
+Dequantization: ``W[n, k] = (q[n, k] - z[g(k), n]) · s[g(k), n] / a[k]`` where ``g(k)`` is the
+group of input column ``k`` (``k // group_size``, or ``g_idx[k]`` after GPTQ's act-order) and
+``a`` is an optional per-input-channel scale (AWQ; 1 when absent): the layer computes
+``(x / a) · Q(W·a)ᵀ`` and the forward divides ``x`` by ``a`` first.
+
+Stored tensors follow the GPTQ checkpoint layout (see :mod:`tierlm.kernels.packing`):
+``qweight`` int32 ``[K·bits/32, N]`` packed along the input dim, ``qzeros`` int32
+``[G, N·bits/32]`` packed along the output dim, ``scales`` ``[G, N]`` (float16 by default),
+``g_idx`` int32 ``[K]`` only with act-order, ``input_scale`` float32 ``[K]`` only with AWQ.
+Symmetric grids store zero = 2^(bits-1) for every group, as GPTQ does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from tierlm.kernels.packing import pack_int3, pack_int4, unpack_int3, unpack_int4
+from tierlm.kernels.quant.base import QuantizedTensor
+
+SUPPORTED_BITS = (3, 4)
+SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def grid_params(
+    w: torch.Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype = torch.float16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point per row of ``w`` (``[..., group]``) for a ``bits``-bit grid.
+
+    Symmetric: ``s = max|w| / (2^(b-1) - 1)``, ``z = 2^(b-1)``. Asymmetric:
+    ``s = (max - min) / (2^b - 1)``, ``z = round(-min / s)``. Either way every value in range is
+    within ``s/2`` of a grid point. ``s`` is rounded *up* to ``scale_dtype`` before it is used, so
+    the codes are chosen against the scale that is actually stored and the grid still spans the
+    group (rounding down could clip its extremes by more than half a step).
+    """
+    maxq = (1 << bits) - 1
+    if symmetric:
+        scale = w.abs().amax(-1) / ((1 << (bits - 1)) - 1)
+    else:
+        scale = (w.amax(-1) - w.amin(-1)) / maxq
+    scale = round_up_to(scale.clamp(min=torch.finfo(scale_dtype).tiny), scale_dtype)
+    if symmetric:
+        zero = torch.full_like(scale, float(1 << (bits - 1)))
+    else:
+        zero = torch.round(-w.amin(-1) / scale).clamp(0, maxq)
+    return scale, zero
+
+
+def round_up_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Smallest ``dtype``-representable value ≥ ``x`` (elementwise), returned as float32."""
+    y = x.to(dtype)
+    low = y.to(torch.float32) < x
+    y = torch.where(low, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
+    return y.to(torch.float32)
+
+
+def quantize_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes ``clamp(round(w / s) + z, 0, 2^b - 1)``; ``scale``/``zero`` broadcast to ``w``."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, (1 << bits) - 1)
+
+
+def group_rtn(
+    w: torch.Tensor, bits: int, group_size: int, symmetric: bool, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest of ``[N, K]`` in contiguous groups: ``(codes [N,K], scales [G,N], zeros [G,N])``."""
+    n, k = w.shape
+    if k % group_size:
+        raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
+    g = w.reshape(n, k // group_size, group_size)
+    scale, zero = grid_params(g, bits, symmetric, scale_dtype)
+    codes = quantize_to_grid(g, scale.unsqueeze(-1), zero.unsqueeze(-1), bits)
+    return codes.reshape(n, k), scale.t().contiguous(), zero.t().contiguous()
+
+
+def _pack(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    return (pack_int4 if bits == 4 else pack_int3)(codes, dim)
+
+
+def _unpack(words: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    return (unpack_int4 if bits == 4 else unpack_int3)(words, dim)
+
+
+@dataclass(eq=False)
+class GroupQuantTensor(QuantizedTensor):
+    """Group-wise int3/int4 weight; see the module docstring for the layout."""
+
+    format = "int_group"
+
+    qweight: torch.Tensor
+    qzeros: torch.Tensor
+    scales: torch.Tensor
+    bits: int
+    group_size: int
+    symmetric: bool
+    g_idx: torch.Tensor | None = None
+    input_scale: torch.Tensor | None = None
+
+    @classmethod
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        *,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        scale_dtype: torch.dtype = torch.float16,
+        g_idx: torch.Tensor | None = None,
+        input_scale: torch.Tensor | None = None,
+    ) -> "GroupQuantTensor":
+        """Pack integer ``codes [N, K]`` with per-group ``scales``/``zeros`` ``[G, N]``."""
+        if bits not in SUPPORTED_BITS:
+            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+        codes = codes.to(torch.int64)
+        return cls(
+            qweight=_pack(codes.t(), bits, 0),
+            qzeros=_pack(zeros.to(torch.int64), bits, 1),
+            scales=scales.to(scale_dtype),
+            bits=bits,
+            group_size=group_size,
+            symmetric=symmetric,
+            g_idx=None if g_idx is None else g_idx.to(torch.int32),
+            input_scale=None if input_scale is None else input_scale.to(torch.float32),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.scales.shape[1], self.qweight.shape[0] * 32 // self.bits
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes ``[N, K]`` (uint8)."""
+        return _unpack(self.qweight, self.bits, 0).t()
+
+    def zeros(self) -> torch.Tensor:
+        """Unpacked zero points ``[G, N]`` (uint8)."""
+        return _unpack(self.qzeros, self.bits, 1)
+
+    def group_index(self) -> torch.Tensor:
+        """Group of each input column ``[K]`` (int64)."""
+        if self.g_idx is not None:
+            return self.g_idx.to(torch.int64)
+        return torch.arange(self.shape[1]) // self.group_size
+
+    def dequantize(self) -> torch.Tensor:
+        g = self.group_index()
+        scales = self.scales.to(torch.float32)
+        w = (self.codes().to(torch.float32) - self.zeros().to(torch.float32)[g].t()) * scales[g].t()
+        return w if self.input_scale is None else w / self.input_scale
+
+    def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        flat = rows.reshape(-1).to(torch.int64)
+        g = self.group_index()
+        codes = _unpack(self.qweight[:, flat], self.bits, 0).t().to(torch.float32)
+        zeros = self.zeros()[:, flat].to(torch.float32)
+        scales = self.scales[:, flat].to(torch.float32)
+        w = (codes - zeros[g].t()) * scales[g].t()
+        if self.input_scale is not None:
+            w = w / self.input_scale
+        return w.reshape(*rows.shape, -1)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"qweight": self.qweight, "qzeros": self.qzeros, "scales": self.scales}
+        if self.g_idx is not None:
+            out["g_idx"] = self.g_idx
+        if self.input_scale is not None:
+            out["input_scale"] = self.input_scale
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+
+    @classmethod
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "GroupQuantTensor":
+        return cls(
+            qweight=tensors["qweight"],
+            qzeros=tensors["qzeros"],
+            scales=tensors["scales"],
+            g_idx=tensors.get("g_idx"),
+            input_scale=tensors.get("input_scale"),
+            bits=int(meta["bits"]),
+            group_size=int(meta["group_size"]),
+            symmetric=bool(meta["symmetric"]),
+        )
+
+
+@dataclass(frozen=True)
+class GroupGrid:
+    """The grid settings RTN, AWQ and GPTQ share (validated once, here)."""
+
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = False
+    scale_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {self.bits}")
+        if self.group_size <= 0 or self.group_size % 32:
+            # 32 keeps groups whole within int3's 32-code words and meets onnxruntime's block sizes.
+            raise ValueError(f"group_size must be a positive multiple of 32, got {self.group_size}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ValueError(f"scale_dtype must be one of {sorted(SCALE_DTYPES)}")
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return SCALE_DTYPES[self.scale_dtype]
+
+    def rtn(self, w: torch.Tensor, input_scale: torch.Tensor | None = None) -> GroupQuantTensor:
+        """Round-to-nearest ``w`` (already multiplied by ``input_scale`` if given)."""
+        codes, scales, zeros = group_rtn(w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype)
+        return self.pack(codes, scales, zeros, input_scale=input_scale)
+
+    def pack(
+        self,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        g_idx: torch.Tensor | None = None,
+        input_scale: torch.Tensor | None = None,
+    ) -> GroupQuantTensor:
+        return GroupQuantTensor.from_codes(
+            codes,
+            scales,
+            zeros,
+            bits=self.bits,
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            scale_dtype=self.torch_scale_dtype,
+            g_idx=g_idx,
+            input_scale=input_scale,
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "scale_dtype": self.scale_dtype}

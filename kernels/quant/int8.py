@@ -1,0 +1,163 @@
+"""W8A8: int8 absmax weights per output channel, int8 activations per token (dynamic).
+
+Two optional refinements, both driven by calibration activations:
+
+- **SmoothQuant** (Xiao et al., 2022): per input channel ``s_j = max|X_j|^α / max|W_j|^(1-α)``;
+  the layer computes ``(x / s) · (W·s)ᵀ``, moving activation outliers into the weights where
+  per-channel scales absorb them.
+- **LLM.int8() outlier split** (Dettmers et al., 2022): input features whose calibration
+  ``max|X_j|`` exceeds ``outlier_threshold`` stay in float (weights and activations); the rest go
+  through the int8 product. Outlier activations are zeroed before the per-token scale is taken,
+  so they no longer stretch it.
+
+Layout: ``qweight`` int8 ``[N, K]`` (outlier columns zero), ``scale`` float32 ``[N]``,
+optionally ``smooth`` float32 ``[K]``, ``outlier_idx`` int64 ``[k]`` and ``outlier_weight``
+``[N, k]`` (float16) -- all in the smoothed coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from tierlm.kernels.calibration import LayerStats
+from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
+
+QMAX = 127
+
+
+def absmax_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of a 2-D tensor: ``(q int8, scale float32 [rows, 1])``, ``x ≈ q·scale``."""
+    scale = (x.abs().amax(-1, keepdim=True) / QMAX).clamp(min=1e-12)
+    return torch.round(x / scale).clamp(-QMAX, QMAX).to(torch.int8), scale
+
+
+@dataclass(eq=False)
+class Int8Tensor(QuantizedTensor):
+    """W8A8 weight; :meth:`linear_reference` fake-quantizes activations per token."""
+
+    format = "int8"
+
+    qweight: torch.Tensor
+    scale: torch.Tensor
+    smooth: torch.Tensor | None = None
+    outlier_idx: torch.Tensor | None = None
+    outlier_weight: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.qweight.shape)  # type: ignore[return-value]
+
+    def _smoothed(self) -> torch.Tensor:
+        """Dequantized weight in the smoothed coordinates (outlier columns in float)."""
+        w = self.qweight.to(torch.float32) * self.scale.unsqueeze(1)
+        if self.outlier_idx is not None:
+            w[:, self.outlier_idx] = self.outlier_weight.to(torch.float32)
+        return w
+
+    def dequantize(self) -> torch.Tensor:
+        w = self._smoothed()
+        return w if self.smooth is None else w / self.smooth
+
+    def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        flat = rows.reshape(-1).to(torch.int64)
+        w = self.qweight[flat].to(torch.float32) * self.scale[flat].unsqueeze(1)
+        if self.outlier_idx is not None:
+            w[:, self.outlier_idx] = self.outlier_weight[flat].to(torch.float32)
+        if self.smooth is not None:
+            w = w / self.smooth
+        return w.reshape(*rows.shape, -1)
+
+    def split_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x [M, K]`` -> (smoothed activations with outlier features zeroed, outlier features)."""
+        if self.smooth is not None:
+            x = x / self.smooth
+        if self.outlier_idx is None:
+            return x, None
+        outliers = x[:, self.outlier_idx]
+        x = x.clone()
+        x[:, self.outlier_idx] = 0
+        return x, outliers
+
+    def outlier_product(self, outliers: torch.Tensor | None) -> torch.Tensor | float:
+        """The float part of the split product (0 without outliers)."""
+        if outliers is None:
+            return 0.0
+        return outliers @ self.outlier_weight.to(outliers.dtype).t()
+
+    def linear_reference(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).to(torch.float32)
+        inliers, outliers = self.split_input(x)
+        q, s = absmax_quantize(inliers)
+        w = self.qweight.to(torch.float32) * self.scale.unsqueeze(1)
+        y = (q.to(torch.float32) * s) @ w.t() + self.outlier_product(outliers)
+        return y.reshape(*shape[:-1], -1)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"qweight": self.qweight, "scale": self.scale}
+        if self.smooth is not None:
+            out["smooth"] = self.smooth
+        if self.outlier_idx is not None:
+            out["outlier_idx"] = self.outlier_idx
+            out["outlier_weight"] = self.outlier_weight
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        return {"activations": "int8-per-token"}
+
+    @classmethod
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "Int8Tensor":
+        return cls(
+            qweight=tensors["qweight"],
+            scale=tensors["scale"],
+            smooth=tensors.get("smooth"),
+            outlier_idx=tensors.get("outlier_idx"),
+            outlier_weight=tensors.get("outlier_weight"),
+        )
+
+
+class Int8Quantizer(Quantizer):
+    """Absmax int8; ``smoothquant_alpha`` and ``outlier_threshold`` need calibration ``abs_max``."""
+
+    name = "int8"
+
+    def __init__(self, smoothquant_alpha: float | None = None, outlier_threshold: float | None = None) -> None:
+        if smoothquant_alpha is not None and not 0.0 <= smoothquant_alpha <= 1.0:
+            raise ValueError("smoothquant_alpha must lie in [0, 1]")
+        self.smoothquant_alpha = smoothquant_alpha
+        self.outlier_threshold = outlier_threshold
+        if smoothquant_alpha is not None or outlier_threshold is not None:
+            self.needs = frozenset({"abs_max"})
+
+    @torch.no_grad()
+    def quantize(self, weight: torch.Tensor, calib: LayerStats | None = None) -> Int8Tensor:
+        w = weight.detach().to(torch.float32)
+        smooth = outlier_idx = None
+        if self.needs:
+            act_max = self._require(calib).abs_max.clone()
+            if self.outlier_threshold is not None:
+                outlier_idx = torch.nonzero(act_max > self.outlier_threshold).flatten()
+                if outlier_idx.numel() == 0:
+                    outlier_idx = None
+            if self.smoothquant_alpha is not None:
+                alpha = self.smoothquant_alpha
+                w_max = w.abs().amax(0).clamp(min=1e-5)
+                smooth = (act_max.clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
+                w = w * smooth
+        outlier_weight = None
+        if outlier_idx is not None:
+            outlier_weight = w[:, outlier_idx].to(torch.float16)
+            w = w.clone()
+            w[:, outlier_idx] = 0  # the int8 scale ignores what stays in float
+        q, scale = absmax_quantize(w)
+        return Int8Tensor(q, scale.squeeze(1), smooth, outlier_idx, outlier_weight)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "smoothquant_alpha": self.smoothquant_alpha,
+            "outlier_threshold": self.outlier_threshold,
+        }

@@ -1,0 +1,64 @@
+"""Calling one tier: a Generator client with the tier's deadline, TLS and key, and typed failures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tierlm.config import TierConfig
+from tierlm.v1 import generator_pb2, generator_pb2_grpc
+
+
+class TierFailure(Exception):
+    """A tier did not answer; `code` is the gRPC status the router saw (UNAVAILABLE, ...)."""
+
+    def __init__(self, tier: str, code: grpc.StatusCode, details: str):
+        self.tier = tier
+        self.code = code
+        self.details = details
+        super().__init__(f"{code.name}: {details}")
+
+
+class TierClient:
+    """An async Generator client for one tier. Create and use it inside the router's event loop."""
+
+    def __init__(self, config: TierConfig):
+        self.config = config
+        if config.tls is None:
+            self._channel = grpc.aio.insecure_channel(config.address)
+        else:
+            root = config.tls.ca_file.read_bytes() if config.tls.ca_file else None
+            options = [("grpc.ssl_target_name_override", config.tls.server_name)] if config.tls.server_name else []
+            self._channel = grpc.aio.secure_channel(config.address, grpc.ssl_channel_credentials(root), options)
+        self._stub = generator_pb2_grpc.GeneratorStub(self._channel)
+        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        self._metadata = (("x-api-key", key),) if key else ()
+
+    def timeout(self, remaining_s: float | None) -> float:
+        """The call's deadline: the tier's own timeout, or less if the caller has less left."""
+        return self.config.timeout_s if remaining_s is None else max(0.0, min(remaining_s, self.config.timeout_s))
+
+    async def generate(
+        self, request: generator_pb2.GenerateRequest, remaining_s: float | None
+    ) -> generator_pb2.GenerateResponse:
+        try:
+            return await self._stub.Generate(request, timeout=self.timeout(remaining_s), metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
+
+    async def stream(
+        self, request: generator_pb2.GenerateRequest, remaining_s: float | None
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        call = self._stub.GenerateStream(request, timeout=self.timeout(remaining_s), metadata=self._metadata)
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()

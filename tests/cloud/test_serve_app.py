@@ -1,0 +1,118 @@
+"""The cloud tier as a real Ray Serve app, called through Serve's gRPC proxy on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.ports import free_port
+from tierlm.cloud.config import CloudConfig
+from tierlm.v1 import generator_pb2, generator_pb2_grpc
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["The market rose today", "Gold prices fell sharply after", "Oil futures", "Headlines: stocks up"]
+
+
+def ray_processes() -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in listing if "ray::" in line or "raylet" in line or "gcs_server" in line]
+
+
+@pytest.fixture(scope="module")
+def cloud(llama_dir):
+    from tierlm.cloud.runner import start_cloud, stop_cloud
+
+    config = CloudConfig(
+        models=[{"name": "tiny", "path": str(llama_dir), "engine": "torch",
+                 "engine_options": {"threads": 1, "max_batch": 8, "max_queue": 32},
+                 "health_check_period_s": 1.0, "graceful_shutdown_timeout_s": 5.0}],
+        grpc_port=free_port(), http_port=free_port(),
+    )
+    endpoints = start_cloud(config, num_cpus=2)
+    yield endpoints
+    stop_cloud()
+
+
+@pytest.fixture
+def stub(cloud):
+    with grpc.insecure_channel(cloud.grpc_address) as channel:
+        yield generator_pb2_grpc.GeneratorStub(channel)
+
+
+def direct_greedy(model_dir, prompt: str, max_tokens: int) -> str:
+    import asyncio
+
+    from tierlm.edge.engine import Engine
+    from tierlm.edge.requests import GenerationRequest
+
+    engine = Engine.from_pretrained(model_dir, max_batch=1, max_queue=1)
+    try:
+        return asyncio.run(engine.generate(GenerationRequest(prompt=prompt, max_tokens=max_tokens))).text
+    finally:
+        engine.close()
+
+
+def test_unary_and_stream_match_the_model_run_directly(stub, llama_dir):
+    expected = direct_greedy(llama_dir, PROMPTS[1], 12)
+    reply = stub.Generate(generator_pb2.GenerateRequest(prompt=PROMPTS[1], max_tokens=12), timeout=60)
+    assert (reply.text, reply.tier, reply.model) == (expected, "cloud", "tiny")
+    chunks = list(stub.GenerateStream(generator_pb2.GenerateRequest(prompt=PROMPTS[1], max_tokens=12), timeout=60))
+    assert chunks[-1].is_final and "".join(c.text for c in chunks) == expected
+
+
+def test_sixteen_concurrent_requests_complete(stub):
+    def one(i: int) -> str:
+        return stub.Generate(generator_pb2.GenerateRequest(prompt=PROMPTS[i % 4], max_tokens=8), timeout=120).text
+
+    with ThreadPoolExecutor(16) as pool:
+        texts = list(pool.map(one, range(16)))
+    assert len(texts) == 16 and texts[:4] == texts[4:8]
+
+
+def test_health_and_bad_input_through_the_proxy(stub, cloud):
+    with grpc.insecure_channel(cloud.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(generator_pb2.GenerateRequest(prompt="", max_tokens=4), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_killed_replica_is_replaced(stub):
+    import ray
+    from ray import serve
+
+    from tierlm.cloud.runner import APP_NAME
+
+    status = serve.status().applications[APP_NAME].deployments["llm-tiny"]
+    assert status.status == "HEALTHY"
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "llm-tiny" in a["name"]]
+    assert replicas, "no replica actor found"
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            reply = stub.Generate(generator_pb2.GenerateRequest(prompt="Gold", max_tokens=4), timeout=30)
+            if reply.is_final:
+                break
+        except grpc.RpcError:
+            time.sleep(1)
+    else:
+        pytest.fail("no successful request within 120 s of killing the replica")
+    assert serve.status().applications[APP_NAME].deployments["llm-tiny"].status == "HEALTHY"
+
+
+def test_shutdown_leaves_no_ray_processes(cloud):
+    # Runs last in this module (pytest keeps file order): stop the cluster and look.
+    from tierlm.cloud.runner import stop_cloud
+
+    stop_cloud()
+    deadline = time.monotonic() + 30
+    while ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_processes() == []

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random Llama and Gemma 3 HF folders, and a tiny llama GGUF with its conversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.tiny_gguf import write_tiny_llama_gguf
+from tierlm.edge.tiny import build_model
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_model(path, "llama")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-gemma3")
+    build_model(path, "gemma3")
+    return path
+
+
+@pytest.fixture(scope="session", params=["llama", "gemma3"])
+def model_dir(request, llama_dir, gemma_dir) -> Path:
+    return llama_dir if request.param == "llama" else gemma_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    # Two shared cores: oversubscribed torch threads make everything many times slower.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny llama GGUF file."""
+    return write_tiny_llama_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GGUF converted into an HF folder by `write_hf_folder`."""
+    from tierlm import models
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    model, tokenizer = models.load_gguf(tiny_gguf)
+    models.write_hf_folder(model, tokenizer, folder)
+    return folder

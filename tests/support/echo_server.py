@@ -1,0 +1,93 @@
+"""Small real Generator servers for tests, served with the shared plumbing.
+
+EchoGenerator echoes its prompt; ScriptedGenerator answers with a confidence the prompt
+dictates ("easy" prompts get confident log-probs, others unsure), so cascade routing can be
+tested against real gRPC servers. Both run in-process or as a subprocess
+(`python -m tests.support.echo_server --kind scripted`), which is how SIGTERM draining and
+killed tiers are exercised for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import grpc
+
+from tierlm.serving import GrpcServer, ServerConfig, current_tenant
+from tierlm.v1 import generator_pb2, generator_pb2_grpc
+
+CONFIDENT_LOGPROB = -0.01
+UNSURE_LOGPROB = -2.0
+
+
+class EchoGenerator(generator_pb2_grpc.GeneratorServicer):
+    def __init__(self, delay_s: float = 0.0, name: str = "echo"):
+        self.delay_s = delay_s
+        self.name = name
+        self.calls = 0
+
+    async def Generate(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        self.calls += 1
+        await asyncio.sleep(self.delay_s)
+        return self.answer(request)
+
+    async def GenerateStream(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        self.calls += 1
+        answer = self.answer(request)
+        for word in answer.text.split(" "):
+            await asyncio.sleep(self.delay_s)
+            yield generator_pb2.GenerateResponse(text=word + " ")
+        yield generator_pb2.GenerateResponse(is_final=True, usage=answer.usage, finish_reason=answer.finish_reason)
+
+    def answer(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
+        return generator_pb2.GenerateResponse(
+            request_id=request.request_id, text=request.prompt, tier=current_tenant.get(), is_final=True
+        )
+
+
+class ScriptedGenerator(EchoGenerator):
+    def answer(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
+        logprob = CONFIDENT_LOGPROB if "easy" in request.prompt else UNSURE_LOGPROB
+        return generator_pb2.GenerateResponse(
+            request_id=request.request_id,
+            text=f"{self.name}: {request.prompt}",
+            logprobs=[generator_pb2.TokenLogprob(token="x", logprob=logprob)] if request.return_logprobs else [],
+            usage=generator_pb2.Usage(prompt_tokens=len(request.prompt.split()), completion_tokens=2),
+            finish_reason=generator_pb2.FINISH_REASON_STOP,
+            model=self.name,
+            is_final=True,
+        )
+
+
+async def start_generator(config: ServerConfig, servicer: generator_pb2_grpc.GeneratorServicer) -> GrpcServer:
+    server = GrpcServer(config)
+    await server.start(
+        [lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s)],
+        service_names=[generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
+    )
+    return server
+
+
+async def start_echo(config: ServerConfig, delay_s: float = 0.0) -> GrpcServer:
+    return await start_generator(config, EchoGenerator(delay_s))
+
+
+async def _main(kind: str, delay_s: float, port: int, name: str) -> None:
+    servicer = (ScriptedGenerator if kind == "scripted" else EchoGenerator)(delay_s, name)
+    server = await start_generator(ServerConfig(port=port, drain_grace_s=10.0), servicer)
+    print(f"PORT {server.port}", flush=True)
+    await server.run_until_signal()
+    print("DRAINED", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kind", choices=["echo", "scripted"], default="echo")
+    parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--name", default="echo")
+    args = parser.parse_args()
+    asyncio.run(_main(args.kind, args.delay_s, args.port, args.name))
+    sys.exit(0)

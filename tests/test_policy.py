@@ -1,0 +1,69 @@
+"""The policy file: the example validates, and each broken file names its field and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tierlm.cli import app
+from tierlm.config import PolicyError, load_policy, parse_policy
+
+REPO = Path(__file__).resolve().parents[1]
+BROKEN = REPO / "tests" / "fixtures" / "policies"
+runner = CliRunner()
+
+# file -> the `line: field` the message must name, and a word of the explanation.
+CASES = {
+    "unknown_field.yaml": ("4: tiers[0].timeout_secs", "Extra inputs are not permitted"),
+    "negative_cost.yaml": ("6: tiers[0].cost.per_output_token", "greater than or equal to 0"),
+    "duplicate_tier.yaml": ("6: tiers[2].name", "duplicate tier name 'edge'"),
+    "threshold_range.yaml": ("9: cascade.thresholds.edge", "less than or equal to 1"),
+    "unknown_cascade_tier.yaml": ("9: cascade.order[1]", "unknown tier 'clod'"),
+}
+
+
+def test_example_policy_validates():
+    result = runner.invoke(app, ["policy", "validate", str(REPO / "examples" / "policy.yaml")])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("OK")
+    policy = load_policy(REPO / "examples" / "policy.yaml")
+    assert policy.cascade.order == ["edge", "cloud"]
+    assert policy.tier("cloud").cost.cost(input_tokens=10, output_tokens=5) == pytest.approx(10 * 1e-7 + 5 * 4e-7)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_broken_policy_names_field_and_line(name):
+    where, why = CASES[name]
+    path = BROKEN / name
+    result = runner.invoke(app, ["policy", "validate", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:{where}" in result.output
+    assert why in result.output
+
+
+def test_every_problem_is_reported_not_just_the_first():
+    text = "tiers:\n  - {name: edge, address: 'nope'}\ncascade: {order: [edge], thresholds: {edge: 0.5}}\n"
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text)
+    assert [p.path for p in err.value.problems] == [("tiers", 0, "address")]
+    text = text.replace("'nope'", "'127.0.0.1:1'")
+    with pytest.raises(PolicyError, match="last stage, which always accepts"):
+        parse_policy(text)
+
+
+def test_yaml_problems_are_reported_with_their_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tiers:\n  - name: [edge\n")
+    result = runner.invoke(app, ["policy", "validate", str(broken)])
+    assert result.exit_code == 1
+    assert "not valid YAML" in result.output
+    with pytest.raises(ValueError, match="line 3: duplicate key 'tiers'"):
+        parse_policy("tiers: []\ncascade: {order: [a]}\ntiers: []\n")
+
+
+def test_hash_key_matches_what_the_policy_stores():
+    result = runner.invoke(app, ["policy", "hash-key", "--key", "acme-demo-key"])
+    assert result.exit_code == 0
+    assert load_policy(REPO / "examples" / "policy.yaml").tenants["acme"].key_sha256 == result.output.strip()

@@ -1,0 +1,52 @@
+"""The `tierlm` command line: one entry point, one typer group per area."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+
+import tierlm
+
+# (group name, module) pairs; each module exposes `app`. Modules import their heavy
+# dependencies (torch, ray, ...) inside commands, so `tierlm --help` stays fast.
+COMMAND_GROUPS: list[tuple[str, str]] = [
+    ("policy", "tierlm.commands.policy"),
+    ("router", "tierlm.commands.router"),
+    ("cloud", "tierlm.commands.cloud"),
+    ("edge", "tierlm.commands.edge"),
+    ("model", "tierlm.commands.model"),
+    ("eval", "tierlm.commands.eval"),
+]
+
+app = typer.Typer(
+    name="tierlm",
+    help="Cloud-edge LLM inference: compressed edge models, a Ray Serve cloud tier and a learned cascade router.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tierlm {tierlm.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    log_level: str = typer.Option("INFO", "--log-level", envvar="TIERLM_LOG_LEVEL", help="Python logging level."),
+) -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for _name, _module in COMMAND_GROUPS:
+    app.add_typer(importlib.import_module(_module).app, name=_name)
+
+app.command("ask")(importlib.import_module("tierlm.commands.ask").ask)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,339 @@
+"""The tierlm client SDK: call the router (or any tier) over gRPC.
+
+>>> from tierlm.client import Client
+>>> with Client("127.0.0.1:50051", api_key="...") as client:
+...     answer = client.complete("Q: gold rises 2%\\nA:", max_tokens=4)
+...     print(answer.text, answer.tier, answer.cost)
+
+`AsyncClient` has the same methods as coroutines / async iterators. Both retry
+UNAVAILABLE and RESOURCE_EXHAUSTED with exponential backoff and full jitter, honouring the
+server's `retry-after-s` hint, and never retry a request the server called invalid.
+Errors arrive as `TierlmError` subclasses named after their gRPC status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
+
+RETRY_AFTER_KEY = "retry-after-s"
+
+
+class TierlmError(Exception):
+    """A call failed; `code` is the gRPC status, `retry_after_s` the server's hint if it gave one."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, details: str, code: grpc.StatusCode | None = None, retry_after_s: float | None = None):
+        super().__init__(details)
+        self.details = details
+        if code is not None:
+            self.code = code
+        self.retry_after_s = retry_after_s
+
+
+class InvalidArgument(TierlmError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unauthenticated(TierlmError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(TierlmError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(TierlmError):
+    """A full queue, the router's concurrency limit, or a spent budget (the message says which)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(TierlmError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(TierlmError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+_ERRORS = {cls.code: cls for cls in (InvalidArgument, Unauthenticated, PermissionDenied, ResourceExhausted, Unavailable, DeadlineExceeded)}
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def _error_from(exc: grpc.RpcError) -> TierlmError:
+    hint = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            hint = float(value)
+    cls = _ERRORS.get(exc.code(), TierlmError)
+    return cls(exc.details() or exc.code().name, exc.code(), hint)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A routed answer: its text, which tier produced it, what it cost, and the routing trace."""
+
+    text: str
+    tier: str
+    cost: float
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    latency_ms: float
+    request_id: str
+    trace: router_pb2.RoutingTrace
+    logprobs: list[float] = field(default_factory=list)
+    choice_logprobs: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_response(cls, reply: router_pb2.CompleteResponse, text: str | None = None) -> Completion:
+        answer = reply.answer
+        return cls(
+            text=answer.text if text is None else text,
+            tier=reply.trace.accepted_tier or answer.tier,
+            cost=reply.trace.total_cost,
+            prompt_tokens=answer.usage.prompt_tokens,
+            completion_tokens=answer.usage.completion_tokens,
+            finish_reason=generator_pb2.FinishReason.Name(answer.finish_reason).removeprefix("FINISH_REASON_").lower(),
+            latency_ms=answer.latency_ms,
+            request_id=answer.request_id,
+            trace=reply.trace,
+            logprobs=[t.logprob for t in answer.logprobs],
+            choice_logprobs={c.choice: c.logprob for c in answer.choice_logprobs},
+        )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a streamed answer; the last one has `completion` set."""
+
+    text: str
+    completion: Completion | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 5.0
+
+    def delay(self, attempt: int, error: TierlmError) -> float | None:
+        """Seconds to wait before retry number `attempt` (1-based), or None to give up."""
+        if error.code not in _RETRYABLE or attempt >= self.attempts:
+            return None
+        if error.retry_after_s is not None:
+            # A hint longer than we would ever back off (a daily budget) means: do not retry.
+            return error.retry_after_s if error.retry_after_s <= self.max_backoff_s else None
+        return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1)))
+
+
+def build_request(
+    prompt: str | None = None,
+    *,
+    messages: Sequence[tuple[str, str]] | None = None,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    stop: Sequence[str] = (),
+    seed: int | None = None,
+    return_logprobs: bool = False,
+    choices: Sequence[str] = (),
+    request_id: str = "",
+    budget_per_query: float | None = None,
+    max_tier: str = "",
+    force_tier: str = "",
+) -> router_pb2.CompleteRequest:
+    """A CompleteRequest from keyword arguments; give `prompt` or `messages` as (role, content) pairs."""
+    if (prompt is None) == (messages is None):
+        raise ValueError("give exactly one of prompt or messages")
+    inner = generator_pb2.GenerateRequest(
+        request_id=request_id, max_tokens=max_tokens, temperature=temperature, stop=list(stop),
+        return_logprobs=return_logprobs, choices=list(choices),
+    )
+    if prompt is not None:
+        inner.prompt = prompt
+    else:
+        inner.messages.messages.extend(generator_pb2.ChatMessage(role=r, content=c) for r, c in messages)
+    if top_p is not None:
+        inner.top_p = top_p
+    if seed is not None:
+        inner.seed = seed
+    routing = router_pb2.RoutingOptions(max_tier=max_tier, force_tier=force_tier)
+    if budget_per_query is not None:
+        routing.budget_per_query = budget_per_query
+    return router_pb2.CompleteRequest(request=inner, routing=routing)
+
+
+def _credentials(tls: bool, ca_file: str | Path | None) -> grpc.ChannelCredentials | None:
+    if not tls and ca_file is None:
+        return None
+    return grpc.ssl_channel_credentials(Path(ca_file).read_bytes() if ca_file else None)
+
+
+class _Base:
+    def __init__(
+        self,
+        address: str,
+        api_key: str | None = None,
+        *,
+        tls: bool = False,
+        ca_file: str | Path | None = None,
+        timeout_s: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+    ):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._credentials = _credentials(tls, ca_file)
+        self._metadata: tuple[tuple[str, str], ...] = (("x-api-key", api_key),) if api_key else ()
+        # gRPC's own reconnect backoff (1 s, growing to 120 s) would make our retries fail fast
+        # against a channel still waiting to redial; keep it in step with the retry policy.
+        self._channel_options = [
+            ("grpc.initial_reconnect_backoff_ms", int(retry.initial_backoff_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(retry.max_backoff_s * 1000)),
+        ]
+
+
+class Client(_Base):
+    """Blocking client. Use as a context manager, or call close()."""
+
+    def __init__(self, address: str, api_key: str | None = None, **options: Any):
+        super().__init__(address, api_key, **options)
+        self._channel = (
+            grpc.secure_channel(address, self._credentials, self._channel_options)
+            if self._credentials
+            else grpc.insecure_channel(address, self._channel_options)
+        )
+        self._stub = router_pb2_grpc.RouterStub(self._channel)
+
+    def complete(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Completion:
+        """Route one request and return the accepted answer. See build_request for the parameters."""
+        request = build_request(prompt, **params)
+        reply = self._call(lambda timeout: self._stub.Complete(request, timeout=timeout, metadata=self._metadata), timeout_s)
+        return Completion.from_response(reply)
+
+    def stream(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Iterator[Chunk]:
+        """Yield the answer's text as it arrives; the last chunk carries the Completion.
+
+        Retries happen only before the first chunk: text already delivered cannot be replayed."""
+        request = build_request(prompt, **params)
+        text: list[str] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            received = False
+            try:
+                for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata):
+                    received = True
+                    if reply.answer.is_final:
+                        final_text = "".join(text) + reply.answer.text
+                        yield Chunk(reply.answer.text, Completion.from_response(reply, final_text))
+                        return
+                    text.append(reply.answer.text)
+                    yield Chunk(reply.answer.text)
+                return
+            except grpc.RpcError as exc:
+                error = _error_from(exc)
+                delay = None if received else self.retry.delay(attempt, error)
+                if delay is None:
+                    raise error from None
+                time.sleep(delay)
+
+    def usage(self, tenant: str = "", since_unix_s: float = 0.0) -> router_pb2.UsageResponse:
+        """Your tenant's spend as the router's ledger records it."""
+        request = router_pb2.UsageRequest(tenant=tenant, since_unix_s=since_unix_s)
+        return self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=self._metadata), None)
+
+    def _call(self, invoke: Any, timeout_s: float | None) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return invoke(timeout_s or self.timeout_s)
+            except grpc.RpcError as exc:
+                error = _error_from(exc)
+                delay = self.retry.delay(attempt, error)
+                if delay is None:
+                    raise error from None
+                time.sleep(delay)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """asyncio client; create it inside a running event loop. `async with` closes it."""
+
+    def __init__(self, address: str, api_key: str | None = None, **options: Any):
+        super().__init__(address, api_key, **options)
+        self._channel = (
+            grpc.aio.secure_channel(address, self._credentials, self._channel_options)
+            if self._credentials
+            else grpc.aio.insecure_channel(address, self._channel_options)
+        )
+        self._stub = router_pb2_grpc.RouterStub(self._channel)
+
+    async def complete(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Completion:
+        request = build_request(prompt, **params)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = await self._stub.Complete(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
+                return Completion.from_response(reply)
+            except grpc.aio.AioRpcError as exc:
+                error = _error_from(exc)
+                delay = self.retry.delay(attempt, error)
+                if delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
+
+    async def stream(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> AsyncIterator[Chunk]:
+        request = build_request(prompt, **params)
+        text: list[str] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            received = False
+            try:
+                async for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata):
+                    received = True
+                    if reply.answer.is_final:
+                        final_text = "".join(text) + reply.answer.text
+                        yield Chunk(reply.answer.text, Completion.from_response(reply, final_text))
+                        return
+                    text.append(reply.answer.text)
+                    yield Chunk(reply.answer.text)
+                return
+            except grpc.aio.AioRpcError as exc:
+                error = _error_from(exc)
+                delay = None if received else self.retry.delay(attempt, error)
+                if delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,44 @@
+"""`tierlm ask`: one question to a running router, through the client SDK."""
+
+from __future__ import annotations
+
+import typer
+
+from tierlm.client import Client, TierlmError
+from tierlm.v1 import router_pb2
+
+
+def ask(
+    prompt: str = typer.Argument(..., help="The prompt to route."),
+    router: str = typer.Option("127.0.0.1:50051", "--router", envvar="TIERLM_ROUTER", help="Router address host:port."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="TIERLM_API_KEY", help="Tenant API key."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    choice: list[str] = typer.Option([], "--choice", help="Answer by label-choice scoring among these (repeatable)."),
+    force_tier: str = typer.Option("", "--force-tier", help="Call only this tier."),
+    max_tier: str = typer.Option("", "--max-tier", help="Never escalate past this tier."),
+    stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
+    trace: bool = typer.Option(True, "--trace/--no-trace", help="Print which tiers were tried and why."),
+) -> None:
+    """Send PROMPT to the router; print the answer, the tier that gave it and what it cost."""
+    params = dict(max_tokens=max_tokens, temperature=temperature, choices=choice, force_tier=force_tier, max_tier=max_tier)
+    try:
+        with Client(router, api_key=api_key) as client:
+            if stream:
+                completion = None
+                for chunk in client.stream(prompt, **params):
+                    typer.echo(chunk.text, nl=False)
+                    completion = chunk.completion or completion
+                typer.echo()
+            else:
+                completion = client.complete(prompt, **params)
+                typer.echo(completion.text)
+    except TierlmError as exc:
+        typer.echo(f"error: {exc.code.name}: {exc.details}", err=True)
+        raise typer.Exit(1) from None
+    if completion is not None:
+        typer.echo(f"-- tier {completion.tier}, cost {completion.cost:.6g}, {completion.completion_tokens} tokens", err=True)
+        if trace:
+            for attempt in completion.trace.attempts:
+                outcome = router_pb2.TierOutcome.Name(attempt.outcome).removeprefix("TIER_OUTCOME_").lower()
+                typer.echo(f"   {attempt.tier}: {outcome} ({attempt.reason})", err=True)

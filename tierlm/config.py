@@ -1,0 +1,213 @@
+"""The cascade policy file: pydantic models, loading with line-numbered errors.
+
+The policy says which tiers exist, what each costs, how answers are scored and when the
+cascade escalates (DESIGN.md §4). The router reloads it at run time, so every mistake is
+caught here, with the field and the line named, before a bad file can replace a good one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
+
+from tierlm.yaml_source import YamlDocument, load_yaml, load_yaml_file
+
+NonNegative = Annotated[float, Field(ge=0.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+TierName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+
+_ADDRESS = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+class _Strict(BaseModel):
+    # Unknown fields are typos more often than not; reject them rather than ignore them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CostModel(_Strict):
+    """What one call to a tier costs, in the policy's currency (USD unless you say otherwise)."""
+
+    per_input_token: NonNegative = 0.0
+    per_output_token: NonNegative = 0.0
+    per_call: NonNegative = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return self.per_call + self.per_input_token * input_tokens + self.per_output_token * output_tokens
+
+
+class TLSClientConfig(_Strict):
+    """How the router verifies a tier's server certificate (system roots when ca_file is unset)."""
+
+    ca_file: Path | None = None
+    server_name: str | None = None
+
+
+class TierConfig(_Strict):
+    name: TierName
+    address: str
+    cost: CostModel = CostModel()
+    timeout_s: Annotated[float, Field(gt=0.0)] = 10.0
+    tls: TLSClientConfig | None = None
+    # Name of the environment variable holding the key this tier expects, if it has auth on.
+    api_key_env: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        match = _ADDRESS.match(value)
+        if match is None or not 0 < int(match.group(1)) < 65536:
+            raise ValueError("expected host:port with a port in 1..65535, e.g. 127.0.0.1:50061")
+        return value
+
+
+class ScorerConfig(_Strict):
+    path: Path
+    features: list[Literal["query", "answer", "logprobs"]] = ["query", "answer", "logprobs"]
+
+
+class CascadeConfig(_Strict):
+    order: Annotated[list[TierName], Field(min_length=1)]
+    # Accept a stage's answer when the scorer's P(correct) >= its threshold; the last stage
+    # always accepts, so it has no threshold.
+    thresholds: dict[TierName, Probability] = {}
+    budget_per_query: NonNegative | None = None
+
+
+class TenantConfig(_Strict):
+    # SHA-256 of the tenant's API key, hex; the key itself never appears in the file.
+    key_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    budget_per_day: NonNegative | None = None
+    budget_per_query: NonNegative | None = None
+
+
+class LimitsConfig(_Strict):
+    max_request_bytes: Annotated[int, Field(gt=0)] = 1 << 20
+    max_concurrent_requests: Annotated[int, Field(gt=0)] = 256
+
+
+class BreakerConfig(_Strict):
+    failures_to_open: Annotated[int, Field(gt=0)] = 5
+    cooldown_s: Annotated[float, Field(gt=0.0)] = 10.0
+
+
+class CacheConfig(_Strict):
+    enabled: bool = False
+    ttl_s: Annotated[float, Field(gt=0.0)] = 300.0
+    max_entries: Annotated[int, Field(gt=0)] = 10_000
+
+
+class Policy(_Strict):
+    tiers: Annotated[list[TierConfig], Field(min_length=1)]
+    cascade: CascadeConfig
+    scorer: ScorerConfig | None = None
+    tenants: dict[str, TenantConfig] = {}
+    limits: LimitsConfig = LimitsConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    cache: CacheConfig = CacheConfig()
+
+    def tier(self, name: str) -> TierConfig:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    path: tuple[str | int, ...]
+    message: str
+    line: int | None
+
+
+class PolicyError(ValueError):
+    """A policy file that must not be used; str() lists every problem as `file:line: field: message`."""
+
+    def __init__(self, source: str, problems: list[PolicyProblem]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(_format(source, p) for p in problems))
+
+
+def _format(source: str, problem: PolicyProblem) -> str:
+    where = f"{source}:{problem.line}" if problem.line is not None else source
+    field = _dotted(problem.path) or "(top level)"
+    return f"{where}: {field}: {problem.message}"
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read, validate and cross-check a policy file; raise PolicyError naming field and line."""
+    return _policy_from(load_yaml_file(path))
+
+
+def parse_policy(text: str, source: str = "<string>") -> Policy:
+    return _policy_from(load_yaml(text, source))
+
+
+def load_tenants(path: str | Path) -> dict[str, TenantConfig]:
+    """Read a tenants file (tenant name -> key_sha256 and budgets), kept apart from the policy
+    so keys can live in a Kubernetes Secret while the policy lives in a ConfigMap."""
+    document = load_yaml_file(path)
+    return validate_document(document, _Tenants, "a mapping of tenant name to key_sha256 and budgets").root
+
+
+class _Tenants(RootModel[dict[str, TenantConfig]]):
+    pass
+
+
+def _policy_from(document: YamlDocument) -> Policy:
+    policy = validate_document(document, Policy, "a mapping with tiers and cascade")
+    problems = [PolicyProblem(path, msg, document.line_of(path)) for path, msg in _cross_check(policy)]
+    if problems:
+        raise PolicyError(document.source, problems)
+    return policy
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def validate_document(document: YamlDocument, model: type[_Model], expected: str) -> _Model:
+    """Validate a parsed YAML file against `model`; PolicyError names each bad field's line."""
+    if not isinstance(document.data, dict):
+        raise PolicyError(document.source, [PolicyProblem((), f"expected {expected}", 1)])
+    try:
+        return model.model_validate(document.data)
+    except ValidationError as exc:
+        problems = [
+            PolicyProblem(tuple(err["loc"]), err["msg"], document.line_of(tuple(err["loc"])))
+            for err in exc.errors()
+        ]
+        raise PolicyError(document.source, problems) from None
+
+
+def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
+    """Rules that span fields, which pydantic's per-field validation cannot see."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    seen: set[str] = set()
+    for index, tier in enumerate(policy.tiers):
+        if tier.name in seen:
+            problems.append((("tiers", index, "name"), f"duplicate tier name {tier.name!r}"))
+        seen.add(tier.name)
+    order = policy.cascade.order
+    for index, name in enumerate(order):
+        if name not in seen:
+            problems.append((("cascade", "order", index), f"unknown tier {name!r}; tiers are {sorted(seen)}"))
+        if name in order[:index]:
+            problems.append((("cascade", "order", index), f"tier {name!r} appears twice in the cascade"))
+    for name in policy.cascade.thresholds:
+        path = ("cascade", "thresholds", name)
+        if name not in order:
+            problems.append((path, f"threshold for {name!r}, which is not in cascade.order {order}"))
+        elif name == order[-1]:
+            problems.append((path, f"{name!r} is the last stage, which always accepts; remove its threshold"))
+    return problems
