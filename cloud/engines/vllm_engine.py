@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import time
 import uuid
@@ -39,6 +40,8 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
 }
 # Not an engine arg: the CPU backend's KV cache size in GiB (vLLM reads VLLM_CPU_KVCACHE_SPACE).
 CPU_KV_CACHE_OPTION = "cpu_kv_cache_gib"
+# How long closing waits for vLLM's processes to exit before killing them.
+SHUTDOWN_TIMEOUT_S = 30.0
 
 
 class VLLMTextEngine:
@@ -61,7 +64,10 @@ class VLLMTextEngine:
             args = AsyncEngineArgs(model=str(model_path), **options)
         except TypeError as exc:  # an option that is not an engine arg
             raise ValueError(f"bad vLLM engine option: {exc}") from None
+        before = set(multiprocessing.active_children())
         self._llm = AsyncLLM.from_engine_args(args)
+        # The engine-core process(es) vLLM just started, so closing can wait for them.
+        self._processes = [p for p in multiprocessing.active_children() if p not in before]
         self.tokenizer = self._llm.get_tokenizer()
         # The edge engine's validation and tokenization: both tiers read a request the same way.
         self._preparer = RequestPreparer(self.tokenizer, self._llm.model_config.max_model_len)
@@ -101,10 +107,23 @@ class VLLMTextEngine:
         return EngineHealth(True, "serving")
 
     async def aclose(self) -> None:
-        """Shut vLLM's engine core down (in a thread: it joins processes); idempotent."""
+        """Shut vLLM's engine core down and wait for its processes to exit; idempotent."""
         if not self._closed:
             self._closed = True
-            await asyncio.to_thread(self._llm.shutdown)
+            await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._llm.shutdown()
+        # vLLM signals its engine-core process and may return before it has exited: join it,
+        # so a closed engine has really released its process and memory (and left no zombie).
+        for process in self._processes:
+            process.join(SHUTDOWN_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        # Dropped now, while the interpreter is whole: AsyncLLM.__del__ shuts down again, which
+        # fails noisily when it first runs during interpreter exit.
+        self._llm = None
 
     # ---- request preparation ----
 
