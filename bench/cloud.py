@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from results_io import write_results  # noqa: E402
+from tierlm.results import write_results  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tierlm.v1 import generator_pb2  # noqa: E402
 

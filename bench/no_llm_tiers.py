@@ -16,7 +16,7 @@ import argparse
 import time
 
 import numpy as np
-from results_io import write_results
+from tierlm.results import write_results
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from tierlm.router.datasets import LABELS, load_headlines

@@ -24,7 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from results_io import write_results
+from tierlm.results import write_results
 from tierlm.client import Client
 
 REPO = Path(__file__).resolve().parents[1]

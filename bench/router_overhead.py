@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from results_io import write_results
+from tierlm.results import write_results
 from tierlm.router.datasets import LABELS, load_headlines
 from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
 from tierlm.router.knn import KnnVote

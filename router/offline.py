@@ -1,8 +1,9 @@
-"""From collected answers to the optimizer's arrays: align tiers on queries, score every answer."""
+"""From collected answers to the optimizer's arrays: align tiers on queries, score every answer,
+and the query-only pre-router that predicts which tiers will fail."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -10,24 +11,68 @@ from tierlm.router.cascade_eval import CascadeData, TierOutcomes
 from tierlm.router.records import AnswerRecord
 from tierlm.router.scorer import Scorer
 
+FailProbs = Mapping[str, Mapping[str, float]]  # tier -> query id -> P(tier answers wrongly)
 
-def cascade_data(records: Sequence[AnswerRecord], scorer: Scorer, tiers: Sequence[str] | None = None) -> tuple[CascadeData, list[str]]:
-    """Per tier, correctness, the scorer's P(correct) and cost, on the queries every tier answered.
 
-    Returns the data and the query ids in its row order."""
+def _by_tier(records: Sequence[AnswerRecord]) -> dict[str, dict[str, AnswerRecord]]:
     by_tier: dict[str, dict[str, AnswerRecord]] = {}
     for record in records:
-        if tiers is None or record.tier in tiers:
-            by_tier.setdefault(record.tier, {})[record.query_id] = record
+        by_tier.setdefault(record.tier, {})[record.query_id] = record
     if not by_tier:
-        raise ValueError("no answers for the requested tiers")
-    common = sorted(set.intersection(*(set(answers) for answers in by_tier.values())))
+        raise ValueError("no answers")
+    return by_tier
+
+
+def common_queries(records: Sequence[AnswerRecord]) -> list[str]:
+    """Ids of the queries every tier answered, sorted."""
+    return sorted(set.intersection(*(set(answers) for answers in _by_tier(records).values())))
+
+
+def cascade_data(records: Sequence[AnswerRecord], scorer: Scorer, fail_prob: FailProbs | None = None) -> CascadeData:
+    """Per tier, correctness, the scorer's P(correct), cost and (optionally) the pre-router's
+    P(fail), on the queries every tier answered, in `common_queries` order."""
+    by_tier = _by_tier(records)
+    ids = common_queries(records)
     outcomes = {}
     for tier, answers in by_tier.items():
-        aligned = [answers[qid] for qid in common]
+        aligned = [answers[qid] for qid in ids]
         outcomes[tier] = TierOutcomes(
             correct=np.array([bool(r.correct) for r in aligned]),
             score=scorer.score_records(aligned),
             cost=np.array([r.cost for r in aligned]),
+            fail_prob=None if fail_prob is None else np.array([fail_prob[tier][qid] for qid in ids]),
         )
-    return CascadeData(outcomes), common
+    return CascadeData(outcomes)
+
+
+def prerouter_fail_probs(
+    train: Sequence[AnswerRecord],
+    evaluate: Sequence[AnswerRecord],
+    embed: Mapping[str, np.ndarray],
+    folds: int = 5,
+) -> tuple[FailProbs, FailProbs]:
+    """RouteLLM-style pre-routing: per tier, a logistic regression on the query's embedding alone
+    predicting that the tier will answer wrongly, before calling anything.
+
+    `embed` maps query text to its embedding. The training split's probabilities are
+    out-of-fold (cross_val_predict), so the optimizer never fits thresholds on in-sample
+    predictions; the evaluated split's come from a model fitted on all of train."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    train_fail: dict[str, dict[str, float]] = {}
+    eval_fail: dict[str, dict[str, float]] = {}
+    test_by_tier = _by_tier(evaluate)
+    for tier, answers in _by_tier(train).items():
+        rows = list(answers.values())
+        x = np.stack([embed[r.query] for r in rows])
+        wrong = np.array([not r.correct for r in rows], dtype=int)
+        model = LogisticRegression(C=1.0, max_iter=2000)
+        out_of_fold = cross_val_predict(model, x, wrong, cv=folds, method="predict_proba")[:, 1]
+        train_fail[tier] = {r.query_id: float(p) for r, p in zip(rows, out_of_fold)}
+        model.fit(x, wrong)
+        tests = list(test_by_tier.get(tier, {}).values())
+        if tests:
+            probs = model.predict_proba(np.stack([embed[r.query] for r in tests]))[:, 1]
+            eval_fail[tier] = {r.query_id: float(p) for r, p in zip(tests, probs)}
+    return train_fail, eval_fail

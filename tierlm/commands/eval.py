@@ -65,3 +65,77 @@ def ppl(
         print(json.dumps(record | result.to_dict()))
     else:
         print(f"{result.summary()}  (load {load_seconds:.1f} s, {threads} threads)  {model} on {text}")
+
+
+@app.command()
+def cascade(
+    db: Path = typer.Option(..., "--db", exists=True, dir_okay=False, help="Answer store from `tierlm router collect`."),
+    scorer_dir: Path = typer.Option(..., "--scorer", exists=True, file_okay=False, help="Scorer from `tierlm router train`."),
+    split: str = typer.Option("dev", "--split", help="Split to evaluate on."),
+    fit_split: str = typer.Option("train", "--fit-split", help="Split the cascade thresholds are fitted on (never the evaluated one)."),
+    budgets: list[float] = typer.Option([], "--budget", help="Budgets per query to report (repeatable); default: a grid between the cheapest and dearest tier."),
+    out_dir: Path = typer.Option(Path("bench/results"), "--out-dir", help="Where routing.json and cost_accuracy.png go."),
+    threads: int = typer.Option(1, "--threads", min=1),
+) -> None:
+    """Fit the cascade on one split, evaluate it on another, next to every single tier, the oracle
+    and the no-LLM knn-vote reference; print the table, write routing.json and cost_accuracy.png."""
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from tierlm.results import write_results
+    from tierlm.router.cascade_report import frontier_on, routing_rows
+    from tierlm.router.collect import AnswerStore
+    from tierlm.router.datasets import load_headlines
+    from tierlm.router.embeddings import Encoder
+    from tierlm.router.frontier_plot import plot_cost_accuracy
+    from tierlm.router.knn import KnnVote
+    from tierlm.router.offline import cascade_data, common_queries, prerouter_fail_probs
+    from tierlm.router.optimizer import fit_frontier
+    from tierlm.router.scorer import Scorer
+
+    if split == fit_split:
+        raise typer.BadParameter("fitting and evaluating on one split reports in-sample numbers", param_hint="--fit-split")
+    store = AnswerStore(db)
+    fit_records, test_records = store.records(fit_split), store.records(split)
+    if not fit_records or not test_records:
+        raise typer.BadParameter(f"{db} needs answers on both {fit_split!r} and {split!r}")
+    encoder = Encoder(threads=threads)
+    scorer = Scorer.load(scorer_dir, encoder)
+    queries = sorted({r.query for r in (*fit_records, *test_records)})
+    embed = dict(zip(queries, encoder.encode(queries)))
+    fit_fail, test_fail = prerouter_fail_probs(fit_records, test_records, embed)
+    fit_data = cascade_data(fit_records, scorer, fit_fail)
+    test_data = cascade_data(test_records, scorer, test_fail)
+    frontiers = {"cascade": fit_frontier(fit_data), "cascade-preroute": fit_frontier(fit_data, prerouting=True)}
+    tier_costs = [float(t.cost.mean()) for t in test_data.tiers.values()]
+    cheapest = min(p.cost_per_query for p in frontiers["cascade"].points)
+    grid = budgets or sorted({float(b) for b in np.geomspace(max(cheapest, 1e-12), max(tier_costs) * 1.05, 6)})
+    rows = routing_rows(test_data, [b for b in grid if b >= cheapest], frontiers)
+
+    # The no-LLM reference: majority of the 8 nearest training headlines (DESIGN §6).
+    pool = load_headlines(fit_split)
+    knn = KnnVote(encoder.encode([e.headline for e in pool]), [e.label for e in pool])
+    by_id = {r.query_id: r for r in test_records}
+    ids = common_queries(test_records)
+    test_rows = {e.id: e for e in load_headlines(split)}
+    votes = knn.predict(np.stack([embed[by_id[i].query] for i in ids]))
+    knn_accuracy = float(np.mean([v.label == test_rows[i].label for v, i in zip(votes, ids)]))
+    rows.append({"name": "knn-vote", "accuracy": knn_accuracy, "cost_per_query": 0.0})
+
+    table = Table(title=f"cascade fitted on {fit_split}, measured on {split} ({test_data.n} queries)")
+    for column in ("name", "accuracy", "cost_per_query", "answered"):
+        table.add_column(column)
+    for row in rows:
+        answered = ", ".join(f"{t} {share:.0%}" for t, share in row.get("answered", {}).items())
+        table.add_row(row["name"], f"{row['accuracy']:.3f}", f"{row['cost_per_query']:.3g}", answered)
+    Console().print(table)
+    path = write_results("routing", rows, folder=out_dir, split=split, fit_split=fit_split, queries=test_data.n)
+    singles = {r["name"]: (r["cost_per_query"], r["accuracy"]) for r in rows if r["name"].endswith("-only")}
+    oracle = next((r["cost_per_query"], r["accuracy"]) for r in rows if r["name"] == "oracle")
+    plot = plot_cost_accuracy(
+        out_dir / "cost_accuracy.png", frontier=frontier_on(frontiers["cascade"], test_data),
+        frontier_label=f"cascade (fitted on {fit_split})", single_tiers=singles, oracle=oracle,
+        baselines={"knn-vote": (0.0, knn_accuracy)}, log_x=True, title=f"HEADLINES {split}: accuracy vs cost per query",
+    )
+    typer.echo(f"wrote {path} and {plot}")

@@ -150,7 +150,7 @@ def train(
     typer.echo(f"scorer for tiers {list(scorer.tiers)} trained on {len(records)} {split} answers -> {out}")
     held_out = store.records(report_split)
     if held_out:
-        data, _ = cascade_data(held_out, Scorer.load(out, encoder))
+        data = cascade_data(held_out, Scorer.load(out, encoder))
         for tier, m in tier_score_metrics(data).items():
             typer.echo(f"  {report_split} {tier}: n={m.n} accuracy={m.accuracy:.3f} AUROC={m.auroc:.3f} "
                        f"Brier={m.brier:.3f} ECE={m.ece:.3f}")

@@ -1,4 +1,4 @@
-"""The one JSON shape every bench writes (DESIGN.md §7), plus the machine it ran on."""
+"""The one JSON shape every bench and evaluation writes (DESIGN.md §7), plus the machine it ran on."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# bench/results/ of a source checkout; `write_results(..., folder=...)` writes elsewhere.
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 
 def machine() -> str:
@@ -32,9 +33,10 @@ def machine() -> str:
     return described
 
 
-def write_results(bench: str, rows: list[dict], **extra: object) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{bench}.json"
+def write_results(bench: str, rows: list[dict], folder: Path = RESULTS, **extra: object) -> Path:
+    """Write `<folder>/<bench>.json` and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{bench}.json"
     document = {
         "bench": bench,
         "machine": machine(),
