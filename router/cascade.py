@@ -155,10 +155,16 @@ class CascadeRunner:
         breakers: Mapping[str, CircuitBreaker],
         scorer: AnswerScorer,
         on_tier_call: Callable[[str, float, bool], None] | None = None,
+        rewrite: Callable[[str, generator_pb2.GenerateRequest], generator_pb2.GenerateRequest] | None = None,
+        query_of: Callable[[generator_pb2.GenerateRequest], str] = query_text,
     ):
         self.clients = clients
         self.breakers = breakers
         self.scorer = scorer
+        # Per-tier prompt adaptation (router/serving_prompts.py): the request a tier is sent,
+        # and the query text the scorer judges the answer against.
+        self._rewrite = rewrite or (lambda tier, request: request)
+        self._query_of = query_of
         # (tier, seconds, ok) for metrics; kept out of this module's concerns.
         self._on_tier_call = on_tier_call or (lambda tier, seconds, ok: None)
 
@@ -183,10 +189,10 @@ class CascadeRunner:
     ) -> AsyncIterator[tuple[generator_pb2.GenerateResponse, router_pb2.RoutingTrace]]:
         started = time.perf_counter()
         attempts = _Attempts()
-        query = query_text(request)
-        tier_request = generator_pb2.GenerateRequest()
-        tier_request.CopyFrom(request)
-        tier_request.return_logprobs = True  # the scorer needs them; stripped again below
+        query = self._query_of(request)
+        base_request = generator_pb2.GenerateRequest()
+        base_request.CopyFrom(request)
+        base_request.return_logprobs = True  # the scorer needs them; stripped again below
         for index, tier in enumerate(plan_.tiers):
             name = tier.name
             breaker = self.breakers[name]
@@ -204,6 +210,7 @@ class CascadeRunner:
             if remaining is not None and remaining <= 0:
                 break
             is_last = not later
+            tier_request = self._rewrite(name, base_request)
             call_started = time.perf_counter()
             if is_last and stream_last:
                 sent_any = False

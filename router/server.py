@@ -26,7 +26,8 @@ from tierlm.config import Policy, TenantConfig, load_policy, load_tenants
 from tierlm.router import telemetry
 from tierlm.router.breaker import BreakerState, CircuitBreaker
 from tierlm.router.budgets import BudgetExceeded, Reservation, TenantBudgets
-from tierlm.router.cascade import AnswerScorer, CascadeError, CascadeRunner, ConfidenceScorer, plan
+from tierlm.router.cascade import AnswerScorer, CascadeError, CascadeRunner, ConfidenceScorer, plan, query_text
+from tierlm.router.serving_prompts import TierPrompts, query_of
 from tierlm.router.ledger import Ledger, LedgerRow
 from tierlm.router.response_cache import ResponseCache, cache_key
 from tierlm.router.tiers import TierClient
@@ -53,9 +54,12 @@ class _Generation:
 def load_scorer(policy: Policy) -> AnswerScorer:
     if policy.scorer is None:
         return ConfidenceScorer()
-    from tierlm.router.scorer import load_answer_scorer  # heavy: sentence encoder, scikit-learn
+    # Heavy (sentence encoder), so only when the policy names a learned scorer.
+    from tierlm.router.embeddings import Encoder
+    from tierlm.router.scorer import Scorer
+    from tierlm.router.serving_prompts import LearnedScorer
 
-    return load_answer_scorer(policy.scorer.path)
+    return LearnedScorer(Scorer.load(policy.scorer.path, Encoder(threads=1)))
 
 
 class _TimedScorer:
@@ -112,7 +116,11 @@ class RouterService(router_pb2_grpc.RouterServicer):
         for gone in set(self._clients) - {t.name for t in policy.tiers}:
             retired.append(self._clients.pop(gone))
             self._breakers.pop(gone, None)
-        runner = CascadeRunner(dict(self._clients), dict(self._breakers), _TimedScorer(scorer), self._observe_tier)
+        prompts = TierPrompts.from_policy(policy) if any(t.prompt for t in policy.tiers) else None
+        runner = CascadeRunner(
+            dict(self._clients), dict(self._breakers), _TimedScorer(scorer), self._observe_tier,
+            rewrite=prompts.rewrite if prompts else None, query_of=query_of if prompts else query_text,
+        )
         cache = ResponseCache(policy.cache.max_entries, policy.cache.ttl_s) if policy.cache.enabled else None
         self._generation = _Generation(policy, tenants, runner, cache)
         self._budgets.update_tenants(tenants)
