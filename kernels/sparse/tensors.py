@@ -1,0 +1,287 @@
+"""Stored sparse weights: a mask encoding plus the kept values (float, or integer codes).
+
+Kept values are always stored flat, in row-major order of their positions, so any mask encoding
+can sit under either value kind. Mask encodings (:class:`SparseLayout`):
+
+- ``nm``: for N:M patterns, the N kept positions of each group of M as ``ceil(log2 M)``-bit
+  indices (2:4 -> two 2-bit indices per 4 weights, NVIDIA's metadata density), packed densely
+  by :func:`~tierlm.kernels.packing.pack_bits`. Tensor ``indices`` uint8.
+- ``bitmask``: one bit per weight (row-major), tensor ``bitmask`` uint8. The compact choice for
+  unstructured masks above ~6% density.
+- ``csr``: ``crow`` int32 ``[N+1]`` and ``col`` int16 (int32 when ``in_features > 32768``);
+  compact only at high sparsity, and the layout the CPU sparse matmul consumes.
+
+:class:`SparseTensor` (format ``sparse``) keeps float values (float16 by default).
+:class:`SparseQuantTensor` (format ``sparse_int``) keeps ``bits``-bit codes of the kept weights
+with group-wise scales and zero points in the GPTQ layout of
+:class:`~tierlm.kernels.quant.group.GroupQuantTensor`; pruned positions are implied code
+``zero``, which dequantizes to exactly 0, so :meth:`SparseQuantTensor.to_group_quant` hands the
+int4 fast kernels an ordinary dense-codes tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import torch
+
+from tierlm.kernels.packing import pack_bits, unpack_bits
+from tierlm.kernels.quant.base import QuantizedTensor
+from tierlm.kernels.quant.group import SCALE_DTYPES, GroupQuantTensor, _pack, _unpack
+from tierlm.kernels.sparse.pattern import SparsityPattern
+
+Encoding = Literal["nm", "bitmask", "csr"]
+ENCODINGS = ("nm", "bitmask", "csr")
+_DTYPE_NAMES = {v: k for k, v in SCALE_DTYPES.items()}
+
+
+def default_encoding(pattern: SparsityPattern) -> Encoding:
+    """``nm`` for N:M patterns; for unstructured, whichever of bitmask/CSR is smaller."""
+    if pattern.structured:
+        return "nm"
+    # CSR pays 16 bits per kept weight, the bitmask 1 bit per weight.
+    return "csr" if (1 - pattern.sparsity) * 16 < 1 else "bitmask"
+
+
+@dataclass(eq=False)
+class SparseLayout:
+    """Where the kept weights of an ``[out, in]`` matrix are; see the module docstring."""
+
+    encoding: Encoding
+    shape: tuple[int, int]
+    parts: dict[str, torch.Tensor]
+    nnz: int
+    n: int = 0
+    m: int = 0
+
+    @classmethod
+    def encode(cls, mask: torch.Tensor, encoding: Encoding, pattern: SparsityPattern | None = None) -> "SparseLayout":
+        """Encode a boolean mask; ``nm`` needs the N:M ``pattern`` and checks the mask obeys it."""
+        rows, cols = mask.shape
+        mask = mask.to(torch.bool)
+        if encoding == "nm":
+            if pattern is None or not pattern.structured:
+                raise ValueError("the nm encoding needs an N:M pattern")
+            pattern.check_shape(cols)
+            groups = mask.reshape(rows, cols // pattern.m, pattern.m)
+            if not (groups.sum(-1) == pattern.n).all():
+                raise ValueError(f"mask does not keep exactly {pattern.n} of every {pattern.m}")
+            # nonzero() walks row-major, so positions come out ascending within each group.
+            idx = groups.nonzero()[:, 2]
+            bits = max(1, math.ceil(math.log2(pattern.m)))
+            return cls("nm", (rows, cols), {"indices": pack_bits(idx, bits)}, idx.numel(), pattern.n, pattern.m)
+        nnz = int(mask.sum())
+        if encoding == "bitmask":
+            return cls("bitmask", (rows, cols), {"bitmask": pack_bits(mask.reshape(-1).to(torch.uint8), 1)}, nnz)
+        if encoding == "csr":
+            crow = torch.zeros(rows + 1, dtype=torch.int32)
+            crow[1:] = mask.sum(1).cumsum(0)
+            col_dtype = torch.int16 if cols <= 32768 else torch.int32
+            col = mask.nonzero()[:, 1].to(col_dtype)
+            return cls("csr", (rows, cols), {"crow": crow, "col": col}, nnz)
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+
+    def decode(self) -> torch.Tensor:
+        """The boolean mask ``[out, in]``."""
+        rows, cols = self.shape
+        mask = torch.zeros(rows, cols, dtype=torch.bool, device=self.device)
+        if self.encoding == "nm":
+            n_groups = cols // self.m
+            bits = max(1, math.ceil(math.log2(self.m)))
+            idx = unpack_bits(self.parts["indices"], bits, self.nnz).to(torch.int64)
+            starts = torch.arange(n_groups, device=self.device) * self.m
+            pos = idx.reshape(rows, n_groups, self.n) + starts.reshape(1, -1, 1)
+            mask.scatter_(1, pos.reshape(rows, -1), True)
+        elif self.encoding == "bitmask":
+            mask = unpack_bits(self.parts["bitmask"], 1, rows * cols).to(torch.bool).reshape(rows, cols)
+        else:
+            r, c = self.csr_indices()
+            mask[r, c] = True
+        return mask
+
+    def csr_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(row, col)`` int64 of every kept weight, row-major (decoding CSR needs no mask)."""
+        if self.encoding != "csr":
+            return self.decode().nonzero().unbind(1)
+        crow = self.parts["crow"].to(torch.int64)
+        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), crow.diff())
+        return rows, self.parts["col"].to(torch.int64)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.parts.values())).device
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / (self.shape[0] * self.shape[1])
+
+    def metadata(self) -> dict[str, Any]:
+        """Encoding, shape, kept count, pattern (``"N:M"`` or ``"unstructured"``) and sparsity."""
+        return {
+            "encoding": self.encoding,
+            "shape": list(self.shape),
+            "nnz": self.nnz,
+            "pattern": f"{self.n}:{self.m}" if self.encoding == "nm" else "unstructured",
+            "sparsity": self.sparsity,
+        }
+
+    @classmethod
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "SparseLayout":
+        names = {"nm": ("indices",), "bitmask": ("bitmask",), "csr": ("crow", "col")}[meta["encoding"]]
+        n = m = 0
+        if meta["encoding"] == "nm":
+            n, m = (int(v) for v in meta["pattern"].split(":"))
+        parts = {k: tensors[k] for k in names}
+        return cls(meta["encoding"], tuple(meta["shape"]), parts, int(meta["nnz"]), n, m)
+
+
+def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Dense tensor with ``values`` (row-major order) at ``mask`` and zeros elsewhere."""
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    out[mask] = values
+    return out
+
+
+@dataclass(eq=False)
+class SparseTensor(QuantizedTensor):
+    """Float kept values under a :class:`SparseLayout`."""
+
+    format = "sparse"
+
+    layout: SparseLayout
+    values: torch.Tensor
+
+    @classmethod
+    def from_dense(
+        cls,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        pattern: SparsityPattern | None = None,
+        encoding: Encoding | None = None,
+        value_dtype: str = "float16",
+    ) -> "SparseTensor":
+        """Store ``weight`` at ``mask`` (entries outside the mask are dropped)."""
+        if encoding is None:
+            encoding = default_encoding(pattern) if pattern is not None else "bitmask"
+        layout = SparseLayout.encode(mask, encoding, pattern)
+        # Boolean indexing walks row-major: the storage order of kept values.
+        values = weight.detach().to(torch.float32)[mask.to(torch.bool)]
+        return cls(layout, values.to(SCALE_DTYPES[value_dtype]))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.layout.shape
+
+    def dequantize(self) -> torch.Tensor:
+        return _scatter(self.values.to(torch.float32), self.layout.decode())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.layout.parts, "values": self.values}
+
+    def metadata(self) -> dict[str, Any]:
+        return {**self.layout.metadata(), "value_dtype": _DTYPE_NAMES[self.values.dtype]}
+
+    @classmethod
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "SparseTensor":
+        return cls(SparseLayout.from_parts(tensors, meta), tensors["values"])
+
+
+@dataclass(eq=False)
+class SparseQuantTensor(QuantizedTensor):
+    """``bits``-bit codes of the kept weights with group grids; see the module docstring."""
+
+    format = "sparse_int"
+
+    layout: SparseLayout
+    qvalues: torch.Tensor  # pack_bits of the kept codes, row-major
+    qzeros: torch.Tensor
+    scales: torch.Tensor
+    bits: int
+    group_size: int
+    symmetric: bool
+
+    @classmethod
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        scale_dtype: torch.dtype = torch.float16,
+        pattern: SparsityPattern | None = None,
+        encoding: Encoding | None = None,
+    ) -> "SparseQuantTensor":
+        """Store dense ``codes [N,K]`` at ``mask`` with ``scales``/``zeros`` ``[G, N]``."""
+        if encoding is None:
+            encoding = default_encoding(pattern) if pattern is not None else "bitmask"
+        mask = mask.to(torch.bool)
+        layout = SparseLayout.encode(mask, encoding, pattern)
+        kept = codes.to(torch.int64)[mask]
+        return cls(
+            layout=layout,
+            qvalues=pack_bits(kept, bits),
+            qzeros=_pack(zeros.to(torch.int64), bits, 1),
+            scales=scales.to(scale_dtype),
+            bits=bits,
+            group_size=group_size,
+            symmetric=symmetric,
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.layout.shape
+
+    def zeros(self) -> torch.Tensor:
+        """Zero points ``[G, N]`` (uint8)."""
+        return _unpack(self.qzeros, self.bits, 1)
+
+    def codes(self) -> torch.Tensor:
+        """Dense codes ``[N, K]`` (uint8), pruned positions at their group's zero point."""
+        mask = self.layout.decode()
+        kept = unpack_bits(self.qvalues, self.bits, self.layout.nnz)
+        group = torch.arange(self.shape[1], device=mask.device) // self.group_size
+        return _scatter(kept, mask).where(mask, self.zeros()[group].t())
+
+    def to_group_quant(self) -> GroupQuantTensor:
+        """The same weight as dense codes (what the int4 kernels run; pruned codes = zero point)."""
+        return GroupQuantTensor.from_codes(
+            self.codes(),
+            self.scales,
+            self.zeros(),
+            bits=self.bits,
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            scale_dtype=self.scales.dtype,
+        )
+
+    def dequantize(self) -> torch.Tensor:
+        return self.to_group_quant().dequantize()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.layout.parts, "qvalues": self.qvalues, "qzeros": self.qzeros, "scales": self.scales}
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            **self.layout.metadata(),
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+        }
+
+    @classmethod
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "SparseQuantTensor":
+        return cls(
+            layout=SparseLayout.from_parts(tensors, meta),
+            qvalues=tensors["qvalues"],
+            qzeros=tensors["qzeros"],
+            scales=tensors["scales"],
+            bits=int(meta["bits"]),
+            group_size=int(meta["group_size"]),
+            symmetric=bool(meta["symmetric"]),
+        )
