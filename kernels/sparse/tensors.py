@@ -37,6 +37,10 @@ ENCODINGS = ("nm", "bitmask", "csr")
 _DTYPE_NAMES = {v: k for k, v in SCALE_DTYPES.items()}
 
 
+def _index_bits(m: int) -> int:
+    return max(1, math.ceil(math.log2(m)))
+
+
 def default_encoding(pattern: SparsityPattern) -> Encoding:
     """``nm`` for N:M patterns; for unstructured, whichever of bitmask/CSR is smaller."""
     if pattern.structured:
@@ -61,27 +65,30 @@ class SparseLayout:
         """Encode a boolean mask; ``nm`` needs the N:M ``pattern`` and checks the mask obeys it."""
         rows, cols = mask.shape
         mask = mask.to(torch.bool)
-        if encoding == "nm":
-            if pattern is None or not pattern.structured:
-                raise ValueError("the nm encoding needs an N:M pattern")
+        n = m = 0
+        if pattern is not None and pattern.structured:
+            # Any encoding may hold an N:M mask; the pattern is checked and kept in the metadata.
+            n, m = pattern.n, pattern.m
             pattern.check_shape(cols)
-            groups = mask.reshape(rows, cols // pattern.m, pattern.m)
-            if not (groups.sum(-1) == pattern.n).all():
-                raise ValueError(f"mask does not keep exactly {pattern.n} of every {pattern.m}")
-            # nonzero() walks row-major, so positions come out ascending within each group.
-            idx = groups.nonzero()[:, 2]
-            bits = max(1, math.ceil(math.log2(pattern.m)))
-            return cls("nm", (rows, cols), {"indices": pack_bits(idx, bits)}, idx.numel(), pattern.n, pattern.m)
+            if not (mask.reshape(rows, cols // m, m).sum(-1) == n).all():
+                raise ValueError(f"mask does not keep exactly {n} of every {m}")
         nnz = int(mask.sum())
-        if encoding == "bitmask":
-            return cls("bitmask", (rows, cols), {"bitmask": pack_bits(mask.reshape(-1).to(torch.uint8), 1)}, nnz)
-        if encoding == "csr":
+        if encoding == "nm":
+            if not m:
+                raise ValueError("the nm encoding needs an N:M pattern")
+            # nonzero() walks row-major, so positions come out ascending within each group.
+            idx = mask.reshape(rows, cols // m, m).nonzero()[:, 2]
+            parts = {"indices": pack_bits(idx, _index_bits(m))}
+        elif encoding == "bitmask":
+            parts = {"bitmask": pack_bits(mask.reshape(-1).to(torch.uint8), 1)}
+        elif encoding == "csr":
             crow = torch.zeros(rows + 1, dtype=torch.int32)
             crow[1:] = mask.sum(1).cumsum(0)
             col_dtype = torch.int16 if cols <= 32768 else torch.int32
-            col = mask.nonzero()[:, 1].to(col_dtype)
-            return cls("csr", (rows, cols), {"crow": crow, "col": col}, nnz)
-        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+            parts = {"crow": crow, "col": mask.nonzero()[:, 1].to(col_dtype)}
+        else:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        return cls(encoding, (rows, cols), parts, nnz, n, m)
 
     def decode(self) -> torch.Tensor:
         """The boolean mask ``[out, in]``."""
@@ -89,8 +96,7 @@ class SparseLayout:
         mask = torch.zeros(rows, cols, dtype=torch.bool, device=self.device)
         if self.encoding == "nm":
             n_groups = cols // self.m
-            bits = max(1, math.ceil(math.log2(self.m)))
-            idx = unpack_bits(self.parts["indices"], bits, self.nnz).to(torch.int64)
+            idx = unpack_bits(self.parts["indices"], _index_bits(self.m), self.nnz).to(torch.int64)
             starts = torch.arange(n_groups, device=self.device) * self.m
             pos = idx.reshape(rows, n_groups, self.n) + starts.reshape(1, -1, 1)
             mask.scatter_(1, pos.reshape(rows, -1), True)
@@ -123,7 +129,7 @@ class SparseLayout:
             "encoding": self.encoding,
             "shape": list(self.shape),
             "nnz": self.nnz,
-            "pattern": f"{self.n}:{self.m}" if self.encoding == "nm" else "unstructured",
+            "pattern": f"{self.n}:{self.m}" if self.m else "unstructured",
             "sparsity": self.sparsity,
         }
 
@@ -131,7 +137,7 @@ class SparseLayout:
     def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "SparseLayout":
         names = {"nm": ("indices",), "bitmask": ("bitmask",), "csr": ("crow", "col")}[meta["encoding"]]
         n = m = 0
-        if meta["encoding"] == "nm":
+        if meta["pattern"] != "unstructured":
             n, m = (int(v) for v in meta["pattern"].split(":"))
         parts = {k: tensors[k] for k in names}
         return cls(meta["encoding"], tuple(meta["shape"]), parts, int(meta["nnz"]), n, m)
