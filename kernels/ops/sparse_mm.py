@@ -28,15 +28,10 @@ class CSRMatMul:
     """``x [M, K] -> [M, N] float32`` through a CSR copy of the weight (CPU)."""
 
     def __init__(self, st: SparseTensor) -> None:
-        rows, cols = st.layout.csr_indices()
-        n, k = st.shape
-        crow = torch.zeros(n + 1, dtype=torch.int32)
-        crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+        crow, col = st.layout.csr()
         with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and tested here
             warnings.simplefilter("ignore", UserWarning)
-            self.weight = torch.sparse_csr_tensor(
-                crow, cols.to(torch.int32), st.values.to(torch.float32), (n, k)
-            )
+            self.weight = torch.sparse_csr_tensor(crow, col, st.values.to(torch.float32), st.shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # W·xᵀ with W in CSR measured faster than x·Wᵀ (which transposes to CSC per call).

@@ -76,16 +76,15 @@ class SparseLayout:
         if encoding == "nm":
             if not m:
                 raise ValueError("the nm encoding needs an N:M pattern")
-            # nonzero() walks row-major, so positions come out ascending within each group.
-            idx = mask.reshape(rows, cols // m, m).nonzero()[:, 2]
+            # Boolean indexing walks row-major, so positions come out ascending within each group
+            # (and an expanded uint8 arange keeps this at one byte per kept weight).
+            idx = torch.arange(m, dtype=torch.uint8).expand(rows, cols // m, m)[mask.reshape(rows, cols // m, m)]
             parts = {"indices": pack_bits(idx, _index_bits(m))}
         elif encoding == "bitmask":
             parts = {"bitmask": pack_bits(mask.reshape(-1).to(torch.uint8), 1)}
         elif encoding == "csr":
-            crow = torch.zeros(rows + 1, dtype=torch.int32)
-            crow[1:] = mask.sum(1).cumsum(0)
-            col_dtype = torch.int16 if cols <= 32768 else torch.int32
-            parts = {"crow": crow, "col": mask.nonzero()[:, 1].to(col_dtype)}
+            crow, col = _csr_of(mask, torch.int16 if cols <= 32768 else torch.int32)
+            parts = {"crow": crow, "col": col}
         else:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         return cls(encoding, (rows, cols), parts, nnz, n, m)
@@ -103,17 +102,16 @@ class SparseLayout:
         elif self.encoding == "bitmask":
             mask = unpack_bits(self.parts["bitmask"], 1, rows * cols).to(torch.bool).reshape(rows, cols)
         else:
-            r, c = self.csr_indices()
-            mask[r, c] = True
+            crow = self.parts["crow"].to(torch.int64)
+            row = torch.repeat_interleave(torch.arange(rows, device=self.device), crow.diff())
+            mask[row, self.parts["col"].to(torch.int64)] = True
         return mask
 
-    def csr_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(row, col)`` int64 of every kept weight, row-major (decoding CSR needs no mask)."""
-        if self.encoding != "csr":
-            return self.decode().nonzero().unbind(1)
-        crow = self.parts["crow"].to(torch.int64)
-        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), crow.diff())
-        return rows, self.parts["col"].to(torch.int64)
+    def csr(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(crow, col)`` as int32, the index layout the CSR matmul takes, from any encoding."""
+        if self.encoding == "csr":
+            return self.parts["crow"], self.parts["col"].to(torch.int32)
+        return _csr_of(self.decode(), torch.int32)
 
     @property
     def device(self) -> torch.device:
@@ -141,6 +139,15 @@ class SparseLayout:
             n, m = (int(v) for v in meta["pattern"].split(":"))
         parts = {k: tensors[k] for k in names}
         return cls(meta["encoding"], tuple(meta["shape"]), parts, int(meta["nnz"]), n, m)
+
+
+def _csr_of(mask: torch.Tensor, col_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row pointers (int32) and column indices (``col_dtype``, row-major) of a boolean mask."""
+    rows, cols = mask.shape
+    crow = torch.zeros(rows + 1, dtype=torch.int32, device=mask.device)
+    crow[1:] = mask.sum(1).cumsum(0)
+    col = torch.arange(cols, dtype=col_dtype, device=mask.device).expand(rows, cols)[mask]
+    return crow, col
 
 
 def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
