@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.results_io import write_results  # noqa: E402
 from tierlm.kernels.composite import CompositeTensor  # noqa: E402
 from tierlm.kernels.lowrank import LowRankTensor  # noqa: E402
-from tierlm.kernels.modules import QuantLinear  # noqa: E402
+from tierlm.kernels.modules import QuantLinear, fast_kernel  # noqa: E402
 from tierlm.kernels.ops.sparse_mm import CSRMatMul  # noqa: E402
 from tierlm.kernels.quant import get_quantizer  # noqa: E402
 from tierlm.kernels.quant.group import GroupGrid  # noqa: E402
@@ -39,6 +39,7 @@ from tierlm.kernels.sparse import SparseQuantTensor, SparseTensor, SparsityPatte
 # (layer, in_features, out_features) of Gemma 3 270M's MLP and its tied 262k-token output layer.
 SHAPES = [("mlp.gate/up", 640, 2048), ("mlp.down", 2048, 640), ("lm_head", 640, 262144)]
 BATCHES = (1, 8)
+CUDA_BATCHES = (1, 8, 64)  # sparse tensor cores are built for larger tiles; show where they start
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 LM_HEAD_SPARSITIES = (0.5, 0.9, 0.95)  # the 671 MB fp32 table: fewer points keep the run short
 COMPOSITE_RANK = 64
@@ -82,17 +83,31 @@ def _random_lowrank(n: int, k: int, rank: int) -> LowRankTensor:
     return LowRankTensor(left.half(), (torch.randn(rank, k, generator=g) * 0.02).half())
 
 
+def _runner(qt, device: str) -> Kernel:
+    """CPU: the ``QuantLinear`` a model runs; CUDA: that format's CUDA kernel itself.
+
+    On CUDA the kernel is built directly, so building never touches CPU kernels (whose
+    onnxruntime dependency a GPU image may lack); a format without a CUDA kernel is an error.
+    """
+    if device == "cpu":
+        return QuantLinear(qt, backend="fast")
+    kernel = fast_kernel(qt, device)
+    if kernel is None:
+        raise RuntimeError(f"no CUDA kernel for {qt.format} {qt.shape}")
+    return kernel
+
+
 def variants(w: torch.Tensor, layer: str, device: str) -> Iterator[tuple[str, Kernel, int]]:
     """(name, callable, stored bytes) per path; the dense baseline first."""
     n, k = w.shape
-    linear = torch.nn.Linear(k, n, bias=False)
-    linear.weight.data = w
     if device == "cuda":
         half = w.to("cuda", torch.float16)
         yield "fp16 F.linear", lambda x: torch.nn.functional.linear(x, half), half.numel() * 2
         two_four = _sparse(w, SparsityPattern.parse("2:4"), "nm")
-        yield "2:4 fp16 (semi-structured)", QuantLinear(two_four, backend="fast"), two_four.nbytes
+        yield "2:4 fp16 (semi-structured)", _runner(two_four, device), two_four.nbytes
     else:
+        linear = torch.nn.Linear(k, n, bias=False)
+        linear.weight.data = w
         yield "fp32 nn.Linear", linear, w.numel() * 4
         dense = SparseTensor.from_dense(w, torch.ones_like(w, dtype=torch.bool), None, "bitmask", "float32")
         yield "fp32 x@W (K-major copy)", QuantLinear(dense, backend="fast"), w.numel() * 4
@@ -100,15 +115,15 @@ def variants(w: torch.Tensor, layer: str, device: str) -> Iterator[tuple[str, Ke
             st = _sparse(w, SparsityPattern.parse("unstructured", s), "csr")
             yield f"csr {round(s * 100)}% (fp32 MKL)", CSRMatMul(st), st.nbytes
     int4 = get_quantizer("rtn", bits=4, group_size=128).quantize(w)
-    yield "int4-g128 dense", QuantLinear(int4, backend="fast"), int4.nbytes
+    yield "int4-g128 dense", _runner(int4, device), int4.nbytes
     sparse_int4 = _sparse_int4(w)
-    yield "2:4 int4-g128 (as int4 codes)", QuantLinear(sparse_int4, backend="fast"), sparse_int4.nbytes
+    yield "2:4 int4-g128 (as int4 codes)", _runner(sparse_int4, device), sparse_int4.nbytes
     rank20 = int(0.8 * n * k / (n + k))  # the rank that removes 20% of the layer's parameters
     for rank in (COMPOSITE_RANK, rank20):
         lr = _random_lowrank(n, k, rank)
-        yield f"low-rank r={rank} fp16", QuantLinear(lr, backend="fast"), lr.nbytes
+        yield f"low-rank r={rank} fp16", _runner(lr, device), lr.nbytes
     composite = CompositeTensor(sparse_int4, _random_lowrank(n, k, COMPOSITE_RANK))
-    yield f"composite 2:4 int4 + r={COMPOSITE_RANK}", QuantLinear(composite, backend="fast"), composite.nbytes
+    yield f"composite 2:4 int4 + r={COMPOSITE_RANK}", _runner(composite, device), composite.nbytes
 
 
 def crossover(rows: list[dict]) -> list[dict]:
@@ -150,7 +165,7 @@ def main() -> None:
         base_bytes = 0
         for name, fn, nbytes in variants(w, layer, args.device):
             base_bytes = base_bytes or nbytes
-            for batch in BATCHES:
+            for batch in BATCHES if args.device == "cpu" else CUDA_BATCHES:
                 # float16 activations on CUDA (what a GPU model runs), float32 on CPU.
                 dtype = torch.float16 if args.device == "cuda" else torch.float32
                 us = time_call(fn, torch.randn(batch, k, device=args.device, dtype=dtype), args.budget_s)
