@@ -19,15 +19,14 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.results_io import write_results  # noqa: E402
 from tierlm.kernels.composite import CompositeTensor  # noqa: E402
 from tierlm.kernels.lowrank import LowRankTensor  # noqa: E402
 from tierlm.kernels.modules import QuantLinear, fast_kernel  # noqa: E402
@@ -35,6 +34,8 @@ from tierlm.kernels.ops.sparse_mm import CSRMatMul  # noqa: E402
 from tierlm.kernels.quant import get_quantizer  # noqa: E402
 from tierlm.kernels.quant.group import GroupGrid  # noqa: E402
 from tierlm.kernels.sparse import SparseQuantTensor, SparseTensor, SparsityPattern, select_mask  # noqa: E402
+
+from bench.results_io import write_results  # noqa: E402
 
 # (layer, in_features, out_features) of Gemma 3 270M's MLP and its tied 262k-token output layer.
 SHAPES = [("mlp.gate/up", 640, 2048), ("mlp.down", 2048, 640), ("lm_head", 640, 262144)]
@@ -187,9 +188,21 @@ def main() -> None:
     for col in ("layer", "batch", "name", "us/call", "speedup", "bytes vs base"):
         table.add_column(col, justify="left" if col in ("layer", "name") else "right")
     for r in rows:
-        table.add_row(r["layer"], str(r["batch"]), r["name"], f"{r['us_per_call']:.0f}", f"{r['speedup']:.2f}x", f"{r['bytes_vs_baseline']:.3f}")
+        table.add_row(
+            r["layer"],
+            str(r["batch"]),
+            r["name"],
+            f"{r['us_per_call']:.0f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['bytes_vs_baseline']:.3f}",
+        )
     console.print(table)
-    extra: dict = {"threads": args.threads, "device": args.device, "torch": torch.__version__, "baseline": baseline}
+    extra: dict = {
+        "threads": args.threads,
+        "device": args.device,
+        "torch": torch.__version__,
+        "baseline": baseline,
+    }
     if args.device == "cpu":
         extra["crossover"] = crossover(rows)
         for c in extra["crossover"]:

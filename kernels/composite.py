@@ -28,11 +28,11 @@ the pipeline calls :meth:`~CompositeCompressor.base` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.lowrank.base import Decomposition, get_factorizer
 from tierlm.kernels.lowrank.tensor import LowRankTensor
@@ -93,7 +93,7 @@ class CompositeTensor(QuantizedTensor):
         return meta
 
     @classmethod
-    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "CompositeTensor":
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> CompositeTensor:
         base = QuantizedTensor.from_state_dict(tensors, "base", meta["base"])
         lowrank = None
         if "lowrank" in meta:

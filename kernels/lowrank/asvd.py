@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.lowrank.base import Decomposition, Factorizer
 
@@ -49,7 +48,9 @@ class WhitenedSVDFactorizer(Factorizer):
             if info == 0:
                 return lower
             damp *= 10
-        raise torch.linalg.LinAlgError(f"calibration covariance not positive definite even with damping {damp / 10:g}")
+        raise torch.linalg.LinAlgError(
+            f"calibration covariance not positive definite even with damping {damp / 10:g}"
+        )
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "percdamp": self.percdamp}

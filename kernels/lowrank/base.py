@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-
 from tierlm.kernels.lowrank.tensor import LowRankTensor
 from tierlm.kernels.quant.group import SCALE_DTYPES
 
 if TYPE_CHECKING:
     from tierlm.kernels.calibration import LayerStats
 
-_FACTORIZERS: dict[str, type["Factorizer"]] = {}
+_FACTORIZERS: dict[str, type[Factorizer]] = {}
 
 
 @dataclass(eq=False)
@@ -72,13 +71,13 @@ class Factorizer(ABC):
             _FACTORIZERS[cls.name] = cls
 
     @abstractmethod
-    def decompose(self, weight: torch.Tensor, calib: "LayerStats | None" = None) -> Decomposition:
+    def decompose(self, weight: torch.Tensor, calib: LayerStats | None = None) -> Decomposition:
         """Decompose a ``[out_features, in_features]`` weight."""
 
     def config(self) -> dict[str, Any]:
         return {"method": self.name}
 
-    def _require(self, calib: "LayerStats | None") -> "LayerStats":
+    def _require(self, calib: LayerStats | None) -> LayerStats:
         if calib is None or any(not calib.has(n) for n in self.needs):
             raise ValueError(f"{self.name} needs calibration statistics: {sorted(self.needs)}")
         return calib

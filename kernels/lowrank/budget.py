@@ -16,8 +16,8 @@ its factors would outgrow the dense matrix.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 

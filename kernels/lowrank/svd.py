@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.lowrank.base import Decomposition, Factorizer
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-
 from tierlm.kernels.quant.base import QuantizedTensor
 from tierlm.kernels.quant.group import SCALE_DTYPES
 
@@ -24,7 +24,9 @@ class LowRankTensor(QuantizedTensor):
 
     def __post_init__(self) -> None:
         if self.left.shape[1] != self.right.shape[0]:
-            raise ValueError(f"factor shapes {tuple(self.left.shape)} and {tuple(self.right.shape)} do not chain")
+            raise ValueError(
+                f"factor shapes {tuple(self.left.shape)} and {tuple(self.right.shape)} do not chain"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -53,5 +55,5 @@ class LowRankTensor(QuantizedTensor):
         return {"rank": self.rank, "dtype": _DTYPE_NAMES[self.left.dtype]}
 
     @classmethod
-    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "LowRankTensor":
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> LowRankTensor:
         return cls(tensors["left"], tensors["right"])

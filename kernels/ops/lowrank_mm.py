@@ -7,10 +7,9 @@ every call) and in their stored dtype on CUDA.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
 from tierlm.kernels.lowrank.tensor import LowRankTensor
 
 Kernel = Callable[[torch.Tensor], torch.Tensor]

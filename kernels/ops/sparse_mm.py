@@ -16,7 +16,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-
 from tierlm.kernels.sparse.tensors import SparseTensor
 
 #: Highest density (kept fraction) at which CSR beat dense fp32 at batch 1 and 8 on Gemma 3

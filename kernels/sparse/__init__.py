@@ -5,7 +5,7 @@ Importing this package registers every method; build one with :func:`get_pruner`
 """
 
 from tierlm.kernels.sparse import magnitude, sparsegpt, wanda  # noqa: F401  (registration)
-from tierlm.kernels.sparse.base import PruneResult, Pruner, get_pruner, pruner_names
+from tierlm.kernels.sparse.base import Pruner, PruneResult, get_pruner, pruner_names
 from tierlm.kernels.sparse.pattern import SparsityPattern, select_mask
 from tierlm.kernels.sparse.tensors import SparseLayout, SparseQuantTensor, SparseTensor
 

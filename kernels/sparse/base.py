@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-
 from tierlm.kernels.sparse.pattern import SparsityPattern
 
 if TYPE_CHECKING:
     from tierlm.kernels.calibration import LayerStats
 
-_PRUNERS: dict[str, type["Pruner"]] = {}
+_PRUNERS: dict[str, type[Pruner]] = {}
 
 
 @dataclass(frozen=True)
@@ -60,14 +59,14 @@ class Pruner(ABC):
         self.pattern = SparsityPattern.parse(pattern, None if structured else sparsity)
 
     @abstractmethod
-    def prune(self, weight: torch.Tensor, calib: "LayerStats | None" = None) -> PruneResult:
+    def prune(self, weight: torch.Tensor, calib: LayerStats | None = None) -> PruneResult:
         """Prune a ``[out_features, in_features]`` weight."""
 
     def config(self) -> dict[str, Any]:
         """JSON-able settings (what ``tierlm_compression.json`` records per layer)."""
         return {"method": self.name, **self.pattern.config()}
 
-    def _require(self, calib: "LayerStats | None") -> "LayerStats":
+    def _require(self, calib: LayerStats | None) -> LayerStats:
         if calib is None:
             raise ValueError(f"{self.name} needs calibration statistics: {sorted(self.needs)}")
         missing = [n for n in self.needs if not calib.has(n)]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
-from tierlm.kernels.sparse.base import PruneResult, Pruner
+from tierlm.kernels.sparse.base import Pruner, PruneResult
 from tierlm.kernels.sparse.pattern import Scope, select_mask
 
 
@@ -16,7 +15,9 @@ class MagnitudePruner(Pruner):
 
     name = "magnitude"
 
-    def __init__(self, pattern: str = "unstructured", sparsity: float | None = 0.5, scope: Scope = "layer") -> None:
+    def __init__(
+        self, pattern: str = "unstructured", sparsity: float | None = 0.5, scope: Scope = "layer"
+    ) -> None:
         super().__init__(pattern, sparsity)
         self.scope = scope
 

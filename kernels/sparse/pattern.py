@@ -36,7 +36,7 @@ class SparsityPattern:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
 
     @classmethod
-    def parse(cls, pattern: str, sparsity: float | None = None) -> "SparsityPattern":
+    def parse(cls, pattern: str, sparsity: float | None = None) -> SparsityPattern:
         """``"N:M"`` (e.g. ``"2:4"``, ``"4:8"``) or ``"unstructured"`` with a ``sparsity``."""
         match = re.fullmatch(r"(\d+):(\d+)", pattern.strip())
         if match:

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.hessian import inverse_cholesky, prepare_hessian
 from tierlm.kernels.quant.group import GroupGrid, grid_params, quantize_to_grid
-from tierlm.kernels.sparse.base import PruneResult, Pruner
+from tierlm.kernels.sparse.base import Pruner, PruneResult
 from tierlm.kernels.sparse.pattern import SparsityPattern, select_mask
 
 
@@ -93,7 +92,9 @@ def sparsegpt_sweep(
                 if col % grid.group_size == 0:
                     g = col // grid.group_size
                     group = wb[:, i : i + grid.group_size]
-                    scales[g], zeros[g] = grid_params(group, grid.bits, grid.symmetric, grid.torch_scale_dtype)
+                    scales[g], zeros[g] = grid_params(
+                        group, grid.bits, grid.symmetric, grid.torch_scale_dtype
+                    )
                 s, z = scales[col // grid.group_size], zeros[col // grid.group_size]
                 c = torch.where(kept, quantize_to_grid(q, s, z, grid.bits), z)
                 codes[:, col] = c
@@ -124,10 +125,14 @@ class SparseGPTPruner(Pruner):
         self.block_size = block_size
         self.percdamp = percdamp
 
-    def sweep(self, weight: torch.Tensor, calib: LayerStats | None, grid: GroupGrid | None = None) -> SweepResult:
+    def sweep(
+        self, weight: torch.Tensor, calib: LayerStats | None, grid: GroupGrid | None = None
+    ) -> SweepResult:
         """The full sweep, quantizing the kept weights on ``grid`` in the same pass when given."""
         h = self._require(calib).hessian()
-        return sparsegpt_sweep(weight, h, self.pattern, grid=grid, block_size=self.block_size, percdamp=self.percdamp)
+        return sparsegpt_sweep(
+            weight, h, self.pattern, grid=grid, block_size=self.block_size, percdamp=self.percdamp
+        )
 
     def prune(self, weight: torch.Tensor, calib: LayerStats | None = None) -> PruneResult:
         result = self.sweep(weight, calib)

@@ -22,11 +22,11 @@ int4 fast kernels an ordinary dense-codes tensor.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
-
 from tierlm.kernels.packing import pack_bits, unpack_bits
 from tierlm.kernels.quant.base import QuantizedTensor
 from tierlm.kernels.quant.group import SCALE_DTYPES, GroupQuantTensor, _pack, _unpack
@@ -61,7 +61,9 @@ class SparseLayout:
     m: int = 0
 
     @classmethod
-    def encode(cls, mask: torch.Tensor, encoding: Encoding, pattern: SparsityPattern | None = None) -> "SparseLayout":
+    def encode(
+        cls, mask: torch.Tensor, encoding: Encoding, pattern: SparsityPattern | None = None
+    ) -> SparseLayout:
         """Encode a boolean mask; ``nm`` needs the N:M ``pattern`` and checks the mask obeys it."""
         rows, cols = mask.shape
         mask = mask.to(torch.bool)
@@ -78,7 +80,9 @@ class SparseLayout:
                 raise ValueError("the nm encoding needs an N:M pattern")
             # Boolean indexing walks row-major, so positions come out ascending within each group
             # (and an expanded uint8 arange keeps this at one byte per kept weight).
-            idx = torch.arange(m, dtype=torch.uint8).expand(rows, cols // m, m)[mask.reshape(rows, cols // m, m)]
+            idx = torch.arange(m, dtype=torch.uint8).expand(rows, cols // m, m)[
+                mask.reshape(rows, cols // m, m)
+            ]
             parts = {"indices": pack_bits(idx, _index_bits(m))}
         elif encoding == "bitmask":
             parts = {"bitmask": pack_bits(mask.reshape(-1).to(torch.uint8), 1)}
@@ -132,7 +136,7 @@ class SparseLayout:
         }
 
     @classmethod
-    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "SparseLayout":
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> SparseLayout:
         names = {"nm": ("indices",), "bitmask": ("bitmask",), "csr": ("crow", "col")}[meta["encoding"]]
         n = m = 0
         if meta["pattern"] != "unstructured":
@@ -174,7 +178,7 @@ class SparseTensor(QuantizedTensor):
         pattern: SparsityPattern | None = None,
         encoding: Encoding | None = None,
         value_dtype: str = "float16",
-    ) -> "SparseTensor":
+    ) -> SparseTensor:
         """Store ``weight`` at ``mask`` (entries outside the mask are dropped)."""
         if encoding is None:
             encoding = default_encoding(pattern) if pattern is not None else "bitmask"
@@ -197,7 +201,7 @@ class SparseTensor(QuantizedTensor):
         return {**self.layout.metadata(), "value_dtype": _DTYPE_NAMES[self.values.dtype]}
 
     @classmethod
-    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "SparseTensor":
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> SparseTensor:
         return cls(SparseLayout.from_parts(tensors, meta), tensors["values"])
 
 
@@ -229,7 +233,7 @@ class SparseQuantTensor(QuantizedTensor):
         scale_dtype: torch.dtype = torch.float16,
         pattern: SparsityPattern | None = None,
         encoding: Encoding | None = None,
-    ) -> "SparseQuantTensor":
+    ) -> SparseQuantTensor:
         """Store dense ``codes [N,K]`` at ``mask`` with ``scales``/``zeros`` ``[G, N]``."""
         if encoding is None:
             encoding = default_encoding(pattern) if pattern is not None else "bitmask"
@@ -288,7 +292,7 @@ class SparseQuantTensor(QuantizedTensor):
         }
 
     @classmethod
-    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "SparseQuantTensor":
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> SparseQuantTensor:
         return cls(
             layout=SparseLayout.from_parts(tensors, meta),
             qvalues=tensors["qvalues"],

@@ -9,9 +9,8 @@ found to matter for LLMs. ``‖X_j‖₂`` comes from :attr:`LayerStats.col_norm
 from __future__ import annotations
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
-from tierlm.kernels.sparse.base import PruneResult, Pruner
+from tierlm.kernels.sparse.base import Pruner, PruneResult
 from tierlm.kernels.sparse.pattern import select_mask
 
 

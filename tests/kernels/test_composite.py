@@ -10,7 +10,10 @@ from tierlm.kernels.lowrank import LayerSpectrum, LowRankTensor, allocate_ranks
 from tierlm.kernels.quant import QuantizedTensor, get_quantizer
 from tierlm.kernels.sparse import SparseQuantTensor, SparseTensor
 
-BASE = {"prune": {"method": "wanda", "pattern": "2:4"}, "quant": {"method": "gptq", "bits": 4, "group_size": 64}}
+BASE = {
+    "prune": {"method": "wanda", "pattern": "2:4"},
+    "quant": {"method": "gptq", "bits": 4, "group_size": 64},
+}
 
 
 def _output_error(w, qt, x):
@@ -21,12 +24,17 @@ def _output_error(w, qt, x):
 def test_composite_error_is_below_each_part(outlier_layer, lowrank):
     w, stats, held_out = outlier_layer
     rank = 16
-    composite = get_quantizer("composite", **BASE, lowrank={"method": lowrank, "rank": rank}).quantize(w, stats)
+    composite = get_quantizer("composite", **BASE, lowrank={"method": lowrank, "rank": rank}).quantize(
+        w, stats
+    )
     base_only = get_quantizer("composite", **BASE).quantize(w, stats)
     lowrank_only = get_quantizer("composite", lowrank={"method": lowrank, "rank": rank}).quantize(w, stats)
     assert isinstance(composite, CompositeTensor) and isinstance(base_only, SparseQuantTensor)
     assert isinstance(lowrank_only, LowRankTensor)
-    e = {k: _output_error(w, qt, held_out) for k, qt in [("composite", composite), ("base", base_only), ("lowrank", lowrank_only)]}
+    e = {
+        k: _output_error(w, qt, held_out)
+        for k, qt in [("composite", composite), ("base", base_only), ("lowrank", lowrank_only)]
+    }
     assert e["composite"] < e["base"] and e["composite"] < e["lowrank"], e
     # The correction costs rank·(N+K) float16 values on top of the base.
     assert composite.nbytes == base_only.nbytes + rank * sum(w.shape) * 2
@@ -35,7 +43,11 @@ def test_composite_error_is_below_each_part(outlier_layer, lowrank):
 def test_activation_aware_correction_beats_plain_on_output_error(outlier_layer):
     w, stats, held_out = outlier_layer
     errs = {
-        m: _output_error(w, get_quantizer("composite", **BASE, lowrank={"method": m, "rank": 16}).quantize(w, stats), held_out)
+        m: _output_error(
+            w,
+            get_quantizer("composite", **BASE, lowrank={"method": m, "rank": 16}).quantize(w, stats),
+            held_out,
+        )
         for m in ("svd", "asvd")
     }
     assert errs["asvd"] < errs["svd"], errs
@@ -80,23 +92,38 @@ def test_round_trip_through_safetensors_with_layer_metadata(outlier_layer, tmp_p
     save_file(state, tmp_path / "model.safetensors")
     meta = json.loads(json.dumps(meta))  # what tierlm_compression.json will hold
     assert {k: meta[k] for k in ("format", "pattern", "sparsity", "bits", "group_size", "rank")} == {
-        "format": "composite", "pattern": "2:4", "sparsity": 0.5, "bits": 4, "group_size": 64, "rank": 12,
+        "format": "composite",
+        "pattern": "2:4",
+        "sparsity": 0.5,
+        "bits": 4,
+        "group_size": 64,
+        "rank": 12,
     }
-    back = QuantizedTensor.from_state_dict(load_file(tmp_path / "model.safetensors"), "model.layers.0.mlp.up_proj", meta)
+    back = QuantizedTensor.from_state_dict(
+        load_file(tmp_path / "model.safetensors"), "model.layers.0.mlp.up_proj", meta
+    )
     assert torch.equal(back.dequantize(), qt.dequantize())
-    assert torch.allclose(back.linear_reference(held_out), held_out @ qt.dequantize().t(), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(
+        back.linear_reference(held_out), held_out @ qt.dequantize().t(), rtol=1e-4, atol=1e-4
+    )
     config = json.loads(json.dumps(compressor.config()))
-    assert config["prune"]["method"] == "wanda" and config["quant"]["method"] == "gptq" and config["lowrank"]["rank"] == 12
+    assert (
+        config["prune"]["method"] == "wanda"
+        and config["quant"]["method"] == "gptq"
+        and config["lowrank"]["rank"] == 12
+    )
 
 
 def test_budgeted_ranks_through_the_pipeline_hooks(outlier_layer, make_weight):
-    w, stats, held_out = outlier_layer
+    w, stats, _ = outlier_layer
     weights = {"a": w, "b": make_weight("heavy_tailed", 128, 256, seed=9)}
     compressor = CompositeCompressor(**BASE, lowrank={"method": "asvd"})
     bases = {n: compressor.base(x, stats) for n, x in weights.items()}
     decs = {n: compressor.decompose_residual(x, bases[n], stats) for n, x in weights.items()}
     budget = 40 * (128 + 256) * 2  # bytes of float16 factors for 40 ranks in all
-    ranks = allocate_ranks({n: LayerSpectrum(d.sigma, *weights[n].shape) for n, d in decs.items()}, budget, 2.0)
+    ranks = allocate_ranks(
+        {n: LayerSpectrum(d.sigma, *weights[n].shape) for n, d in decs.items()}, budget, 2.0
+    )
     assert sum(ranks.values()) == 40
     out = {n: compressor.assemble(bases[n], decs[n], ranks[n]) for n in weights}
     assert sum(qt.nbytes - bases[n].nbytes for n, qt in out.items()) <= budget
@@ -105,7 +132,7 @@ def test_budgeted_ranks_through_the_pipeline_hooks(outlier_layer, make_weight):
 
 
 def test_needs_and_configuration_errors(outlier_layer):
-    w, stats, _ = outlier_layer
+    w, _, _ = outlier_layer
     assert CompositeCompressor(**BASE, lowrank={"method": "asvd", "rank": 4}).needs == {"sq_sum", "hessian"}
     assert CompositeCompressor(prune={"method": "magnitude"}, quant={"method": "rtn"}).needs == set()
     with pytest.raises(ValueError, match="at least one"):

@@ -34,7 +34,11 @@ def test_semi_structured_two_four_matches_dense(batch):
     [
         {"prune": {"method": "magnitude", "pattern": "2:4"}},
         {"prune": {"method": "magnitude", "pattern": "2:4"}, "quant": {"method": "rtn", "group_size": 128}},
-        {"prune": {"method": "magnitude", "pattern": "2:4"}, "quant": {"method": "rtn", "group_size": 128}, "lowrank": {"method": "svd", "rank": 32}},
+        {
+            "prune": {"method": "magnitude", "pattern": "2:4"},
+            "quant": {"method": "rtn", "group_size": 128},
+            "lowrank": {"method": "svd", "rank": 32},
+        },
         {"lowrank": {"method": "svd", "rank": 32}},
     ],
 )

@@ -6,7 +6,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tierlm.kernels.lowrank import LayerSpectrum, LowRankTensor, allocate_ranks, budget_for_reduction, get_factorizer
+from tierlm.kernels.lowrank import (
+    LayerSpectrum,
+    LowRankTensor,
+    allocate_ranks,
+    budget_for_reduction,
+    get_factorizer,
+)
 
 
 def _output_sq_error(w, w_hat, x):
@@ -52,7 +58,9 @@ def test_whitened_tail_energy_is_the_calibration_output_error(activations):
 def test_activation_aware_svd_beats_svd_at_equal_rank(outlier_layer, rank):
     w, stats, held_out = outlier_layer
     errs = {
-        name: _output_sq_error(w, get_factorizer(name).decompose(w, stats).truncate(rank).dequantize(), held_out)
+        name: _output_sq_error(
+            w, get_factorizer(name).decompose(w, stats).truncate(rank).dequantize(), held_out
+        )
         for name in ("svd", "asvd")
     }
     assert errs["asvd"] < errs["svd"], errs
@@ -82,9 +90,7 @@ def _cost(spectra, ranks, bpp=1.0):
 
 
 def _relative_error(spectra, ranks):
-    return sum(
-        float(s.sigma[ranks[n]:].pow(2).sum() / s.sigma.pow(2).sum()) for n, s in spectra.items()
-    )
+    return sum(float(s.sigma[ranks[n] :].pow(2).sum() / s.sigma.pow(2).sum()) for n, s in spectra.items())
 
 
 @settings(max_examples=40, deadline=None)
@@ -111,7 +117,9 @@ def test_allocation_meets_budget_and_caps(budget, bpp, min_rank):
 def _brute_force(spectra, budget):
     combos = itertools.product(*(range(s.max_rank + 1) for s in spectra.values()))
     feasible = (dict(zip(spectra, c)) for c in combos)
-    return min((r for r in feasible if _cost(spectra, r) <= budget), key=lambda r: _relative_error(spectra, r))
+    return min(
+        (r for r in feasible if _cost(spectra, r) <= budget), key=lambda r: _relative_error(spectra, r)
+    )
 
 
 @pytest.mark.parametrize("budget", [300, 800, 1500])

@@ -65,7 +65,12 @@ def test_select_mask_nm_counts_hold_even_with_ties(rows, groups, nm, ties):
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 8), cols=st.integers(1, 40), sparsity=st.floats(0, 0.95), scope=st.sampled_from(["row", "layer"]))
+@given(
+    rows=st.integers(1, 8),
+    cols=st.integers(1, 40),
+    sparsity=st.floats(0, 0.95),
+    scope=st.sampled_from(["row", "layer"]),
+)
 def test_select_mask_unstructured_counts(rows, cols, sparsity, scope):
     scores = torch.rand(rows, cols)
     mask = select_mask(scores, SparsityPattern.parse("unstructured", sparsity), scope)
@@ -84,7 +89,9 @@ def test_select_mask_unstructured_counts(rows, cols, sparsity, scope):
 def test_wanda_and_sparsegpt_beat_magnitude_in_layer_output_error(outlier_layer, pattern):
     w, stats, held_out = outlier_layer
     errors = {
-        name: _output_error(w, get_pruner(name, pattern=pattern, sparsity=0.5).prune(w, stats).weight, held_out)
+        name: _output_error(
+            w, get_pruner(name, pattern=pattern, sparsity=0.5).prune(w, stats).weight, held_out
+        )
         for name in ("magnitude", "wanda", "sparsegpt")
     }
     assert errors["wanda"] < errors["magnitude"], errors
@@ -127,4 +134,8 @@ def test_registry_and_calibration_requirements(outlier_layer):
         get_pruner("magnitude", pattern="2:4").prune(torch.randn(4, 6))
     with pytest.raises(ValueError):
         SparsityPattern.parse("2:4", 0.75)
-    assert get_pruner("wanda", pattern="2:4").config() == {"method": "wanda", "pattern": "2:4", "sparsity": 0.5}
+    assert get_pruner("wanda", pattern="2:4").config() == {
+        "method": "wanda",
+        "pattern": "2:4",
+        "sparsity": 0.5,
+    }

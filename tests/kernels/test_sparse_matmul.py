@@ -14,10 +14,20 @@ def _sparse(w, pattern, sparsity=None, encoding=None):
     return SparseTensor.from_dense(w, select_mask(w.abs(), p), p, encoding, "float32")
 
 
-@pytest.mark.parametrize("pattern,sparsity,encoding", [("2:4", None, "nm"), ("unstructured", 0.5, "bitmask"), ("unstructured", 0.95, "csr"), ("unstructured", 0.0, "bitmask")])
+@pytest.mark.parametrize(
+    "pattern,sparsity,encoding",
+    [
+        ("2:4", None, "nm"),
+        ("unstructured", 0.5, "bitmask"),
+        ("unstructured", 0.95, "csr"),
+        ("unstructured", 0.0, "bitmask"),
+    ],
+)
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("kernel", [CSRMatMul, DenseMatMul])
-def test_sparse_kernels_match_the_dense_reference(make_weight, activations, pattern, sparsity, encoding, batch, kernel):
+def test_sparse_kernels_match_the_dense_reference(
+    make_weight, activations, pattern, sparsity, encoding, batch, kernel
+):
     w = make_weight("heavy_tailed", 96, 256, seed=2)
     st = _sparse(w, pattern, sparsity, encoding)
     x = activations(256).sample(batch)
@@ -40,15 +50,24 @@ def test_lowrank_kernel_matches_reference(activations):
 CONFIGS = {
     "sparse-fp16-2of4": {"prune": {"method": "wanda", "pattern": "2:4"}},
     "sparse-fp16-90": {"prune": {"method": "magnitude", "sparsity": 0.9}},
-    "sparse-int4-2of4": {"prune": {"method": "sparsegpt", "pattern": "2:4"}, "quant": {"method": "gptq", "group_size": 64}},
-    "sparse-int3-unstructured": {"prune": {"method": "wanda", "sparsity": 0.5}, "quant": {"method": "rtn", "bits": 3, "group_size": 64}},
+    "sparse-int4-2of4": {
+        "prune": {"method": "sparsegpt", "pattern": "2:4"},
+        "quant": {"method": "gptq", "group_size": 64},
+    },
+    "sparse-int3-unstructured": {
+        "prune": {"method": "wanda", "sparsity": 0.5},
+        "quant": {"method": "rtn", "bits": 3, "group_size": 64},
+    },
     "lowrank": {"lowrank": {"method": "asvd", "rank": 16}},
     "composite": {
         "prune": {"method": "wanda", "pattern": "2:4"},
         "quant": {"method": "gptq", "group_size": 64},
         "lowrank": {"method": "asvd", "rank": 16},
     },
-    "composite-float-base": {"prune": {"method": "wanda", "sparsity": 0.5}, "lowrank": {"method": "svd", "rank": 4}},
+    "composite-float-base": {
+        "prune": {"method": "wanda", "sparsity": 0.5},
+        "lowrank": {"method": "svd", "rank": 4},
+    },
 }
 
 

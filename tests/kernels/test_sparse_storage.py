@@ -82,7 +82,10 @@ def _save_load(qt, tmp_path):
     return QuantizedTensor.from_state_dict(load_file(tmp_path / "w.safetensors"), "layer", meta)
 
 
-@pytest.mark.parametrize("pattern,encoding", [("2:4", "nm"), ("4:8", "nm"), ("2:4", "bitmask"), ("unstructured", "bitmask"), ("unstructured", "csr")])
+@pytest.mark.parametrize(
+    "pattern,encoding",
+    [("2:4", "nm"), ("4:8", "nm"), ("2:4", "bitmask"), ("unstructured", "bitmask"), ("unstructured", "csr")],
+)
 @pytest.mark.parametrize("value_dtype", ["float32", "float16"])
 def test_sparse_tensor_round_trips_through_safetensors(make_weight, tmp_path, pattern, encoding, value_dtype):
     w = make_weight("heavy_tailed", 48, 128, seed=3)
@@ -97,14 +100,20 @@ def test_sparse_tensor_round_trips_through_safetensors(make_weight, tmp_path, pa
     assert back.metadata()["sparsity"] == pytest.approx(p.sparsity, abs=1 / 128)
 
 
-@pytest.mark.parametrize("pattern,encoding", [("2:4", "nm"), ("unstructured", "bitmask"), ("unstructured", "csr")])
+@pytest.mark.parametrize(
+    "pattern,encoding", [("2:4", "nm"), ("unstructured", "bitmask"), ("unstructured", "csr")]
+)
 @pytest.mark.parametrize("bits", [3, 4])
-def test_sparse_quant_tensor_round_trips_and_keeps_pruned_at_zero(make_weight, tmp_path, pattern, encoding, bits):
+def test_sparse_quant_tensor_round_trips_and_keeps_pruned_at_zero(
+    make_weight, tmp_path, pattern, encoding, bits
+):
     w = make_weight("gaussian", 32, 128, seed=5)
     p = SparsityPattern.parse(pattern, None if ":" in pattern else 0.5)
     mask = select_mask(w.abs(), p)
     codes, scales, zeros = group_rtn(w * mask, bits, 64, False, torch.float16)
-    sq = SparseQuantTensor.from_codes(codes, scales, zeros, mask, bits=bits, group_size=64, symmetric=False, pattern=p, encoding=encoding)
+    sq = SparseQuantTensor.from_codes(
+        codes, scales, zeros, mask, bits=bits, group_size=64, symmetric=False, pattern=p, encoding=encoding
+    )
     dense = sq.dequantize()
     assert (dense[~mask] == 0).all()
     g = torch.arange(128) // 64
