@@ -129,13 +129,20 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return (stream.reshape(-1, 8) * weights).sum(1, dtype=torch.int32).to(torch.uint8)
 
 
-def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: the first ``count`` codes as a flat uint8 tensor."""
+def unpack_bits(packed: torch.Tensor, bits: int, count: int, start: int = 0) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: codes ``start .. start+count-1`` as a flat uint8 tensor.
+
+    Only the bytes holding those codes are expanded, so reading one row of a large packed
+    matrix costs that row, not the matrix.
+    """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
-    if packed.numel() * 8 < count * bits:
-        raise ValueError(f"{packed.numel()} bytes cannot hold {count} codes of {bits} bits")
+    if packed.numel() * 8 < (start + count) * bits:
+        raise ValueError(f"{packed.numel()} bytes cannot hold codes up to {start + count} of {bits} bits")
+    first_bit = start * bits
+    window = packed.reshape(-1)[first_bit // 8 : ((start + count) * bits + 7) // 8]
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    stream = ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[: count * bits]
+    skip = first_bit % 8
+    stream = ((window.reshape(-1, 1) >> shifts) & 1).reshape(-1)[skip : skip + count * bits]
     weights = (1 << torch.arange(bits, dtype=torch.int32, device=packed.device)).to(torch.uint8)
     return (stream.reshape(count, bits) * weights).sum(1, dtype=torch.int32).to(torch.uint8)

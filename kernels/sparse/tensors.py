@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -111,6 +112,39 @@ class SparseLayout:
             mask[row, self.parts["col"].to(torch.int64)] = True
         return mask
 
+    @cached_property
+    def row_pointers(self) -> torch.Tensor:
+        """int64 ``[out + 1]``: row ``r``'s kept values are ``values[ptr[r]:ptr[r+1]]``.
+
+        N:M rows all keep the same count and CSR stores the pointers; a bitmask is decoded once
+        (then cached on this object, not stored).
+        """
+        rows, cols = self.shape
+        if self.encoding == "nm":
+            return torch.arange(rows + 1, device=self.device) * (cols // self.m * self.n)
+        if self.encoding == "csr":
+            return self.parts["crow"].to(torch.int64)
+        ptr = torch.zeros(rows + 1, dtype=torch.int64, device=self.device)
+        ptr[1:] = self.decode().sum(1).cumsum(0)
+        return ptr
+
+    def decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Mask rows ``[len(rows), in]`` for a flat int64 ``rows`` (e.g. embedding lookups)."""
+        cols = self.shape[1]
+        out = torch.zeros(rows.numel(), cols, dtype=torch.bool, device=self.device)
+        for i, r in enumerate(rows.tolist()):
+            if self.encoding == "nm":
+                per_row = cols // self.m * self.n
+                idx = unpack_bits(self.parts["indices"], _index_bits(self.m), per_row, start=r * per_row)
+                starts = torch.arange(0, cols, self.m, device=self.device).repeat_interleave(self.n)
+                out[i, idx.to(torch.int64) + starts] = True
+            elif self.encoding == "bitmask":
+                out[i] = unpack_bits(self.parts["bitmask"], 1, cols, start=r * cols).to(torch.bool)
+            else:
+                ptr = self.row_pointers
+                out[i, self.parts["col"][ptr[r] : ptr[r + 1]].to(torch.int64)] = True
+        return out
+
     def csr(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(crow, col)`` as int32, the index layout the CSR matmul takes, from any encoding."""
         if self.encoding == "csr":
@@ -193,6 +227,13 @@ class SparseTensor(QuantizedTensor):
 
     def dequantize(self) -> torch.Tensor:
         return _scatter(self.values.to(torch.float32), self.layout.decode())
+
+    def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        flat = rows.reshape(-1).to(torch.int64)
+        ptr = self.layout.row_pointers
+        kept = [self.values[ptr[r] : ptr[r + 1]] for r in flat.tolist()]
+        out = _scatter(torch.cat(kept).to(torch.float32), self.layout.decode_rows(flat))
+        return out.reshape(*rows.shape, -1)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.layout.parts, "values": self.values}
@@ -279,6 +320,19 @@ class SparseQuantTensor(QuantizedTensor):
 
     def dequantize(self) -> torch.Tensor:
         return self.to_group_quant().dequantize()
+
+    def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        flat = rows.reshape(-1).to(torch.int64)
+        ptr = self.layout.row_pointers.tolist()
+        kept = [
+            unpack_bits(self.qvalues, self.bits, ptr[r + 1] - ptr[r], start=ptr[r]) for r in flat.tolist()
+        ]
+        mask = self.layout.decode_rows(flat)
+        group = torch.arange(self.shape[1], device=mask.device) // self.group_size
+        zeros = self.zeros()[:, flat][group].t().to(torch.float32)
+        codes = _scatter(torch.cat(kept), mask).to(torch.float32).where(mask, zeros)
+        w = (codes - zeros) * self.scales[:, flat].to(torch.float32)[group].t()
+        return w.reshape(*rows.shape, -1)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.layout.parts, "qvalues": self.qvalues, "qzeros": self.qzeros, "scales": self.scales}

@@ -18,6 +18,8 @@ def test_pack_bits_round_trip(bits, count, seed):
     packed = pack_bits(codes, bits)
     assert packed.dtype == torch.uint8 and packed.numel() == (count * bits + 7) // 8
     assert torch.equal(unpack_bits(packed, bits, count), codes.to(torch.uint8))
+    start = count // 3  # a window that starts mid-byte for most widths
+    assert torch.equal(unpack_bits(packed, bits, count - start, start=start), codes[start:].to(torch.uint8))
 
 
 def test_pack_bits_rejects_out_of_range_codes():
@@ -125,3 +127,31 @@ def test_sparse_quant_tensor_round_trips_and_keeps_pruned_at_zero(
     assert sq.qvalues.numel() == kept_bytes
     if encoding != "csr":  # CSR's 16-bit column indices only pay at high sparsity
         assert sq.nbytes < w.numel() * bits / 8  # cheaper than the same grid without sparsity
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    pattern=st.sampled_from(["2:4", "4:8", "3:8", "unstructured"]),
+    encoding=st.sampled_from(["nm", "bitmask", "csr"]),
+    quantized=st.booleans(),
+    rows=st.lists(st.integers(0, 31), min_size=1, max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_dequantize_rows_reads_only_those_rows_and_matches_full_dequantize(
+    pattern, encoding, quantized, rows, seed
+):
+    if encoding == "nm" and pattern == "unstructured":
+        encoding = "bitmask"
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(32, 64, generator=g)  # int3 zero points pack 32 rows to 3 words
+    p = SparsityPattern.parse(pattern, None if ":" in pattern else 0.55)
+    mask = select_mask(torch.rand(32, 64, generator=g), p)
+    if quantized:
+        codes, scales, zeros = group_rtn(w * mask, 3, 32, False, torch.float16)
+        qt = SparseQuantTensor.from_codes(
+            codes, scales, zeros, mask, bits=3, group_size=32, symmetric=False, pattern=p, encoding=encoding
+        )
+    else:
+        qt = SparseTensor.from_dense(w, mask, p, encoding, "float32")
+    ids = torch.tensor(rows).reshape(1, -1)
+    assert torch.equal(qt.dequantize_rows(ids), qt.dequantize()[ids])
