@@ -1,11 +1,13 @@
 """Matmuls for float sparse weights (:class:`~tierlm.kernels.sparse.tensors.SparseTensor`).
 
-CPU: torch's CSR ``sparse.mm`` with int32 indices (MKL's sparse BLAS; int64 indices take a
-slower native path, ~2x at batch 1). It only beats a dense fp32 matmul at high sparsity: with
-4-byte values plus 4-byte column indices it reads *more* bytes than dense until density drops
-below ~50%, and its inner loop gathers. :data:`CSR_MAX_DENSITY` is the crossover measured by
-bench/kernels_sparse.py on the reference CPU; above it :class:`DenseMatMul` (weights expanded
-once at load) is the faster choice and :func:`cpu_sparse_kernel` picks it.
+CPU: torch's CSR ``sparse.mm`` with int32 indices (MKL's sparse BLAS; int64 indices measured ~2x
+slower at batch 1). With 4-byte values plus 4-byte column indices and a gathering inner loop it
+only beats dense fp32 at high sparsity. Measured by bench/kernels_sparse.py (1 thread, Gemma 3
+270M shapes, against the faster of the two dense layouts): at batch 1 CSR wins from 90% sparsity
+(1.6-2.8x) and loses below (0.3x at 50%); at batch 8 it wins from ~70%. There is no CPU kernel
+for 2:4 in torch; at 50% (2:4 or unstructured) dense is faster. :data:`CSR_MAX_DENSITY` encodes
+the batch-1 (decode) crossover; above it :class:`DenseMatMul` (weights expanded once at load)
+is what :func:`cpu_sparse_kernel` picks.
 
 CUDA: 2:4 weights through ``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt/CUTLASS sparse
 tensor cores, float16), when the device and shape allow it (:func:`semi_structured_supports`).
@@ -18,8 +20,8 @@ import warnings
 import torch
 from tierlm.kernels.sparse.tensors import SparseTensor
 
-#: Highest density (kept fraction) at which CSR beat dense fp32 at batch 1 and 8 on Gemma 3
-#: 270M's MLP shapes (bench/results/kernels_sparse.json).
+#: Highest density (kept fraction) at which CSR beat dense fp32 at batch 1 on every Gemma 3
+#: 270M shape benched (bench/results/kernels_sparse.json, "crossover").
 CSR_MAX_DENSITY = 0.1
 
 

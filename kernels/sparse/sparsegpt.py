@@ -109,7 +109,7 @@ def sparsegpt_sweep(
 
 
 class SparseGPTPruner(Pruner):
-    """SparseGPT; ``quantize(...)`` on the result is done by :mod:`tierlm.kernels.composite`."""
+    """SparseGPT; :meth:`sweep` with a grid also quantizes (the composite's ``gptq`` base uses it)."""
 
     name = "sparsegpt"
     needs = frozenset({"hessian"})

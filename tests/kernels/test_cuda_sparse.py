@@ -51,4 +51,4 @@ def test_quant_linear_on_cuda_matches_reference(config):
     y = fast(x.cuda())
     assert y.device.type == "cuda"
     reference = QuantLinear(qt, lin.bias, backend="reference")(x)
-    assert _rel(y.cpu(), reference) < 1e-2  # bfloat16 (tinygemm) / float16 activations
+    assert _rel(y.cpu(), reference) < 0.02  # bfloat16 (tinygemm) / float16 activations
