@@ -53,10 +53,11 @@ class Pruner(ABC):
                 raise ValueError(f"pruner {cls.name!r} registered twice")
             _PRUNERS[cls.name] = cls
 
-    def __init__(self, pattern: str = "unstructured", sparsity: float | None = 0.5) -> None:
-        # "2:4" fixes its own sparsity; the default 0.5 only applies to unstructured.
-        structured = ":" in pattern
-        self.pattern = SparsityPattern.parse(pattern, None if structured else sparsity)
+    def __init__(self, pattern: str = "unstructured", sparsity: float | None = None) -> None:
+        # "N:M" fixes its own sparsity (a given one must agree); unstructured defaults to 50%.
+        if sparsity is None and ":" not in pattern:
+            sparsity = 0.5
+        self.pattern = SparsityPattern.parse(pattern, sparsity)
 
     @abstractmethod
     def prune(self, weight: torch.Tensor, calib: LayerStats | None = None) -> PruneResult:

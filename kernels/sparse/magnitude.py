@@ -16,7 +16,7 @@ class MagnitudePruner(Pruner):
     name = "magnitude"
 
     def __init__(
-        self, pattern: str = "unstructured", sparsity: float | None = 0.5, scope: Scope = "layer"
+        self, pattern: str = "unstructured", sparsity: float | None = None, scope: Scope = "layer"
     ) -> None:
         super().__init__(pattern, sparsity)
         self.scope = scope

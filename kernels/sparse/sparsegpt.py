@@ -117,7 +117,7 @@ class SparseGPTPruner(Pruner):
     def __init__(
         self,
         pattern: str = "unstructured",
-        sparsity: float | None = 0.5,
+        sparsity: float | None = None,
         block_size: int = 128,
         percdamp: float = 0.01,
     ) -> None:

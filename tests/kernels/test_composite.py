@@ -106,6 +106,8 @@ def test_round_trip_through_safetensors_with_layer_metadata(outlier_layer, tmp_p
     assert torch.allclose(
         back.linear_reference(held_out), held_out @ qt.dequantize().t(), rtol=1e-4, atol=1e-4
     )
+    moved = back.to("cpu")  # every format rebuilds from its own tensors and metadata
+    assert type(moved) is CompositeTensor and torch.equal(moved.dequantize(), qt.dequantize())
     config = json.loads(json.dumps(compressor.config()))
     assert (
         config["prune"]["method"] == "wanda"

@@ -134,6 +134,10 @@ def test_registry_and_calibration_requirements(outlier_layer):
         get_pruner("magnitude", pattern="2:4").prune(torch.randn(4, 6))
     with pytest.raises(ValueError):
         SparsityPattern.parse("2:4", 0.75)
+    with pytest.raises(ValueError, match="fixes sparsity"):
+        get_pruner("wanda", pattern="2:4", sparsity=0.6)  # never silently ignored
+    assert get_pruner("magnitude", pattern="1:4").pattern.sparsity == 0.75
+    assert get_pruner("magnitude").pattern.sparsity == 0.5
     assert get_pruner("wanda", pattern="2:4").config() == {
         "method": "wanda",
         "pattern": "2:4",
