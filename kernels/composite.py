@@ -234,7 +234,20 @@ class CompositeCompressor(Quantizer):
         return self.assemble(base, self.decompose_residual(weight, base, calib), int(self.rank))
 
     def config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"method": self.name}
+        """Each stage's settings, nested, plus the headline numbers at the top level.
+
+        The top-level ``bits``/``group_size``/``pattern``/``sparsity``/``rank`` (None where a
+        stage is off, or ``rank`` when it comes from a budget) are what a manifest summarises
+        per layer; the stored tensor's metadata carries the realised values too.
+        """
+        config: dict[str, Any] = {
+            "method": self.name,
+            "bits": None if self.grid is None else self.grid.bits,
+            "group_size": None if self.grid is None else self.grid.group_size,
+            "pattern": None if self.pruner is None else self.pruner.pattern.name,
+            "sparsity": None if self.pruner is None else self.pruner.pattern.sparsity,
+            "rank": self.rank,
+        }
         if self.pruner is not None:
             config["prune"] = self.pruner.config()
         if self.grid is not None:

@@ -114,6 +114,10 @@ def test_round_trip_through_safetensors_with_layer_metadata(outlier_layer, tmp_p
         and config["quant"]["method"] == "gptq"
         and config["lowrank"]["rank"] == 12
     )
+    headline = {k: config[k] for k in ("method", "bits", "group_size", "pattern", "sparsity", "rank")}
+    assert headline == {
+        "method": "composite", "bits": 4, "group_size": 64, "pattern": "2:4", "sparsity": 0.5, "rank": 12,
+    }  # fmt: skip
 
 
 def test_budgeted_ranks_through_the_pipeline_hooks(outlier_layer, make_weight):
