@@ -38,6 +38,7 @@ SHAPES = [
     ("lm_head (tied embedding)", 640, 262144),
 ]
 BATCHES = (1, 32)
+ROUNDS = 5
 
 
 def cpu_model() -> str:
@@ -90,7 +91,9 @@ def variants(linear: torch.nn.Linear, device: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--budget-s", type=float, default=1.0, help="timing budget per measurement")
+    parser.add_argument(
+        "--budget-s", type=float, default=2.0, help="timing budget per variant, shape and batch"
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--out", type=Path, default=None, help="default: bench/results/kernels_matmul[_cuda].json"
@@ -107,18 +110,25 @@ def main() -> None:
     for layer, k, n in SHAPES:
         linear = torch.nn.Linear(k, n, bias=False)
         linear.weight.requires_grad_(False)
-        base_us: dict[int, float] = {}
-        base_name = ""
-        for name, module, dtype in variants(linear, args.device):
-            base_name = base_name or name
-            for batch in BATCHES:
-                us = time_call(module, torch.randn(batch, k, device=args.device, dtype=dtype), args.budget_s)
-                base_us.setdefault(batch, us)
+        built = list(variants(linear, args.device))
+        base_name = built[0][0]
+        for batch in BATCHES:
+            # Interleave the variants over several rounds and keep each one's median round, so
+            # load from other processes on this shared machine hits all of them alike.
+            per_round: dict[str, list[float]] = {name: [] for name, _, _ in built}
+            for _ in range(ROUNDS):
+                for name, module, dtype in built:
+                    x = torch.randn(batch, k, device=args.device, dtype=dtype)
+                    per_round[name].append(time_call(module, x, args.budget_s / ROUNDS))
+            base_us = statistics.median(per_round[base_name])
+            for name, times in per_round.items():
+                us = statistics.median(times)
                 rows.append({
                     "name": name, "layer": layer, "shape": f"{k}x{n}", "batch": batch,
-                    "us_per_call": round(us, 1), f"speedup_vs_{base_name}": round(base_us[batch] / us, 2),
+                    "us_per_call": round(us, 1), f"speedup_vs_{base_name}": round(base_us / us, 2),
                 })  # fmt: skip
                 console.log(f"{layer} {name} batch {batch}: {us:.0f} us")
+        del built
         del linear
 
     threads = f", {args.threads} CPU thread(s)" if args.device == "cpu" else ""
@@ -140,6 +150,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "threads": args.threads if args.device == "cpu" else None,
+        "method": f"median of {ROUNDS} interleaved rounds, each the median call time over its budget",
         "torch": torch.__version__,
         "rows": rows,
     }

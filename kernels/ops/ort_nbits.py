@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tierlm.kernels.packing import int4_words_to_bytes
 from tierlm.kernels.quant.group import GroupQuantTensor
 
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -38,17 +39,23 @@ class NBitsMatMul:
         if qt.group_size not in ORT_BLOCK_SIZES:
             raise ValueError(f"MatMulNBits needs group_size in {ORT_BLOCK_SIZES}, got {qt.group_size}")
         n, k = qt.shape
-        codes, zeros, scales = qt.codes(), qt.zeros(), qt.scales.to(torch.float32)
+        nb = k // qt.group_size
+        zeros, scales = qt.zeros(), qt.scales.to(torch.float32)
         self.perm: torch.Tensor | None = None
-        if qt.g_idx is not None:
-            perm = torch.argsort(qt.g_idx.to(torch.int64), stable=True)
-            if not torch.equal(qt.g_idx[perm].to(torch.int64), torch.arange(k) // qt.group_size):
-                raise ValueError("g_idx groups are not of equal size group_size; cannot make them contiguous")
-            self.perm, codes = perm, codes[:, perm]
+        if qt.bits == 4 and qt.g_idx is None:
+            # Already the right bits: the GPTQ words, transposed and read as bytes.
+            blob = int4_words_to_bytes(qt.qweight)
+        else:
+            codes = qt.codes()
+            if qt.g_idx is not None:
+                perm = torch.argsort(qt.g_idx.to(torch.int64), stable=True)
+                if not torch.equal(qt.g_idx[perm].to(torch.int64), torch.arange(k) // qt.group_size):
+                    raise ValueError("g_idx groups are not of size group_size; cannot make them contiguous")
+                self.perm, codes = perm, codes[:, perm]
+            blob = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
+        blob = blob.reshape(n, nb, qt.group_size // 2)
         self.input_scale = qt.input_scale
         self.n, self.k = n, k
-        nb = k // qt.group_size
-        blob = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8).reshape(n, nb, qt.group_size // 2)
         zp = None
         if not (qt.bits == 4 and qt.symmetric):  # ORT's default zero point is 8 = our symmetric int4
             zt = zeros.t().contiguous()  # [N, nb], 4-bit values packed two per byte along blocks

@@ -6,6 +6,10 @@ them finer effective resolution. ``α`` is chosen per layer by grid search to mi
 output error ``‖X Wᵀ - (X/s) Q(W·s)ᵀ‖²`` on sampled calibration rows; ``α = 0`` is plain RTN, so
 on those rows AWQ is never worse than RTN.
 
+Then, as AWQ does, each group's range is shrunk by the factor (1, 0.95, ..., ``min_clip``) that
+minimises that group's share of the output error on the samples (``clip_search``), which trades
+clipping a few extreme weights for a finer grid for all the others.
+
 The scale stays in the tensor as ``input_scale`` (applied to ``x`` at run time). A pipeline that
 can fold ``1/s`` into the preceding norm or linear layer may do so and drop it.
 """
@@ -17,7 +21,7 @@ from typing import Any
 import torch
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.quant.base import Quantizer
-from tierlm.kernels.quant.group import GroupGrid, GroupQuantTensor, group_rtn
+from tierlm.kernels.quant.group import GroupGrid, GroupQuantTensor, grid_params, group_rtn, quantize_to_grid
 
 
 def fake_group_rtn(w: torch.Tensor, grid: GroupGrid) -> torch.Tensor:
@@ -42,11 +46,19 @@ class AWQQuantizer(Quantizer):
         symmetric: bool = False,
         scale_dtype: str = "float16",
         n_grid: int = 20,
+        clip_search: bool = True,
+        min_clip: float = 0.5,
+        clip_rows: int = 512,
     ) -> None:
         if n_grid < 1:
             raise ValueError("n_grid must be at least 1")
+        if not 0 < min_clip <= 1:
+            raise ValueError("min_clip must lie in (0, 1]")
         self.grid = GroupGrid(bits, group_size, symmetric, scale_dtype)
         self.n_grid = n_grid
+        self.clip_search = clip_search
+        self.min_clip = min_clip
+        self.clip_rows = clip_rows  # sampled rows the clipping search evaluates (its cost is linear)
         self.last_alpha: float | None = None  # chosen α of the latest call, for reports
 
     @torch.no_grad()
@@ -70,7 +82,36 @@ class AWQQuantizer(Quantizer):
         assert best is not None
         _, alpha, s = best
         self.last_alpha = alpha
-        return grid.rtn(w * s, input_scale=None if alpha == 0 else s)
+        clip = self._search_clip(w * s, x[: self.clip_rows] / s) if self.clip_search else None
+        return grid.rtn(w * s, input_scale=None if alpha == 0 else s, clip=clip)
+
+    def _search_clip(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Best range factor ``[N, G]`` per output row and group (ratio 1 is a candidate)."""
+        n, k = w.shape
+        gs, grid = self.grid.group_size, self.grid
+        n_steps = int(round((1 - self.min_clip) / 0.05)) + 1
+        ratios = [1 - 0.05 * i for i in range(n_steps)]
+        best_clip = torch.ones(n, k // gs)
+        for g in range(k // gs):
+            wg, xg = w[:, g * gs : (g + 1) * gs], x[:, g * gs : (g + 1) * gs]
+            best_err = torch.full((n,), float("inf"))
+            for ratio in ratios:
+                scale, zero = grid_params(wg, grid.bits, grid.symmetric, grid.torch_scale_dtype, ratio)
+                deq = (
+                    quantize_to_grid(wg, scale[:, None], zero[:, None], grid.bits) - zero[:, None]
+                ) * scale[:, None]
+                err = (xg @ (wg - deq).t()).pow(2).sum(0)
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_clip[better, g] = ratio
+        return best_clip
 
     def config(self) -> dict[str, Any]:
-        return {"method": self.name, **self.grid.config(), "n_grid": self.n_grid}
+        return {
+            "method": self.name,
+            **self.grid.config(),
+            "n_grid": self.n_grid,
+            "clip_search": self.clip_search,
+            "min_clip": self.min_clip,
+            "clip_rows": self.clip_rows,
+        }

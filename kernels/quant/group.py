@@ -22,13 +22,21 @@ from tierlm.kernels.packing import pack_int3, pack_int4, unpack_int3, unpack_int
 from tierlm.kernels.quant.base import QuantizedTensor
 
 SUPPORTED_BITS = (3, 4)
+_RTN_CHUNK_ROWS = 16384
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def grid_params(
-    w: torch.Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype = torch.float16
+    w: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    scale_dtype: torch.dtype = torch.float16,
+    clip: torch.Tensor | float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and integer zero point per row of ``w`` (``[..., group]``) for a ``bits``-bit grid.
+
+    ``clip`` (broadcast to ``w.shape[:-1]``) shrinks the range to ``clip ×`` the extremes (AWQ's
+    clipping search); values outside it are clamped to the end codes.
 
     Symmetric: ``s = max|w| / (2^(b-1) - 1)``, ``z = 2^(b-1)``. Asymmetric:
     ``s = (max - min) / (2^b - 1)``, ``z = round(-min / s)``. Either way every value in range is
@@ -38,14 +46,15 @@ def grid_params(
     """
     maxq = (1 << bits) - 1
     if symmetric:
-        scale = w.abs().amax(-1) / ((1 << (bits - 1)) - 1)
+        scale = w.abs().amax(-1) * clip / ((1 << (bits - 1)) - 1)
     else:
-        scale = (w.amax(-1) - w.amin(-1)) / maxq
+        lo = w.amin(-1) * clip
+        scale = (w.amax(-1) * clip - lo) / maxq
     scale = round_up_to(scale.clamp(min=torch.finfo(scale_dtype).tiny), scale_dtype)
     if symmetric:
         zero = torch.full_like(scale, float(1 << (bits - 1)))
     else:
-        zero = torch.round(-w.amin(-1) / scale).clamp(0, maxq)
+        zero = torch.round(-lo / scale).clamp(0, maxq)
     return scale, zero
 
 
@@ -63,16 +72,42 @@ def quantize_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, b
 
 
 def group_rtn(
-    w: torch.Tensor, bits: int, group_size: int, symmetric: bool, scale_dtype: torch.dtype
+    w: torch.Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    scale_dtype: torch.dtype,
+    clip: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest of ``[N, K]`` in contiguous groups: ``(codes [N,K], scales [G,N], zeros [G,N])``."""
+    """Round-to-nearest of ``[N, K]`` in contiguous groups -> ``(codes uint8 [N,K], scales, zeros [G,N])``.
+
+    ``clip`` ``[N, G]`` optionally shrinks each group's range (see :func:`grid_params`). Rows are
+    processed in chunks so the float temporaries stay small for a 262k-row embedding.
+    """
     n, k = w.shape
     if k % group_size:
         raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
-    g = w.reshape(n, k // group_size, group_size)
-    scale, zero = grid_params(g, bits, symmetric, scale_dtype)
-    codes = quantize_to_grid(g, scale.unsqueeze(-1), zero.unsqueeze(-1), bits)
-    return codes.reshape(n, k), scale.t().contiguous(), zero.t().contiguous()
+    codes = torch.empty(n, k, dtype=torch.uint8)
+    scales = torch.empty(n, k // group_size)
+    zeros = torch.empty(n, k // group_size)
+    for r in range(0, n, _RTN_CHUNK_ROWS):
+        g = w[r : r + _RTN_CHUNK_ROWS].reshape(-1, k // group_size, group_size)
+        c = 1.0 if clip is None else clip[r : r + _RTN_CHUNK_ROWS]
+        scale, zero = grid_params(g, bits, symmetric, scale_dtype, c)
+        q = quantize_to_grid(g, scale.unsqueeze(-1), zero.unsqueeze(-1), bits)
+        codes[r : r + _RTN_CHUNK_ROWS] = q.reshape(-1, k)
+        scales[r : r + _RTN_CHUNK_ROWS], zeros[r : r + _RTN_CHUNK_ROWS] = scale, zero
+    return codes, scales.t().contiguous(), zeros.t().contiguous()
+
+
+def _gather_packed_columns(words: torch.Tensor, bits: int, cols: torch.Tensor) -> torch.Tensor:
+    """Codes of columns ``cols`` from words packed along dim 1, unpacking only the words needed."""
+    codes_per_unit, words_per_unit = (8, 1) if bits == 4 else (32, 3)
+    unit = cols // codes_per_unit
+    offsets = torch.arange(words_per_unit, device=cols.device)
+    word_idx = (unit.unsqueeze(1) * words_per_unit + offsets).reshape(-1)
+    codes = _unpack(words[:, word_idx], bits, 1).reshape(words.shape[0], cols.numel(), codes_per_unit)
+    return codes[:, torch.arange(cols.numel(), device=cols.device), cols % codes_per_unit]
 
 
 def _pack(codes: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
@@ -115,10 +150,9 @@ class GroupQuantTensor(QuantizedTensor):
         """Pack integer ``codes [N, K]`` with per-group ``scales``/``zeros`` ``[G, N]``."""
         if bits not in SUPPORTED_BITS:
             raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
-        codes = codes.to(torch.int64)
         return cls(
-            qweight=_pack(codes.t(), bits, 0),
-            qzeros=_pack(zeros.to(torch.int64), bits, 1),
+            qweight=_pack(codes.to(torch.uint8).t(), bits, 0),
+            qzeros=_pack(zeros.to(torch.uint8), bits, 1),
             scales=scales.to(scale_dtype),
             bits=bits,
             group_size=group_size,
@@ -155,7 +189,7 @@ class GroupQuantTensor(QuantizedTensor):
         flat = rows.reshape(-1).to(torch.int64)
         g = self.group_index()
         codes = _unpack(self.qweight[:, flat], self.bits, 0).t().to(torch.float32)
-        zeros = self.zeros()[:, flat].to(torch.float32)
+        zeros = _gather_packed_columns(self.qzeros, self.bits, flat).to(torch.float32)
         scales = self.scales[:, flat].to(torch.float32)
         w = (codes - zeros[g].t()) * scales[g].t()
         if self.input_scale is not None:
@@ -209,10 +243,12 @@ class GroupGrid:
     def torch_scale_dtype(self) -> torch.dtype:
         return SCALE_DTYPES[self.scale_dtype]
 
-    def rtn(self, w: torch.Tensor, input_scale: torch.Tensor | None = None) -> GroupQuantTensor:
+    def rtn(
+        self, w: torch.Tensor, input_scale: torch.Tensor | None = None, clip: torch.Tensor | None = None
+    ) -> GroupQuantTensor:
         """Round-to-nearest ``w`` (already multiplied by ``input_scale`` if given)."""
         codes, scales, zeros = group_rtn(
-            w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype
+            w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype, clip
         )
         return self.pack(codes, scales, zeros, input_scale=input_scale)
 

@@ -30,6 +30,7 @@ NF4_LEVELS = torch.tensor(
         0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
     ]
 )  # fmt: skip
+_CHUNK_ROWS = 16384
 #: Largest distance from any point of [-1, 1] to its nearest level (half the widest gap).
 NF4_MAX_HALF_GAP = float((NF4_LEVELS[1:] - NF4_LEVELS[:-1]).max() / 2)
 
@@ -60,12 +61,14 @@ class NF4Tensor(QuantizedTensor):
     def shape(self) -> tuple[int, int]:
         return self.codes.shape[0], self.codes.shape[1] * 2
 
-    def block_absmax(self) -> torch.Tensor:
-        """Per-block absmax as used for dequantization ``[N·K/block]``."""
+    def block_absmax(self, blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """Absmax as used for dequantization, of all blocks ``[N·K/block]`` or of ``blocks``."""
+        if blocks is None:
+            blocks = torch.arange(self.codes.numel() * 2 // self.block_size, device=self.codes.device)
         if self.absmax is not None:
-            return self.absmax
-        idx = torch.arange(self.absmax_q.numel(), device=self.absmax_q.device) // self.dq_block_size
-        return self.absmax_q.to(torch.float32) * self.absmax_scale[idx] + self.absmax_offset
+            return self.absmax[blocks]
+        scale = self.absmax_scale[blocks // self.dq_block_size]
+        return self.absmax_q[blocks].to(torch.float32) * scale + self.absmax_offset
 
     def _dequant(self, codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
         n, k = codes.shape[0], codes.shape[1] * 2
@@ -79,7 +82,9 @@ class NF4Tensor(QuantizedTensor):
 
     def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
         flat = rows.reshape(-1).to(torch.int64)
-        absmax = self.block_absmax().reshape(self.shape[0], -1)[flat]
+        per_row = self.shape[1] // self.block_size
+        blocks = flat.unsqueeze(1) * per_row + torch.arange(per_row, device=flat.device)
+        absmax = self.block_absmax(blocks.reshape(-1)).reshape(flat.numel(), per_row)
         return self._dequant(self.codes[flat], absmax).reshape(*rows.shape, -1)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -147,10 +152,12 @@ class NF4Quantizer(Quantizer):
             parts = {"absmax": absmax}
         # Normalise by the absmax that will be *stored*, so codes match what dequantize sees.
         denom = absmax.clamp(min=1e-12).reshape(n, -1, 1)
-        normed = (blocks / denom).clamp(-1, 1).reshape(n, k)
         mids = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
-        codes = torch.bucketize(normed, mids).to(torch.uint8)
-        return NF4Tensor(_pack_nibbles(codes), self.block_size, self.dq_block_size, **parts)
+        packed = torch.empty(n, k // 2, dtype=torch.uint8)
+        for r in range(0, n, _CHUNK_ROWS):  # bounded float temporaries for 262k-row tables
+            normed = (blocks[r : r + _CHUNK_ROWS] / denom[r : r + _CHUNK_ROWS]).clamp(-1, 1)
+            packed[r : r + _CHUNK_ROWS] = _pack_nibbles(torch.bucketize(normed.reshape(-1, k), mids))
+        return NF4Tensor(packed, self.block_size, self.dq_block_size, **parts)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -102,11 +102,18 @@ def test_gptq_and_awq_beat_rtn_on_held_out_inputs(outlier_layer, bits):
     assert awq < 0.85 * rtn
 
 
+def test_awq_clip_search_lowers_held_out_error(outlier_layer):
+    w, stats, held_out = outlier_layer
+    clipped = _out_err(get_quantizer("awq", n_grid=10).quantize(w, stats), w, held_out)
+    unclipped = _out_err(get_quantizer("awq", n_grid=10, clip_search=False).quantize(w, stats), w, held_out)
+    assert clipped < 0.97 * unclipped
+
+
 def test_awq_never_loses_to_rtn_on_its_own_samples(outlier_layer):
     w, stats, _ = outlier_layer
     x = stats.samples
     rtn = _out_err(get_quantizer("rtn").quantize(w), w, x)
-    awq = _out_err(get_quantizer("awq", n_grid=5).quantize(w, stats), w, x)
+    awq = _out_err(get_quantizer("awq", n_grid=5, clip_search=False).quantize(w, stats), w, x)
     assert awq <= rtn
 
 
