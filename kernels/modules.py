@@ -58,6 +58,47 @@ def fast_kernel(
 
             if tinygemm_supports(qt):
                 return TinyGemmMatMul(qt, device)
+    else:
+        return _compressed_kernel(qt, device, int4_accuracy_level)
+    return None
+
+
+def _compressed_kernel(qt: QuantizedTensor, device: torch.device, int4_accuracy_level: int) -> Kernel | None:
+    """Kernels for the sparse, low-rank and composite formats (:func:`fast_kernel`'s other half).
+
+    Sparse int codes run as dense codes through the int4 kernels (pruned codes are zero points,
+    so the product is exact); float sparse weights use CSR on CPU only where it beats dense
+    (:func:`~tierlm.kernels.ops.sparse_mm.cpu_sparse_kernel`) and 2:4 tensor cores on CUDA; a
+    composite adds its low-rank product to its base's kernel (or the base's reference product).
+    """
+    from tierlm.kernels.composite import CompositeTensor
+    from tierlm.kernels.lowrank.tensor import LowRankTensor
+    from tierlm.kernels.sparse.tensors import SparseQuantTensor, SparseTensor
+
+    if isinstance(qt, SparseQuantTensor):
+        return fast_kernel(qt.to_group_quant(), device, int4_accuracy_level)
+    if isinstance(qt, SparseTensor):
+        from tierlm.kernels.ops import sparse_mm
+
+        if device.type == "cpu":
+            return sparse_mm.cpu_sparse_kernel(qt)
+        if sparse_mm.semi_structured_supports(qt, device):
+            return sparse_mm.SemiStructuredMatMul(qt, device)
+        return None
+    if isinstance(qt, LowRankTensor):
+        from tierlm.kernels.ops.lowrank_mm import LowRankMatMul
+
+        return LowRankMatMul(qt, device)
+    if isinstance(qt, CompositeTensor):
+        from tierlm.kernels.ops.lowrank_mm import SumMatMul
+
+        base = fast_kernel(qt.base, device, int4_accuracy_level)
+        if base is None:
+            on_device = qt.base.to(device)
+            base = lambda x: on_device.linear_reference(x.to(torch.float32))  # noqa: E731
+        if qt.lowrank is None:
+            return base
+        return SumMatMul(base, fast_kernel(qt.lowrank, device, int4_accuracy_level))
     return None
 
 

@@ -108,3 +108,41 @@ def int4_words_to_bytes(qweight: torch.Tensor) -> torch.Tensor:
     the byte layout onnxruntime's ``MatMulNBits`` expects for its B input.
     """
     return qweight.t().contiguous().view(torch.uint8)
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack a flat stream of ``bits``-bit codes (1..8) into uint8, little-endian bit order.
+
+    Code ``i`` occupies stream bits ``bits·i .. bits·i + bits - 1``; byte ``j`` holds stream bits
+    ``8j .. 8j+7`` (bit 0 = least significant). Any width packs densely (3-bit codes straddle
+    bytes), so N:M index metadata costs exactly ``ceil(log2 M)`` bits per kept weight. The
+    output has ``ceil(codes.numel() · bits / 8)`` bytes; the input is flattened.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    _check_codes(codes, bits)
+    flat = codes.reshape(-1).to(torch.uint8)
+    shifts = torch.arange(bits, dtype=torch.uint8, device=flat.device)
+    stream = ((flat.unsqueeze(1) >> shifts) & 1).reshape(-1)
+    stream = torch.nn.functional.pad(stream, (0, -stream.numel() % 8))
+    weights = (1 << torch.arange(8, dtype=torch.int32, device=flat.device)).to(torch.uint8)
+    return (stream.reshape(-1, 8) * weights).sum(1, dtype=torch.int32).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, count: int, start: int = 0) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: codes ``start .. start+count-1`` as a flat uint8 tensor.
+
+    Only the bytes holding those codes are expanded, so reading one row of a large packed
+    matrix costs that row, not the matrix.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    if packed.numel() * 8 < (start + count) * bits:
+        raise ValueError(f"{packed.numel()} bytes cannot hold codes up to {start + count} of {bits} bits")
+    first_bit = start * bits
+    window = packed.reshape(-1)[first_bit // 8 : ((start + count) * bits + 7) // 8]
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    skip = first_bit % 8
+    stream = ((window.reshape(-1, 1) >> shifts) & 1).reshape(-1)[skip : skip + count * bits]
+    weights = (1 << torch.arange(bits, dtype=torch.int32, device=packed.device)).to(torch.uint8)
+    return (stream.reshape(count, bits) * weights).sum(1, dtype=torch.int32).to(torch.uint8)

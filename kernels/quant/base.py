@@ -147,6 +147,7 @@ class Quantizer(ABC):
 
 def get_quantizer(name: str, **config: Any) -> Quantizer:
     """Build a registered quantizer by name, e.g. ``get_quantizer("rtn", bits=4, group_size=128)``."""
+    import tierlm.kernels.composite  # noqa: F401  (registers "composite", which builds on the rest)
     import tierlm.kernels.quant  # noqa: F401  (importing the package registers every method)
 
     try:
@@ -158,6 +159,7 @@ def get_quantizer(name: str, **config: Any) -> Quantizer:
 
 def quantizer_names() -> list[str]:
     """Names of all registered quantization methods."""
+    import tierlm.kernels.composite  # noqa: F401
     import tierlm.kernels.quant  # noqa: F401
 
     return sorted(_QUANTIZERS)
