@@ -35,7 +35,7 @@ from tierlm.kernels.quant import get_quantizer  # noqa: E402
 from tierlm.kernels.quant.group import GroupGrid  # noqa: E402
 from tierlm.kernels.sparse import SparseQuantTensor, SparseTensor, SparsityPattern, select_mask  # noqa: E402
 
-from bench.results_io import write_results  # noqa: E402
+from tierlm.results import write_results  # noqa: E402
 
 # (layer, in_features, out_features) of Gemma 3 270M's MLP and its tied 262k-token output layer.
 SHAPES = [("mlp.gate/up", 640, 2048), ("mlp.down", 2048, 640), ("lm_head", 640, 262144)]

@@ -26,7 +26,7 @@ from tierlm.kernels.calibration import CalibrationRecorder, StatsSpec  # noqa: E
 from tierlm.kernels.composite import CompositeCompressor  # noqa: E402
 from tierlm.kernels.quant import get_quantizer  # noqa: E402
 
-from bench.results_io import write_results  # noqa: E402
+from tierlm.results import write_results  # noqa: E402
 
 TEXT = ROOT / "data" / "text" / "python-docs"
 LAYERS = (
