@@ -147,3 +147,13 @@ def _in_features(module: torch.nn.Module) -> int:
     if hasattr(module, "in_features"):
         return int(module.in_features)
     raise TypeError(f"cannot tell the input width of {type(module).__name__}; give it in_features")
+
+
+def require_stats(method: str, needs: Iterable[str], calib: LayerStats | None) -> LayerStats:
+    """Return ``calib``, or explain which statistics ``method`` needs and which were not collected."""
+    if calib is None:
+        raise ValueError(f"{method} needs calibration statistics: {sorted(needs)}")
+    missing = [n for n in needs if not calib.has(n)]
+    if missing:
+        raise ValueError(f"{method} needs calibration statistics {missing} that were not collected")
+    return calib

@@ -22,6 +22,8 @@ import torch
 from tierlm.kernels.lowrank.tensor import LowRankTensor
 from tierlm.kernels.quant.group import SCALE_DTYPES
 
+from tierlm.kernels.calibration import require_stats
+
 if TYPE_CHECKING:
     from tierlm.kernels.calibration import LayerStats
 
@@ -78,9 +80,7 @@ class Factorizer(ABC):
         return {"method": self.name}
 
     def _require(self, calib: LayerStats | None) -> LayerStats:
-        if calib is None or any(not calib.has(n) for n in self.needs):
-            raise ValueError(f"{self.name} needs calibration statistics: {sorted(self.needs)}")
-        return calib
+        return require_stats(self.name, self.needs, calib)
 
 
 def get_factorizer(name: str, **config: Any) -> Factorizer:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
 
+from tierlm.kernels.calibration import require_stats
+
 if TYPE_CHECKING:
     from tierlm.kernels.calibration import LayerStats
 
@@ -136,13 +138,7 @@ class Quantizer(ABC):
         """JSON-able settings (what ``tierlm_compression.json`` records per layer)."""
 
     def _require(self, calib: "LayerStats | None") -> "LayerStats":
-        """Return ``calib`` or explain which statistics this method needs."""
-        if calib is None:
-            raise ValueError(f"{self.name} needs calibration statistics: {sorted(self.needs)}")
-        missing = [n for n in self.needs if not calib.has(n)]
-        if missing:
-            raise ValueError(f"{self.name} needs calibration statistics {missing} that were not collected")
-        return calib
+        return require_stats(self.name, self.needs, calib)
 
 
 def get_quantizer(name: str, **config: Any) -> Quantizer:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from tierlm.kernels.sparse.pattern import SparsityPattern
 
+from tierlm.kernels.calibration import require_stats
+
 if TYPE_CHECKING:
     from tierlm.kernels.calibration import LayerStats
 
@@ -68,12 +70,7 @@ class Pruner(ABC):
         return {"method": self.name, **self.pattern.config()}
 
     def _require(self, calib: LayerStats | None) -> LayerStats:
-        if calib is None:
-            raise ValueError(f"{self.name} needs calibration statistics: {sorted(self.needs)}")
-        missing = [n for n in self.needs if not calib.has(n)]
-        if missing:
-            raise ValueError(f"{self.name} needs calibration statistics {missing} that were not collected")
-        return calib
+        return require_stats(self.name, self.needs, calib)
 
 
 def get_pruner(name: str, **config: Any) -> Pruner:
