@@ -14,6 +14,8 @@ from tierlm.commands import server_options as opt
 app = typer.Typer(help="Run the cascade router and read its cost ledger.", no_args_is_help=True)
 
 DEFAULT_LEDGER = Path("tierlm-ledger.sqlite")
+# A tier whose `model` is this runs the no-LLM neighbour vote (router/knn_tier.py).
+KNN_MODEL = "knn-vote"
 
 
 @app.command()
@@ -95,13 +97,21 @@ def collect(
     data = data or headlines_dir() / "dev.csv"
     rows = load_headlines(data.stem, data.parent)[:limit]
     chosen = [t for t in policy.tiers if not only or t.name in only]
-    encoder = Encoder(threads=threads) if any(t.prompt and t.prompt.selection == "retrieved" for t in chosen) else None
+    needs_encoder = any((t.prompt and t.prompt.selection == "retrieved") or t.model == KNN_MODEL for t in chosen)
+    encoder = Encoder(threads=threads) if needs_encoder else None
     store = AnswerStore(out)
 
     async def main() -> dict[str, int]:
         runs, engines = [], []
         for tier in chosen:
-            if tier.model is not None:
+            if tier.model == KNN_MODEL:
+                from tierlm.router.datasets import load_headlines as pool_split
+                from tierlm.router.knn_tier import KnnGenerator
+                from tierlm.router.tier_setup import DEMONSTRATION_SPLIT
+
+                knn = KnnGenerator(encoder or Encoder(threads=threads), pool_split(DEMONSTRATION_SPLIT), tier_name=tier.name)
+                model_id, generate = KNN_MODEL, knn.generate
+            elif tier.model is not None:
                 from tierlm.edge.server import load_generator
 
                 folder = model_folder(tier)
