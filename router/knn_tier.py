@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from tierlm.errors import GenerationError
-from tierlm.router.datasets import Example
+from tierlm.router.datasets import LABELS, Example
 from tierlm.router.knn import KnnVote
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
@@ -32,11 +32,13 @@ def last_query(prompt: str) -> str:
 class KnnGenerator(generator_pb2_grpc.GeneratorServicer):
     """Label-choice answers by neighbour vote; a pool row equal to the query never votes."""
 
-    def __init__(self, encoder, pool: Sequence[Example], k: int = 8, tier_name: str = "knn"):
+    def __init__(
+        self, encoder, pool: Sequence[Example], k: int = 8, tier_name: str = "knn", labels: Sequence[str] = LABELS
+    ):
         self.encoder = encoder
         self.tier_name = tier_name
         self._pool_index = {" ".join(e.headline.casefold().split()): i for i, e in enumerate(pool)}
-        self.knn = KnnVote(encoder.encode([e.headline for e in pool]), [e.label for e in pool], k=k)
+        self.knn = KnnVote(encoder.encode([e.headline for e in pool]), [e.label for e in pool], k=k, labels=labels)
 
     def answer(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
         started = time.perf_counter()
