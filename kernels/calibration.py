@@ -126,15 +126,15 @@ class CalibrationRecorder:
 
     def __init__(self, modules: Mapping[str, torch.nn.Module], spec: StatsSpec, seed: int = 0) -> None:
         self.modules = dict(modules)
-        self.stats = {
-            name: LayerStats(_in_features(m), spec, seed=seed) for name, m in self.modules.items()
-        }
+        self.stats = {name: LayerStats(_in_features(m), spec, seed=seed) for name, m in self.modules.items()}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> "CalibrationRecorder":
         for name, module in self.modules.items():
             stats = self.stats[name]
-            self._handles.append(module.register_forward_pre_hook(lambda _m, args, s=stats: s.update(args[0])))
+            self._handles.append(
+                module.register_forward_pre_hook(lambda _m, args, s=stats: s.update(args[0]))
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,11 +1,10 @@
 """nn.Modules that run quantized weights: a linear layer, an embedding, and swap helpers.
 
-``QuantLinear`` picks its kernel from the weight's format: int8 (W8A8) through ``torch._int_mm``
-(:mod:`tierlm.kernels.ops.int8_mm`), int3/int4 group-wise through onnxruntime's ``MatMulNBits``
-(:mod:`tierlm.kernels.ops.ort_nbits`), anything else (NF4) through the reference path, which
-dequantizes the weight on every call. ``backend="reference"`` forces the reference everywhere
-(tests compare the two); inputs on an accelerator always take the reference path, since the fast
-kernels here are CPU kernels.
+``QuantLinear`` picks its kernel from the weight's format and the input's device (see
+:func:`fast_kernel`): int8 (W8A8) through ``torch._int_mm`` on CPU and CUDA, int3/int4
+group-wise through onnxruntime's ``MatMulNBits`` on CPU and torch's tinygemm on CUDA, anything
+else (NF4) through the reference path, which dequantizes the weight on every call.
+``backend="reference"`` forces the reference everywhere (tests compare the two).
 
 ``QuantEmbedding`` holds a ``[vocab, hidden]`` table as a quantized tensor; its
 :meth:`~QuantEmbedding.tied_output` is a ``QuantLinear`` over the *same* tensor, which is how a
@@ -17,38 +16,57 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import torch
-from torch import nn
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
 from tierlm.kernels.quant.group import GroupQuantTensor
 from tierlm.kernels.quant.int8 import Int8Tensor
+from torch import nn
 
 Backend = Literal["auto", "fast", "reference"]
 Kernel = Callable[[torch.Tensor], torch.Tensor]
 
 
-def fast_kernel(qt: QuantizedTensor, int4_accuracy_level: int = 4) -> Kernel | None:
-    """The fast CPU kernel for ``qt``'s format, or None when there is none (or it is not installed).
+def fast_kernel(
+    qt: QuantizedTensor, device: torch.device | str = "cpu", int4_accuracy_level: int = 4
+) -> Kernel | None:
+    """The fast kernel for ``qt``'s format on ``device``, or None when there is none here.
 
-    ``int4_accuracy_level``: 4 = MLAS quantizes activations to int8 per block (fastest, adds
-    ~1-3% relative output error on outlier-heavy inputs), 0 = float activations (exact to the
-    reference, 2-3x slower at batch 1); see bench/kernels_matmul.py.
+    CPU: int8 -> ``torch._int_mm``; int3/int4 -> onnxruntime ``MatMulNBits``, where
+    ``int4_accuracy_level`` 4 lets MLAS quantize activations to int8 per block (fastest, adds
+    ~1-3% relative output error on outlier-heavy inputs) and 0 keeps them in float (exact to the
+    reference, 2-3x slower at batch 1; see bench/kernels_matmul.py).
+    CUDA: int8 -> ``torch._int_mm``; int3/int4 -> torch's tinygemm (bfloat16 activations).
     """
+    device = torch.device(device)
     if isinstance(qt, Int8Tensor):
-        from tierlm.kernels.ops.int8_mm import Int8MatMul
+        from tierlm.kernels.ops.int8_mm import Int8MatMul, cuda_supports
 
-        return Int8MatMul(qt)
-    if isinstance(qt, GroupQuantTensor):
-        from tierlm.kernels.ops.ort_nbits import ORT_BLOCK_SIZES, NBitsMatMul, ort_available
+        if device.type == "cpu" or (device.type == "cuda" and cuda_supports(qt)):
+            return Int8MatMul(qt, device)
+    elif isinstance(qt, GroupQuantTensor):
+        if device.type == "cpu":
+            from tierlm.kernels.ops.ort_nbits import (
+                ORT_BLOCK_SIZES,
+                NBitsMatMul,
+                ort_available,
+            )
 
-        if ort_available() and qt.group_size in ORT_BLOCK_SIZES:
-            return NBitsMatMul(qt, accuracy_level=int4_accuracy_level)
+            if ort_available() and qt.group_size in ORT_BLOCK_SIZES:
+                return NBitsMatMul(qt, accuracy_level=int4_accuracy_level)
+        elif device.type == "cuda":
+            from tierlm.kernels.ops.cuda_int4 import TinyGemmMatMul, tinygemm_supports
+
+            if tinygemm_supports(qt):
+                return TinyGemmMatMul(qt, device)
     return None
 
 
 class QuantLinear(nn.Module):
-    """Drop-in for ``nn.Linear`` over a :class:`QuantizedTensor` weight."""
+    """Drop-in for ``nn.Linear`` over a :class:`QuantizedTensor` weight.
+
+    The stored tensor stays where it was built (CPU); the first call on another device builds
+    that device's kernel (or, for the reference path, a device copy of the tensor) and keeps it.
+    """
 
     def __init__(
         self,
@@ -61,8 +79,11 @@ class QuantLinear(nn.Module):
         self.qweight = weight
         self.int4_accuracy_level = int4_accuracy_level
         self.out_features, self.in_features = weight.shape
-        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
-        self._kernel: Kernel | None = None
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
+        )
+        self._kernels: dict[torch.device, Kernel | None] = {}
+        self._device_weights: dict[torch.device, QuantizedTensor] = {}
         self.backend = backend
 
     @property
@@ -74,33 +95,66 @@ class QuantLinear(nn.Module):
     def backend(self, value: Backend) -> None:
         if value not in ("auto", "fast", "reference"):
             raise ValueError(f"backend must be auto, fast or reference, got {value!r}")
-        # Kernels are built here rather than on the first call so that a missing fast path is an
-        # error at set-up time, and so that the (one-off) ORT session build is not in a timing.
-        self._kernel = None if value == "reference" else fast_kernel(self.qweight, self.int4_accuracy_level)
-        if value == "fast" and self._kernel is None:
-            raise RuntimeError(f"no fast kernel for format {self.qweight.format!r} here")
+        previous = getattr(self, "_backend", "reference")
         self._backend = value
+        self._kernels.clear()
+        # The home-device kernel is built now rather than on the first call so that a missing
+        # fast path is an error at set-up time and the one-off ORT session build stays out of
+        # timings.
+        try:
+            self._kernel_for(self.qweight.device)
+        except RuntimeError:
+            self._backend = previous
+            self._kernels.clear()
+            raise
+
+    def _kernel_for(self, device: torch.device) -> Kernel | None:
+        if device not in self._kernels:
+            kernel = (
+                None
+                if self._backend == "reference"
+                else fast_kernel(self.qweight, device, self.int4_accuracy_level)
+            )
+            if self._backend == "fast" and kernel is None:
+                raise RuntimeError(f"no fast kernel for format {self.qweight.format!r} on {device}")
+            self._kernels[device] = kernel
+        return self._kernels[device]
+
+    def _weight_on(self, device: torch.device) -> QuantizedTensor:
+        if device == self.qweight.device:
+            return self.qweight
+        if device not in self._device_weights:
+            self._device_weights[device] = self.qweight.to(device)
+        return self._device_weights[device]
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, quantizer: Quantizer, calib: LayerStats | None = None, backend: Backend = "auto"
+        cls,
+        linear: nn.Linear,
+        quantizer: Quantizer,
+        calib: LayerStats | None = None,
+        backend: Backend = "auto",
     ) -> "QuantLinear":
         """Quantize ``linear.weight`` with ``quantizer`` and keep its bias in float."""
-        return cls(quantizer.quantize(linear.weight.detach(), calib), linear.bias, backend)
+        return cls(quantizer.quantize(linear.weight.detach().cpu(), calib), linear.bias, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self._kernel is not None and x.device.type == "cpu":
-            y = self._kernel(x2)
+        kernel = self._kernel_for(x.device)
+        if kernel is not None:
+            y = kernel(x2)
         else:
-            y = self.qweight.linear_reference(x2.to(torch.float32))
+            y = self._weight_on(x.device).linear_reference(x2.to(torch.float32))
         if self.bias is not None:
             y = y + self.bias.to(y.device)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.qweight.format}, backend={self.backend}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"format={self.qweight.format}, backend={self.backend}"
+        )
 
 
 class QuantEmbedding(nn.Module):
@@ -125,7 +179,8 @@ class QuantEmbedding(nn.Module):
         return cls(quantizer.quantize(emb.weight.detach()), scale, emb.padding_idx)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.qweight.dequantize_rows(ids.cpu()).to(ids.device)
+        # Lookups gather a few rows: done where the table lives, then moved.
+        rows = self.qweight.dequantize_rows(ids.to(self.qweight.device)).to(ids.device)
         return rows * self.scale if self.scale != 1.0 else rows
 
     def tied_output(self, backend: Backend = "auto") -> QuantLinear:

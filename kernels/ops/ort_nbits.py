@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from tierlm.kernels.quant.group import GroupQuantTensor
 
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -56,7 +55,9 @@ class NBitsMatMul:
             zt = torch.nn.functional.pad(zt, (0, nb % 2))
             zp = (zt[:, 0::2] | (zt[:, 1::2] << 4)).to(torch.uint8)
         threads = num_threads if num_threads is not None else torch.get_num_threads()
-        self._session = _build_session(blob, scales.t().contiguous(), zp, k, n, qt.group_size, accuracy_level, threads)
+        self._session = _build_session(
+            blob, scales.t().contiguous(), zp, k, n, qt.group_size, accuracy_level, threads
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)

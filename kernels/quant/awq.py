@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.quant.base import Quantizer
 from tierlm.kernels.quant.group import GroupGrid, GroupQuantTensor, group_rtn

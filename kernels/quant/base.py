@@ -75,6 +75,16 @@ class QuantizedTensor(ABC):
         """
         return torch.nn.functional.linear(x, self.dequantize().to(x.dtype))
 
+    def to(self, device: torch.device | str) -> "QuantizedTensor":
+        """A copy with every stored tensor on ``device`` (dequantization then runs there)."""
+        tensors = {k: v.to(device) for k, v in self.tensors().items()}
+        return type(self).from_parts(tensors, self.metadata())
+
+    @property
+    def device(self) -> torch.device:
+        """Where the stored tensors live."""
+        return next(iter(self.tensors().values())).device
+
     @property
     def nbytes(self) -> int:
         """Bytes of all stored tensors (what the artifact pays for this weight)."""
@@ -93,9 +103,11 @@ class QuantizedTensor(ABC):
         try:
             cls = _FORMATS[meta["format"]]
         except KeyError:
-            raise ValueError(f"unknown quantized format {meta.get('format')!r}; known: {sorted(_FORMATS)}") from None
+            raise ValueError(
+                f"unknown quantized format {meta.get('format')!r}; known: {sorted(_FORMATS)}"
+            ) from None
         head = f"{prefix}."
-        tensors = {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
+        tensors = {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
         return cls.from_parts(tensors, {k: v for k, v in meta.items() if k != "format"})
 
 

@@ -14,11 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.hessian import inverse_cholesky, prepare_hessian
 from tierlm.kernels.quant.base import Quantizer
-from tierlm.kernels.quant.group import GroupGrid, GroupQuantTensor, grid_params, quantize_to_grid
+from tierlm.kernels.quant.group import (
+    GroupGrid,
+    GroupQuantTensor,
+    grid_params,
+    quantize_to_grid,
+)
 
 
 class GPTQQuantizer(Quantizer):
@@ -67,7 +71,9 @@ class GPTQQuantizer(Quantizer):
                 col = b0 + i
                 if col % gs == 0:
                     g = col // gs
-                    scales[g], zeros[g] = grid_params(wb[:, i : i + gs], bits, self.grid.symmetric, self.grid.torch_scale_dtype)
+                    scales[g], zeros[g] = grid_params(
+                        wb[:, i : i + gs], bits, self.grid.symmetric, self.grid.torch_scale_dtype
+                    )
                 s, z = scales[col // gs], zeros[col // gs]
                 q = quantize_to_grid(wb[:, i], s, z, bits)
                 codes[:, col] = q

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-
 from tierlm.kernels.packing import pack_int3, pack_int4, unpack_int3, unpack_int4
 from tierlm.kernels.quant.base import QuantizedTensor
 
@@ -144,7 +143,7 @@ class GroupQuantTensor(QuantizedTensor):
         """Group of each input column ``[K]`` (int64)."""
         if self.g_idx is not None:
             return self.g_idx.to(torch.int64)
-        return torch.arange(self.shape[1]) // self.group_size
+        return torch.arange(self.shape[1], device=self.scales.device) // self.group_size
 
     def dequantize(self) -> torch.Tensor:
         g = self.group_index()
@@ -212,7 +211,9 @@ class GroupGrid:
 
     def rtn(self, w: torch.Tensor, input_scale: torch.Tensor | None = None) -> GroupQuantTensor:
         """Round-to-nearest ``w`` (already multiplied by ``input_scale`` if given)."""
-        codes, scales, zeros = group_rtn(w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype)
+        codes, scales, zeros = group_rtn(
+            w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype
+        )
         return self.pack(codes, scales, zeros, input_scale=input_scale)
 
     def pack(
@@ -236,4 +237,9 @@ class GroupGrid:
         )
 
     def config(self) -> dict[str, Any]:
-        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "scale_dtype": self.scale_dtype}
+        return {
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "scale_dtype": self.scale_dtype,
+        }

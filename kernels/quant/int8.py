@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
 
@@ -124,7 +123,9 @@ class Int8Quantizer(Quantizer):
 
     name = "int8"
 
-    def __init__(self, smoothquant_alpha: float | None = None, outlier_threshold: float | None = None) -> None:
+    def __init__(
+        self, smoothquant_alpha: float | None = None, outlier_threshold: float | None = None
+    ) -> None:
         if smoothquant_alpha is not None and not 0.0 <= smoothquant_alpha <= 1.0:
             raise ValueError("smoothquant_alpha must lie in [0, 1]")
         self.smoothquant_alpha = smoothquant_alpha

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
 
@@ -65,13 +64,15 @@ class NF4Tensor(QuantizedTensor):
         """Per-block absmax as used for dequantization ``[N·K/block]``."""
         if self.absmax is not None:
             return self.absmax
-        idx = torch.arange(self.absmax_q.numel()) // self.dq_block_size
+        idx = torch.arange(self.absmax_q.numel(), device=self.absmax_q.device) // self.dq_block_size
         return self.absmax_q.to(torch.float32) * self.absmax_scale[idx] + self.absmax_offset
 
     def _dequant(self, codes: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
         n, k = codes.shape[0], codes.shape[1] * 2
-        levels = NF4_LEVELS[_unpack_nibbles(codes).to(torch.int64)]
-        return (levels.reshape(n, k // self.block_size, self.block_size) * absmax.reshape(n, -1, 1)).reshape(n, k)
+        levels = NF4_LEVELS.to(codes.device)[_unpack_nibbles(codes).to(torch.int64)]
+        return (levels.reshape(n, k // self.block_size, self.block_size) * absmax.reshape(n, -1, 1)).reshape(
+            n, k
+        )
 
     def dequantize(self) -> torch.Tensor:
         return self._dequant(self.codes, self.block_absmax())
@@ -86,7 +87,9 @@ class NF4Tensor(QuantizedTensor):
         if self.absmax is not None:
             out["absmax"] = self.absmax
         else:
-            out.update(absmax_q=self.absmax_q, absmax_scale=self.absmax_scale, absmax_offset=self.absmax_offset)
+            out.update(
+                absmax_q=self.absmax_q, absmax_scale=self.absmax_scale, absmax_offset=self.absmax_offset
+            )
         return out
 
     def metadata(self) -> dict[str, Any]:
@@ -132,7 +135,12 @@ class NF4Quantizer(Quantizer):
             pad = -centred.numel() % self.dq_block_size
             chunks = torch.nn.functional.pad(centred, (0, pad)).reshape(-1, self.dq_block_size)
             scale = (chunks.abs().amax(-1) / 127).clamp(min=1e-12)
-            q = torch.round(chunks / scale.unsqueeze(1)).clamp(-127, 127).to(torch.int8).reshape(-1)[: absmax.numel()]
+            q = (
+                torch.round(chunks / scale.unsqueeze(1))
+                .clamp(-127, 127)
+                .to(torch.int8)
+                .reshape(-1)[: absmax.numel()]
+            )
             parts = {"absmax_q": q, "absmax_scale": scale, "absmax_offset": offset.reshape(1)}
             absmax = q.to(torch.float32) * scale[torch.arange(q.numel()) // self.dq_block_size] + offset
         else:
@@ -145,4 +153,9 @@ class NF4Quantizer(Quantizer):
         return NF4Tensor(_pack_nibbles(codes), self.block_size, self.dq_block_size, **parts)
 
     def config(self) -> dict[str, Any]:
-        return {"method": self.name, "block_size": self.block_size, "double_quant": self.double_quant, "dq_block_size": self.dq_block_size}
+        return {
+            "method": self.name,
+            "block_size": self.block_size,
+            "double_quant": self.double_quant,
+            "dq_block_size": self.dq_block_size,
+        }

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.quant.base import Quantizer
 from tierlm.kernels.quant.group import GroupGrid, GroupQuantTensor
@@ -16,7 +15,9 @@ class RTNQuantizer(Quantizer):
 
     name = "rtn"
 
-    def __init__(self, bits: int = 4, group_size: int = 128, symmetric: bool = False, scale_dtype: str = "float16") -> None:
+    def __init__(
+        self, bits: int = 4, group_size: int = 128, symmetric: bool = False, scale_dtype: str = "float16"
+    ) -> None:
         self.grid = GroupGrid(bits, group_size, symmetric, scale_dtype)
 
     def quantize(self, weight: torch.Tensor, calib: LayerStats | None = None) -> GroupQuantTensor:

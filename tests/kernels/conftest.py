@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from tierlm.kernels.calibration import CalibrationRecorder, LayerStats, StatsSpec
 from tierlm.kernels.hessian import inverse_cholesky, prepare_hessian
 

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear, quantize_linears
 from tierlm.kernels.quant import get_quantizer
 
 needs_ort = pytest.mark.skipif(
-    not __import__("tierlm.kernels.ops.ort_nbits", fromlist=["x"]).ort_available(), reason="onnxruntime not installed"
+    not __import__("tierlm.kernels.ops.ort_nbits", fromlist=["x"]).ort_available(),
+    reason="onnxruntime not installed",
 )
 
 
@@ -26,7 +26,15 @@ def _rel(a, b):
     return float((a - b).detach().norm() / b.detach().norm())
 
 
-@pytest.mark.parametrize("config", [{}, {"smoothquant_alpha": 0.5}, {"outlier_threshold": 8.0}, {"smoothquant_alpha": 0.8, "outlier_threshold": 8.0}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"smoothquant_alpha": 0.5},
+        {"outlier_threshold": 8.0},
+        {"smoothquant_alpha": 0.8, "outlier_threshold": 8.0},
+    ],
+)
 @pytest.mark.parametrize("batch", [1, 32])
 def test_int8_fast_path_equals_reference(layer, config, batch):
     lin, stats, acts = layer
@@ -118,5 +126,7 @@ def test_quantize_linears_swaps_chosen_layers(layer):
         return get_quantizer("int8") if name == "0" else None
 
     swapped = quantize_linears(model, choose)
-    assert list(swapped) == ["0"] and isinstance(model[0], QuantLinear) and isinstance(model[2], torch.nn.Linear)
+    assert (
+        list(swapped) == ["0"] and isinstance(model[0], QuantLinear) and isinstance(model[2], torch.nn.Linear)
+    )
     assert _rel(model(x), ref) < 0.05

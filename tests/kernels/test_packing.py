@@ -4,8 +4,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from tierlm.kernels.packing import int4_words_to_bytes, pack_int3, pack_int4, unpack_int3, unpack_int4
+from tierlm.kernels.packing import (
+    int4_words_to_bytes,
+    pack_int3,
+    pack_int4,
+    unpack_int3,
+    unpack_int4,
+)
 
 
 def _codes(bits: int, multiple: int):
@@ -14,7 +19,12 @@ def _codes(bits: int, multiple: int):
         st.integers(1, 5),
         st.integers(0, 1),
         st.integers(0, 2**31 - 1),
-    ).map(lambda a: (torch.randint(0, 1 << bits, (a[0], a[1]), generator=torch.Generator().manual_seed(a[3])), a[2]))
+    ).map(
+        lambda a: (
+            torch.randint(0, 1 << bits, (a[0], a[1]), generator=torch.Generator().manual_seed(a[3])),
+            a[2],
+        )
+    )
 
 
 @settings(max_examples=40, deadline=None)

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.quant import QuantizedTensor, get_quantizer, quantizer_names
 from tierlm.kernels.quant.group import GroupQuantTensor
@@ -19,7 +18,10 @@ def _scale_per_element(qt: GroupQuantTensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dist", ["gaussian", "heavy_tailed"])
-@pytest.mark.parametrize("bits,group_size,symmetric", [(4, 128, False), (4, 64, True), (4, 32, False), (3, 128, True), (3, 64, False)])
+@pytest.mark.parametrize(
+    "bits,group_size,symmetric",
+    [(4, 128, False), (4, 64, True), (4, 32, False), (3, 128, True), (3, 64, False)],
+)
 def test_rtn_error_is_at_most_half_a_step(make_weight, dist, bits, group_size, symmetric):
     w = make_weight(dist, 64, 256, seed=bits * group_size)
     qt = get_quantizer("rtn", bits=bits, group_size=group_size, symmetric=symmetric).quantize(w)
@@ -135,7 +137,9 @@ def test_artifact_round_trip_through_safetensors(tmp_path, outlier_layer, name, 
     save_file(state, tmp_path / "m.safetensors")
     meta = json.loads(json.dumps(meta))
     json.dumps(quantizer.config())
-    back = QuantizedTensor.from_state_dict(load_file(tmp_path / "m.safetensors"), "model.layers.0.mlp.up_proj", meta)
+    back = QuantizedTensor.from_state_dict(
+        load_file(tmp_path / "m.safetensors"), "model.layers.0.mlp.up_proj", meta
+    )
     assert type(back) is type(qt) and back.shape == qt.shape == tuple(w.shape)
     assert torch.equal(back.dequantize(), qt.dequantize())
     assert back.nbytes == qt.nbytes == sum(t.numel() * t.element_size() for t in state.values())
