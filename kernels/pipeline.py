@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from tierlm.kernels.artifact import describe, save_artifact
-from tierlm.kernels.calibration import CalibrationRecorder, LayerStats, StatsSpec
+from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear
 from tierlm.kernels.recipe import MethodSpec, Recipe
 
@@ -103,7 +103,7 @@ def compress_model(
                 chosen[name] = (module, rule)
         stats: dict[str, LayerStats] = {}
         if any(rule.build().needs for _, rule in chosen.values()):
-            with CalibrationRecorder({name: m for name, (m, _) in chosen.items()}, spec, seed=cal.seed) as rec:
+            with _SharedInputRecorder({name: m for name, (m, _) in chosen.items()}, spec, cal.seed) as rec:
                 _run_layer(model, index, hidden)
             stats = rec.stats
         progress(index, total, f"layer {index}: compressing {len(chosen)} linears")
@@ -131,6 +131,38 @@ def compress_model(
         _compress_lm_head(model, output_spec, None)
     progress(total, total, "done")
     return layer_seconds
+
+
+class _SharedInputRecorder:
+    """Statistics per linear, computed once per distinct input tensor.
+
+    q/k/v read the same tensor, and so do gate/up: hooks fire in call order, so a linear whose
+    input is the very object the previous hooked linear read shares that linear's statistics
+    instead of accumulating an identical Hessian (the dominant calibration cost).
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], spec: StatsSpec, seed: int) -> None:
+        self.modules = modules
+        self.stats = {name: LayerStats(int(m.in_features), spec, seed=seed) for name, m in modules.items()}
+        self._last: tuple[torch.Tensor, str] | None = None
+        self._handles: list[Any] = []
+
+    def _hook(self, name: str, x: torch.Tensor) -> None:
+        if self._last is not None and self._last[0] is x:
+            self.stats[name] = self.stats[self._last[1]]
+            return
+        self._last = (x, name)
+        self.stats[name].update(x)
+
+    def __enter__(self) -> "_SharedInputRecorder":
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(lambda _m, args, n=name: self._hook(n, args[0])))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._last = None
 
 
 def _run_layer(model: nn.Module, index: int, hidden: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -165,3 +165,23 @@ def test_cli_help() -> None:
 
     result = runner.invoke(app, ["compress", "--help"])
     assert result.exit_code == 0 and "--recipe" in result.output and "--calib" in result.output
+
+
+def test_linears_reading_one_input_share_statistics_equal_to_their_own(llama_dir: Path) -> None:
+    from tierlm.kernels.calibration import CalibrationRecorder, StatsSpec
+    from tierlm.kernels.pipeline import _run_layer, _SharedInputRecorder
+
+    model = load_model(llama_dir)
+    model.setup_cache(2, 16)
+    hidden = [model.embed(torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1)))]
+    linears = {n: m for n, m in model.layers[0].named_modules() if isinstance(m, nn.Linear)}
+    spec = StatsSpec(hessian=True)
+    with _SharedInputRecorder(linears, spec, 0) as shared:
+        _run_layer(model, 0, hidden)
+    with CalibrationRecorder(linears, spec) as separate:
+        _run_layer(model, 0, hidden)
+    assert shared.stats["self_attn.k_proj"] is shared.stats["self_attn.q_proj"]
+    assert shared.stats["mlp.up_proj"] is shared.stats["mlp.gate_proj"]
+    assert shared.stats["mlp.down_proj"] is not shared.stats["mlp.up_proj"]
+    for name in linears:
+        assert torch.equal(shared.stats[name].hessian(), separate.stats[name].hessian()), name
