@@ -43,7 +43,7 @@ def score(model_dir: Path, tokenizer, text: str, args: argparse.Namespace, max_t
     from tierlm.edge.model import CausalLM, load_model
 
     result = perplexity.evaluate(
-        CausalLM(load_model(model_dir)), tokenizer, text, context=args.context, stride=args.context // 2, max_tokens=max_tokens
+        CausalLM(load_model(model_dir)), tokenizer, text, context=args.context, stride=args.stride, max_tokens=max_tokens
     )
     engine = Engine.from_pretrained(model_dir, max_batch=1, max_seq_len=args.decode_tokens + 64, threads=args.threads)
     try:
@@ -85,7 +85,7 @@ def llama_cpp_row(gguf: Path, ids: list[int], bos: int | None, args: argparse.Na
 
     from tierlm.perplexity import windows
 
-    context, stride, decode_tokens = args.context, args.context // 2, args.decode_tokens
+    context, stride, decode_tokens = args.context, args.stride, args.decode_tokens
     llm = Llama(str(gguf), n_ctx=context, n_threads=args.threads, n_batch=context, logits_all=True, verbose=False)
     prefix = [] if bos is None else [bos]
     nll, scored = 0.0, 0
@@ -126,9 +126,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help=f"score only the first {QUICK_TOKENS} eval tokens")
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--context", type=int, default=512, help="perplexity window (stride = half of it)")
+    parser.add_argument("--context", type=int, default=512, help="perplexity window")
+    parser.add_argument("--stride", type=int, help="tokens between window starts (default: half the context)")
     parser.add_argument("--reuse", action="store_true", help="reuse artifacts made by the same recipe")
     args = parser.parse_args()
+    args.stride = args.stride or args.context // 2
 
     import torch
     from transformers import AutoTokenizer
@@ -179,7 +181,7 @@ def main() -> None:
         model=args.model,
         threads=args.threads,
         eval_text="data/text/python-docs/eval",
-        eval={"context": args.context, "stride": args.context // 2, "max_tokens": max_tokens},
+        eval={"context": args.context, "stride": args.stride, "max_tokens": max_tokens},
         notes=notes,
     )
     print(table(rows, notes))

@@ -90,7 +90,9 @@ def compress_model(
     table = recipe.embedding.build() if recipe.embedding is not None else None
     if table is not None and not table.needs:
         _compress_table(model, recipe.embedding, None)
-    hidden = [model.embed(b) for b in batches]
+    # A data-free recipe reads no activations: skip the forward passes altogether.
+    data_free = not recipe.calibration_needs()
+    hidden = [] if data_free else [model.embed(b) for b in batches]
 
     layer_seconds = []
     for index, layer in enumerate(model.layers):
@@ -112,7 +114,8 @@ def compress_model(
             new = QuantLinear(quantizer.quantize(module.weight.detach(), stats.get(name)), module.bias)
             new.compression = describe(quantizer.config())
             _set_module(layer, name, new)
-        hidden = _run_layer(model, index, hidden)
+        if not data_free:
+            hidden = _run_layer(model, index, hidden)
         layer_seconds.append(time.perf_counter() - start)
 
     output_spec = recipe.lm_head if not config.tie_word_embeddings else recipe.embedding
