@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from tierlm.edge.config import ModelConfig
 
-LogitsMode = Literal["all", "last", "none"]
+#: "all" positions, the "last" one, "none" (skip the output layer), or the last N positions.
+LogitsMode = Literal["all", "last", "none"] | int
 
 
 class RMSNorm(nn.Module):
@@ -200,9 +201,9 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"max_seq_len {max_seq_len} exceeds the model's {self.config.max_position_embeddings} positions"
             )
-        dtype = dtype or self.embed_tokens.weight.dtype
-        if not dtype.is_floating_point:  # a quantized embedding: keep the cache in float32
-            dtype = torch.float32
+        # The final norm's weight is always dense and in the model's dtype; the embedding may be
+        # a quantized table with no float `weight` at all.
+        dtype = dtype or self.norm.weight.dtype
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.max_chunk = min(max_chunk or max_seq_len, max_seq_len)
         c, device = self.config, self.device
@@ -220,7 +221,8 @@ class Transformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.embed_tokens.weight.device
+        # The final norm is always a dense parameter; a quantized embedding has no `weight`.
+        return self.norm.weight.device
 
     def forward(self, tokens: Tensor, positions: Tensor, slots: Tensor, logits: LogitsMode = "all") -> Tensor | None:
         """Run rows of tokens through the model, writing their keys/values into the cache.
@@ -229,31 +231,69 @@ class Transformer(nn.Module):
         all on the model's device.
         A row must have written all positions before its first one in earlier calls.
         Returns logits [B, T, V] ("all"), [B, 1, V] ("last", the next-token prediction of each
-        row) or None ("none": a prefill chunk whose predictions nobody reads skips the output layer).
+        row), [B, N, V] (an int N: the last N positions) or None ("none": a prefill chunk whose predictions nobody reads skips the output layer).
         """
-        if not self._rope:
-            raise RuntimeError("call setup_cache() before forward()")
         if tokens.shape[1] > self.max_chunk:
             raise ValueError(f"{tokens.shape[1]} tokens per row exceed max_chunk={self.max_chunk} of setup_cache()")
-        ropes = {
-            theta: (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
-            for theta, (cos, sin) in self._rope.items()
-        }
-        layouts = {w: _layout(slots, positions, w, ring) for w, ring in self._rings.items()}
-        x = self.embed_tokens(tokens)
-        if self.config.embed_scale is not None:
-            # HF rounds the scale to the weights' dtype before multiplying; so do we.
-            x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
-        for layer in self.layers:
-            x = layer(x, ropes[layer.rope_theta], layouts[layer.sliding_window])
+        x = self.embed(tokens)
+        for layer, (rope, layout) in zip(self.layers, self.layer_inputs(positions, slots)):
+            x = layer(x, rope, layout)
         if logits == "none":
             return None
         if logits == "last":
             x = x[:, -1:]
+        elif not isinstance(logits, str):
+            x = x[:, -logits:]
+        return self.head(x)
+
+    # The three stages of `forward`, public so that a layer-by-layer pass (the compression
+    # pipeline's calibration) runs exactly the arithmetic `forward` runs.
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Input embeddings of `tokens` ([B, T] -> [B, T, hidden]), scaled as the family does."""
+        x = self.embed_tokens(tokens)
+        if self.config.embed_scale is not None:
+            # HF rounds the scale to the weights' dtype before multiplying; so do we.
+            x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
+        return x
+
+    def layer_inputs(self, positions: Tensor, slots: Tensor) -> list[tuple[tuple[Tensor, Tensor], BatchLayout]]:
+        """The (rope, layout) arguments of each decoder layer for rows at `positions` in `slots`."""
+        if not self._rope:
+            raise RuntimeError("call setup_cache() before forward()")
+        ropes = {theta: (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)) for theta, (cos, sin) in self._rope.items()}
+        layouts = {w: _layout(slots, positions, w, ring) for w, ring in self._rings.items()}
+        return [(ropes[layer.rope_theta], layouts[layer.sliding_window]) for layer in self.layers]
+
+    def head(self, x: Tensor) -> Tensor:
+        """Logits of the last layer's hidden states: final norm, output layer, soft-capping."""
         out = self.lm_head(self.norm(x))
         cap = self.config.final_logit_softcapping
         if cap is not None:
             out = torch.tanh(out / cap) * cap
+        return out
+
+
+class CausalLM(nn.Module):
+    """`lm(input_ids) -> logits [B, T, V]` over a `Transformer`, for whole-sequence scorers.
+
+    Perplexity evaluation feeds independent windows; each call starts at position 0 in slots
+    0..B-1, so the cache only needs to be as large as the largest call (grown on demand).
+    `logits_to_keep` (HF's spelling) skips the output layer for positions nobody scores.
+    """
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, logits_to_keep: int = 0) -> Tensor:
+        b, t = input_ids.shape
+        if b > self.model.max_batch or t > self.model.max_seq_len:
+            self.model.setup_cache(max(b, self.model.max_batch), max(t, self.model.max_seq_len))
+        device = self.model.device
+        positions = torch.arange(t, device=device).expand(b, t)
+        out = self.model(input_ids.to(device), positions, torch.arange(b, device=device), logits=logits_to_keep or "all")
+        assert out is not None
         return out
 
 
@@ -303,10 +343,20 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transformer:
-    """Load an HF model folder (config.json + *.safetensors) into a `Transformer` (no cache yet)."""
+    """Load an HF model folder (config.json + *.safetensors) into a `Transformer` (no cache yet).
+
+    A compressed artifact (a folder with `tierlm_compression.json`, written by `tierlm
+    compress`) loads too, with its quantized modules in place and their fast kernels on.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
+    from tierlm.kernels.artifact import is_artifact, load_artifact  # light: torch is loaded already
+
+    if is_artifact(path):
+        if torch.device(device).type != "cpu":
+            raise ValueError("compressed artifacts load on the CPU; their GPU kernels are used per module")
+        return load_artifact(path, dtype)
     config = ModelConfig.from_dir(path)
     files = sorted(path.glob("*.safetensors"))
     if not files:

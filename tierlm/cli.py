@@ -46,6 +46,7 @@ for _name, _module in COMMAND_GROUPS:
     app.add_typer(importlib.import_module(_module).app, name=_name)
 
 app.command("ask")(importlib.import_module("tierlm.commands.ask").ask)
+app.command("compress")(importlib.import_module("tierlm.commands.compress").compress)
 
 
 if __name__ == "__main__":

@@ -292,13 +292,29 @@ def load_folder(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenize
     return model, AutoTokenizer.from_pretrained(str(folder))
 
 
+def load_artifact(folder: str | Path) -> tuple[Any, PreTrainedTokenizerBase]:
+    """A compressed artifact (``tierlm compress``) as a causal LM + tokenizer.
+
+    The artifact runs in our edge decoder with its quantized modules, the way the edge
+    runtime runs it, wrapped so that ``lm(input_ids)`` returns logits like an HF model.
+    """
+    from transformers import AutoTokenizer
+
+    from tierlm.edge.model import CausalLM, load_model
+
+    return CausalLM(load_model(folder)), AutoTokenizer.from_pretrained(str(folder))
+
+
 def load(
     model: str | Path, cache_dir: str | Path | None = None, report: Report = _silent
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM from a registry name (prepared on first use), an HF folder or a GGUF file."""
+    """Load a causal LM from a registry name (prepared on first use), an HF folder, a compressed
+    artifact folder or a GGUF file."""
     if isinstance(model, str) and model in MODELS:
         return load_folder(prepare(model, cache_dir, report=report))
     path = Path(model)
+    if path.is_dir() and (path / "tierlm_compression.json").is_file():
+        return load_artifact(path)
     if path.is_dir():
         return load_folder(path)
     if path.is_file() and path.suffix == ".gguf":

@@ -24,7 +24,7 @@ def _group() -> None:
 @app.command("ppl")
 def ppl(
     model: Annotated[
-        str, typer.Option(help="HF folder, .gguf file, or a registered name (`tierlm model list`).")
+        str, typer.Option(help="HF folder, compressed artifact folder (`tierlm compress`), .gguf file, or a registered name.")
     ],
     text: Annotated[Path, typer.Option(help="A text file, or a folder whose *.txt files are joined.")],
     context: Annotated[int, typer.Option(min=2, help="Tokens per window.")] = 512,

@@ -1,0 +1,213 @@
+"""Compression table: artifact bytes, held-out perplexity and decode speed per recipe, one run.
+
+    python -m bench.compression [--model gemma-3-270m] [--recipe examples/recipes/X.yaml ...]
+                                [--quick] [--threads 2] [--reuse]
+
+Rows: ``fp32`` (the prepared HF folder in our edge decoder), one row per recipe (named by the
+recipe's ``name``; every ``examples/recipes/*.yaml`` by default, so a pruning or low-rank
+recipe dropped there becomes a row), and ``llama.cpp-q4_k_m`` (the model's own GGUF through
+``llama-cpp-python``) when that package is importable. Every model is scored the same way:
+sliding-window perplexity (context 512, stride 256 by default) on ``data/text/python-docs/eval`` through
+our decoder (llama.cpp through its own evaluator on the same token ids), and decode tokens/s
+at batch 1 through the edge ``Engine`` (llama.cpp: its ``eval`` + greedy token loop), torch
+threads pinned. ``--quick`` scores only the first 8192 eval tokens. Artifacts are written
+under ``~/.cache/tierlm/artifacts/<model>/<recipe>``; ``--reuse`` keeps one whose manifest
+records the same recipe. Writes bench/results/compression.json (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_TEXT = ROOT / "data" / "text" / "python-docs" / "eval"
+CALIB_TEXT = ROOT / "data" / "text" / "python-docs" / "calib"
+RECIPES = ROOT / "examples" / "recipes"
+QUICK_TOKENS = 8192
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def score(model_dir: Path, tokenizer, text: str, args: argparse.Namespace, max_tokens: int | None) -> dict:
+    """Perplexity and batch-1 decode speed of an HF folder or artifact in our decoder."""
+    from bench.edge_engine import measure
+    from tierlm import perplexity
+    from tierlm.edge import Engine
+    from tierlm.edge.model import CausalLM, load_model
+
+    result = perplexity.evaluate(
+        CausalLM(load_model(model_dir)), tokenizer, text, context=args.context, stride=args.stride, max_tokens=max_tokens
+    )
+    engine = Engine.from_pretrained(model_dir, max_batch=1, max_seq_len=args.decode_tokens + 64, threads=args.threads)
+    try:
+        speed = asyncio.run(measure(engine, 1, args.decode_tokens))
+    finally:
+        engine.close()
+    return {
+        "ppl": round(result.ppl, 4),
+        "eval_tokens": result.tokens,
+        "ppl_seconds": round(result.seconds, 1),
+        "decode_tok_s": speed["decode_tok_s"],
+    }
+
+
+def artifact_for(folder: Path, recipe_path: Path, out_root: Path, reuse: bool, threads: int) -> tuple[Path, dict]:
+    """Compress ``folder`` by the recipe (or reuse a matching artifact); (path, manifest)."""
+    from tierlm.kernels.artifact import is_artifact, read_manifest
+    from tierlm.kernels.pipeline import compress
+    from tierlm.kernels.recipe import load_recipe
+    from tierlm.perplexity import read_text
+
+    recipe = load_recipe(recipe_path)
+    out = out_root / recipe.name
+    if reuse and is_artifact(out) and read_manifest(out).get("recipe") == recipe.model_dump(mode="json"):
+        log(f"{recipe.name}: reusing {out}")
+        return out, read_manifest(out)
+    log(f"{recipe.name}: compressing")
+    result = compress(folder, recipe, read_text(CALIB_TEXT), out, lambda d, t, m: log(f"{recipe.name}: {d}/{t} {m}"))
+    log(f"{recipe.name}: compressed in {result.seconds:.0f} s")
+    return out, result.manifest
+
+
+def llama_cpp_row(gguf: Path, ids: list[int], bos: int | None, args: argparse.Namespace) -> dict:
+    """Perplexity (same windows, same token ids) and decode speed of the GGUF in llama.cpp."""
+    import math
+
+    import numpy as np
+    from llama_cpp import Llama
+
+    from tierlm.perplexity import windows
+
+    context, stride, decode_tokens = args.context, args.stride, args.decode_tokens
+    llm = Llama(str(gguf), n_ctx=context, n_threads=args.threads, n_batch=context, logits_all=True, verbose=False)
+    prefix = [] if bos is None else [bos]
+    nll, scored = 0.0, 0
+    start = time.perf_counter()
+    for w in windows(len(ids), context - len(prefix), stride, first_scored=0 if prefix else 1):
+        chunk = prefix + ids[w.begin : w.end]
+        llm.reset()
+        llm.eval(chunk)
+        logits = np.asarray(llm.scores[: len(chunk)], dtype=np.float64)
+        offset = len(prefix) - w.begin  # chunk index of text token i is i + offset
+        for i in range(w.score_from, w.end):
+            row = logits[i + offset - 1]
+            top = row.max()
+            nll += top + math.log(np.exp(row - top).sum()) - row[ids[i]]
+        scored += w.end - w.score_from
+    ppl_seconds = time.perf_counter() - start
+    # Decode loop the way a server runs it: one eval per token, greedy pick from the last logits.
+    llm.reset()
+    llm.eval(prefix + ids[:16])
+    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    start = time.perf_counter()
+    for _ in range(decode_tokens):
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    return {
+        "ppl": round(math.exp(nll / scored), 4),
+        "eval_tokens": scored,
+        "ppl_seconds": round(ppl_seconds, 1),
+        "decode_tok_s": round(decode_tokens / (time.perf_counter() - start), 2),
+        "bytes": gguf.stat().st_size,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma-3-270m", help="registered model name (tierlm model list) or HF folder")
+    parser.add_argument("--recipe", action="append", type=Path, help="recipe YAML (repeatable); default: all examples")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help=f"score only the first {QUICK_TOKENS} eval tokens")
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--context", type=int, default=512, help="perplexity window")
+    parser.add_argument("--stride", type=int, help="tokens between window starts (default: half the context)")
+    parser.add_argument("--reuse", action="store_true", help="reuse artifacts made by the same recipe")
+    args = parser.parse_args()
+    args.stride = args.stride or args.context // 2
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from tierlm import models, perplexity
+    from tierlm.edge.model import load_model
+    from tierlm.kernels.artifact import artifact_state, byte_breakdown
+
+    torch.set_num_threads(args.threads)
+    registered = args.model in models.MODELS
+    folder = models.prepare(args.model) if registered else Path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    text = perplexity.read_text(EVAL_TEXT)
+    max_tokens = QUICK_TOKENS if args.quick else None
+    out_root = models.cache_root() / "artifacts" / folder.name
+
+    rows = []
+    size = byte_breakdown(artifact_state(load_model(folder))[0])
+    log("fp32: scoring")
+    rows.append({"name": "fp32", **_bytes(size), **score(folder, tokenizer, text, args, max_tokens)})
+    log(json.dumps(rows[-1]))
+    for recipe_path in args.recipe or sorted(RECIPES.glob("*.yaml")):
+        path, manifest = artifact_for(folder, recipe_path, out_root, args.reuse, args.threads)
+        torch.set_num_threads(args.threads)
+        log(f"{path.name}: scoring")
+        row = {"name": path.name, **_bytes(manifest["bytes"]), **score(path, tokenizer, text, args, max_tokens)}
+        row["compress_seconds"] = manifest.get("compress_seconds")
+        rows.append(row)
+        log(json.dumps(row))
+
+    notes = {}
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        notes["llama.cpp-q4_k_m"] = "omitted: llama-cpp-python is not installed here (optional bench extra)"
+    else:
+        if not registered:
+            raise SystemExit("the llama.cpp row needs a registered model (its GGUF); uninstall llama-cpp-python or name one")
+        ids, bos = perplexity.encode(tokenizer, text, max_tokens)
+        gguf = models.gguf_path(args.model)
+        rows.append({"name": "llama.cpp-q4_k_m", **llama_cpp_row(gguf, ids, bos, args)})
+
+    from bench.results_io import write_results
+
+    path = write_results(
+        "compression",
+        rows,
+        model=args.model,
+        threads=args.threads,
+        eval_text="data/text/python-docs/eval",
+        eval={"context": args.context, "stride": args.stride, "max_tokens": max_tokens},
+        notes=notes,
+    )
+    print(table(rows, notes))
+    log(f"wrote {path}")
+
+
+def _bytes(size: dict) -> dict:
+    return {"bytes": size["total"], "bytes_blocks": size["blocks"], "bytes_embeddings": size["embeddings"]}
+
+
+def table(rows: list[dict], notes: dict[str, str]) -> str:
+    """The rows as a Markdown table (for the README), fp32-relative columns included."""
+    base = rows[0]
+    lines = [
+        "| method | blocks MB | embeddings MB | total MB | ppl | Δppl vs fp32 | decode tok/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mb = lambda k: f"{r[k] / 1e6:.1f}" if k in r else "–"  # noqa: E731
+        lines.append(
+            f"| {r['name']} | {mb('bytes_blocks')} | {mb('bytes_embeddings')} | {mb('bytes')} | {r['ppl']:.3f} "
+            f"| {100 * (r['ppl'] / base['ppl'] - 1):+.2f}% | {r['decode_tok_s']:.1f} |"
+        )
+    lines += [f"\n{name}: {note}" for name, note in notes.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The compression pipeline: calibrate and compress a decoder layer by layer, GPTQ-style.
+
+For decoder layer ``i`` the pipeline holds the inputs of that layer for every calibration
+sequence (``sequences × seq_len × hidden`` floats, the only activation memory it keeps), then
+
+1. runs the layer once with recording hooks on the linears the recipe compresses, collecting
+   the statistics their methods need (Hessian, channel magnitudes, sampled rows);
+2. replaces those linears with their compressed modules;
+3. runs the layer again, now compressed, and its outputs become layer ``i+1``'s inputs.
+
+So each layer is calibrated on the activations the compressed model will actually feed it
+(errors of earlier layers included), as GPTQ does. The data-free embedding table is
+quantized before layer 0 for the same reason; a table whose method needs calibration (tied
+to the output layer, it is calibrated on the output layer's inputs) is done after the last
+layer. Everything runs through our edge decoder (:mod:`tierlm.edge.model`), so the artifact
+holds exactly the modules the edge runtime will run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from tierlm.kernels.artifact import describe, save_artifact
+from tierlm.kernels.calibration import LayerStats, StatsSpec
+from tierlm.kernels.modules import QuantEmbedding, QuantLinear
+from tierlm.kernels.recipe import MethodSpec, Recipe
+
+#: ``progress(layers_done, layers_total, message)``; the total counts decoder layers plus one
+#: step for the embedding/output table.
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class CompressionResult:
+    """What :func:`compress` did: timings, calibration size, per-module notes, the manifest."""
+
+    seconds: float
+    calibration_sequences: int
+    calibration_tokens: int
+    layer_seconds: list[float] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def calibration_tokens(tokenizer: Any, text: str, sequences: int, seq_len: int) -> torch.Tensor:
+    """``[n, seq_len]`` token ids: consecutive disjoint chunks of ``text``, at most ``sequences``.
+
+    Each row starts with the BOS token when the tokenizer starts sequences with one (Gemma),
+    so calibration sees inputs shaped like real prompts. Fewer rows come back when the text is
+    short; the caller reports how many.
+    """
+    from tierlm.perplexity import encode
+
+    ids, bos = encode(tokenizer, text)
+    span = seq_len - (bos is not None)
+    n = min(sequences, len(ids) // span)
+    if n == 0:
+        raise ValueError(f"calibration text has {len(ids)} tokens, fewer than one sequence of {seq_len}")
+    rows = torch.tensor(ids[: n * span], dtype=torch.long).reshape(n, span)
+    if bos is not None:
+        rows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), rows], dim=1)
+    return rows
+
+
+@torch.no_grad()
+def compress_model(
+    model: nn.Module, recipe: Recipe, tokens: torch.Tensor, progress: Progress | None = None
+) -> list[float]:
+    """Compress ``model`` (our decoder, float32) in place following ``recipe``.
+
+    ``tokens``: ``[n, seq_len]`` calibration ids. Returns the seconds spent per decoder layer.
+    """
+    progress = progress or (lambda done, total, message: None)
+    config = model.config
+    if config.tie_word_embeddings and recipe.lm_head is not None:
+        raise ValueError("this model ties its output layer to the embedding: put the method under `embedding`")
+    cal = recipe.calibration
+    spec = StatsSpec.for_needs(recipe.calibration_needs(), max_samples=cal.max_samples)
+    n, seq_len = tokens.shape
+    batch = min(cal.batch_size, n)
+    model.setup_cache(batch, seq_len)
+    batches = [tokens[i : i + batch] for i in range(0, n, batch)]
+    total = len(model.layers) + 1
+
+    table = recipe.embedding.build() if recipe.embedding is not None else None
+    if table is not None and not table.needs:
+        _compress_table(model, recipe.embedding, None)
+    # A data-free recipe reads no activations: skip the forward passes altogether.
+    data_free = not recipe.calibration_needs()
+    hidden = [] if data_free else [model.embed(b) for b in batches]
+
+    layer_seconds = []
+    for index, layer in enumerate(model.layers):
+        start = time.perf_counter()
+        progress(index, total, f"layer {index}: calibrating")
+        chosen = {}
+        for name, module in layer.named_modules():
+            rule = recipe.rule_for(f"layers.{index}.{name}")
+            if isinstance(module, nn.Linear) and rule is not None:
+                chosen[name] = (module, rule)
+        stats: dict[str, LayerStats] = {}
+        if any(rule.build().needs for _, rule in chosen.values()):
+            with _SharedInputRecorder({name: m for name, (m, _) in chosen.items()}, spec, cal.seed) as rec:
+                _run_layer(model, index, hidden)
+            stats = rec.stats
+        progress(index, total, f"layer {index}: compressing {len(chosen)} linears")
+        for name, (module, rule) in chosen.items():
+            quantizer = rule.build()
+            new = QuantLinear(quantizer.quantize(module.weight.detach(), stats.get(name)), module.bias)
+            new.compression = describe(quantizer.config())
+            _set_module(layer, name, new)
+        if not data_free:
+            hidden = _run_layer(model, index, hidden)
+        layer_seconds.append(time.perf_counter() - start)
+
+    output_spec = recipe.lm_head if not config.tie_word_embeddings else recipe.embedding
+    output_quantizer = output_spec.build() if output_spec is not None else None
+    if output_quantizer is not None and output_quantizer.needs:
+        progress(len(model.layers), total, "output layer: calibrating")
+        stats = LayerStats(config.hidden_size, spec, seed=cal.seed)
+        for x in hidden:
+            stats.update(model.norm(x))
+        progress(len(model.layers), total, "output layer: compressing")
+        if config.tie_word_embeddings:
+            _compress_table(model, output_spec, stats)
+        else:
+            _compress_lm_head(model, output_spec, stats)
+    elif output_spec is not None and not config.tie_word_embeddings:
+        _compress_lm_head(model, output_spec, None)
+    progress(total, total, "done")
+    return layer_seconds
+
+
+class _SharedInputRecorder:
+    """Statistics per linear, computed once per distinct input tensor.
+
+    q/k/v read the same tensor, and so do gate/up: hooks fire in call order, so a linear whose
+    input is the very object the previous hooked linear read shares that linear's statistics
+    instead of accumulating an identical Hessian (the dominant calibration cost).
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], spec: StatsSpec, seed: int) -> None:
+        self.modules = modules
+        self.stats = {name: LayerStats(int(m.in_features), spec, seed=seed) for name, m in modules.items()}
+        self._last: tuple[torch.Tensor, str] | None = None
+        self._handles: list[Any] = []
+
+    def _hook(self, name: str, x: torch.Tensor) -> None:
+        if self._last is not None and self._last[0] is x:
+            self.stats[name] = self.stats[self._last[1]]
+            return
+        self._last = (x, name)
+        self.stats[name].update(x)
+
+    def __enter__(self) -> "_SharedInputRecorder":
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(lambda _m, args, n=name: self._hook(n, args[0])))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._last = None
+
+
+def _run_layer(model: nn.Module, index: int, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Layer ``index``'s outputs for each batch of its inputs (positions from 0, slots from 0)."""
+    layer = model.layers[index]
+    outputs = []
+    for x in hidden:
+        b, t, _ = x.shape
+        rope, layout = model.layer_inputs(torch.arange(t).expand(b, t), torch.arange(b))[index]
+        outputs.append(layer(x, rope, layout))
+    return outputs
+
+
+def _compress_table(model: nn.Module, spec: MethodSpec, stats: LayerStats | None) -> None:
+    """Quantize the embedding table; a tied output layer then shares the quantized table."""
+    quantizer = spec.build()
+    emb = model.embed_tokens
+    module = QuantEmbedding(quantizer.quantize(emb.weight.detach(), stats), 1.0, emb.padding_idx)
+    module.compression = describe(quantizer.config())
+    model.embed_tokens = module
+    if model.config.tie_word_embeddings:
+        model.lm_head = module.tied_output()
+
+
+def _compress_lm_head(model: nn.Module, spec: MethodSpec, stats: LayerStats | None) -> None:
+    quantizer = spec.build()
+    head = model.lm_head
+    module = QuantLinear(quantizer.quantize(head.weight.detach(), stats), head.bias)
+    module.compression = describe(quantizer.config())
+    model.lm_head = module
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def compress(
+    model_path: str | Path,
+    recipe: Recipe,
+    calib_text: str,
+    out: str | Path,
+    progress: Progress | None = None,
+) -> CompressionResult:
+    """Load an HF folder with our decoder, compress it by ``recipe``, write the artifact to ``out``."""
+    from transformers import AutoTokenizer
+
+    from tierlm.edge.model import load_model
+
+    start = time.perf_counter()
+    model_path = Path(model_path)
+    model = load_model(model_path, torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    cal = recipe.calibration
+    tokens = calibration_tokens(tokenizer, calib_text, cal.sequences, cal.seq_len)
+    layer_seconds = compress_model(model, recipe, tokens, progress)
+    seconds = time.perf_counter() - start
+    manifest = save_artifact(
+        model,
+        out,
+        model_path,
+        extra={
+            "recipe": recipe.model_dump(mode="json"),
+            "calibration": {"sequences": int(tokens.shape[0]), "seq_len": int(tokens.shape[1])},
+            "compress_seconds": round(seconds, 1),
+        },
+    )
+    return CompressionResult(seconds, int(tokens.shape[0]), int(tokens.numel()), layer_seconds, manifest)

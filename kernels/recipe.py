@@ -1,0 +1,153 @@
+"""Compression recipes: which method compresses which module, as a validated YAML file.
+
+A recipe names module patterns (``fnmatch`` over our decoder's module names, e.g.
+``layers.*.mlp.*`` or ``layers.0.self_attn.q_proj``), the method that compresses them and the
+method's options, which are exactly the keyword arguments of the registered quantizer
+(``get_quantizer(method, **options)``). The first rule that matches a linear wins; ``skip``
+patterns keep modules dense whatever the rules say. The embedding table and the output layer
+have their own entries, since they are not decoder-block linears and, in Gemma 3, are one
+tied 262144 × 640 table that holds most of the model's bytes::
+
+    name: gptq-w4g128
+    calibration: {sequences: 64, seq_len: 512}
+    rules:
+      - match: "layers.*"
+        method: gptq
+        options: {bits: 4, group_size: 128}
+    skip: []
+    embedding: {method: rtn, options: {bits: 4, group_size: 128}}
+    lm_head: null        # an untied output layer; tied models use the embedding's table
+
+Validation builds every quantizer once, so an unknown method, option or bad value is an error
+when the file is read (with its line), not an hour into a run.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tierlm.yaml_source import YamlDocument, load_yaml, load_yaml_file
+
+if TYPE_CHECKING:
+    from tierlm.kernels.quant.base import Quantizer
+
+
+class MethodSpec(BaseModel):
+    """One method and its options (the quantizer's keyword arguments)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> "MethodSpec":
+        self.build()
+        return self
+
+    def build(self) -> "Quantizer":
+        """A fresh quantizer for this spec (quantizers may keep per-call state)."""
+        from tierlm.kernels.quant.base import get_quantizer
+
+        try:
+            return get_quantizer(self.method, **self.options)
+        except TypeError as exc:  # an unknown keyword: say which method rejected it
+            raise ValueError(f"bad options for method {self.method!r}: {exc}") from None
+
+
+class Rule(MethodSpec):
+    """Compress the linears whose names match any of ``match`` with ``method``."""
+
+    match: list[str]
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("match")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value or any(not p for p in value):
+            raise ValueError("give at least one non-empty module pattern")
+        return value
+
+
+class Calibration(BaseModel):
+    """How much calibration text the pipeline runs (sequences × seq_len tokens)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sequences: int = Field(64, ge=1)
+    seq_len: int = Field(512, ge=8)
+    batch_size: int = Field(8, ge=1, description="sequences per forward call")
+    max_samples: int = Field(2048, ge=16, description="input rows kept per linear for methods that need samples")
+    seed: int = 0
+
+
+class Recipe(BaseModel):
+    """A validated recipe; see the module docstring for the file format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    calibration: Calibration = Field(default_factory=Calibration)
+    rules: list[Rule] = Field(default_factory=list)
+    skip: list[str] = Field(default_factory=list)
+    embedding: MethodSpec | None = None
+    lm_head: MethodSpec | None = None
+
+    @model_validator(mode="after")
+    def _does_something(self) -> "Recipe":
+        if not self.rules and self.embedding is None and self.lm_head is None:
+            raise ValueError("the recipe compresses nothing: give rules, embedding or lm_head")
+        return self
+
+    def rule_for(self, module: str) -> Rule | None:
+        """The rule compressing decoder linear ``module``, or None (skipped or unmatched)."""
+        if any(fnmatchcase(module, p) for p in self.skip):
+            return None
+        for rule in self.rules:
+            if any(fnmatchcase(module, p) for p in rule.match):
+                return rule
+        return None
+
+    def calibration_needs(self) -> set[str]:
+        """Union of the statistics all methods of this recipe read (empty: data-free)."""
+        specs = [*self.rules, self.embedding, self.lm_head]
+        return set().union(*(spec.build().needs for spec in specs if spec is not None))
+
+
+class RecipeError(ValueError):
+    """A recipe file that does not validate; the message names each bad field and its line."""
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file."""
+    return _validate(load_yaml_file(path))
+
+
+def parse_recipe(text: str, source: str = "<string>") -> Recipe:
+    """Validate recipe YAML text (``source`` names it in errors)."""
+    return _validate(load_yaml(text, source))
+
+
+def _validate(document: YamlDocument) -> Recipe:
+    if not isinstance(document.data, dict):
+        raise RecipeError(f"{document.source}:1: expected a mapping with name and rules")
+    try:
+        return Recipe.model_validate(document.data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = document.line_of(loc)
+            where = f"{document.source}:{line}" if line else document.source
+            field = ".".join(str(p) for p in loc) or "(recipe)"
+            lines.append(f"{where}: {field}: {err['msg']}")
+        raise RecipeError("\n".join(lines)) from None
