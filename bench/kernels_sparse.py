@@ -36,6 +36,7 @@ from tierlm.kernels.quant.group import GroupGrid  # noqa: E402
 from tierlm.kernels.sparse import SparseQuantTensor, SparseTensor, SparsityPattern, select_mask  # noqa: E402
 
 from tierlm.results import write_results  # noqa: E402
+from kernels_matmul import time_call  # noqa: E402  (this folder is on sys.path when run as a script)
 
 # (layer, in_features, out_features) of Gemma 3 270M's MLP and its tied 262k-token output layer.
 SHAPES = [("mlp.gate/up", 640, 2048), ("mlp.down", 2048, 640), ("lm_head", 640, 262144)]
@@ -47,22 +48,6 @@ COMPOSITE_RANK = 64
 
 Kernel = Callable[[torch.Tensor], torch.Tensor]
 
-
-def time_call(fn: Kernel, x: torch.Tensor, budget_s: float) -> float:
-    """Median microseconds per call over ~budget_s (at least 3 calls after 2 warm-up calls)."""
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    with torch.inference_mode():
-        fn(x)
-        fn(x)
-        sync()
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 2000):
-            t0 = time.perf_counter()
-            fn(x)
-            sync()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
 
 
 def _sparse(w: torch.Tensor, pattern: SparsityPattern, encoding: str) -> SparseTensor:

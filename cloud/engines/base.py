@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from tierlm.v1 import generator_pb2
+
+if TYPE_CHECKING:
+    from tierlm.edge.generator import ProtoGenerator
 
 
 class Engine(ABC):
@@ -33,3 +37,16 @@ class Engine(ABC):
 
     async def shutdown(self) -> None:
         """Release the model; the default has nothing to release."""
+
+
+class GeneratorEngine(Engine):
+    """An engine whose requests a ProtoGenerator (built by `start`) serves in tierlm.v1 messages."""
+
+    _generator: ProtoGenerator
+
+    async def generate(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
+        return await self._generator.generate(request)
+
+    async def generate_stream(self, request: generator_pb2.GenerateRequest) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        async for message in self._generator.stream(request):
+            yield message

@@ -6,18 +6,16 @@ replicas, autoscaling and Serve's plumbing around the same engine the edge node 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
 from tierlm.cloud.config import ModelDeploymentConfig
-from tierlm.cloud.engines.base import Engine
+from tierlm.cloud.engines.base import GeneratorEngine
 from tierlm.errors import GenerationError
-from tierlm.v1 import generator_pb2
 
 
-class TorchEngine(Engine):
+class TorchEngine(GeneratorEngine):
     def __init__(self, model: ModelDeploymentConfig, tier_name: str):
         self.config = model
         self.tier_name = tier_name
@@ -36,13 +34,6 @@ class TorchEngine(Engine):
             **options,
         )
         self._generator.model_name = self.config.name
-
-    async def generate(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
-        return await self._generator.generate(request)
-
-    async def generate_stream(self, request: generator_pb2.GenerateRequest) -> AsyncIterator[generator_pb2.GenerateResponse]:
-        async for message in self._generator.stream(request):
-            yield message
 
     async def health(self) -> None:
         status = self._generator.engine.health()

@@ -23,13 +23,12 @@ from typing import Any
 import grpc
 
 from tierlm.cloud.config import ModelDeploymentConfig
-from tierlm.cloud.engines.base import Engine
+from tierlm.cloud.engines.base import GeneratorEngine
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest
 from tierlm.edge.prepare import PreparedRequest, RequestPreparer
 from tierlm.edge.requests import ChoiceScore, Completion, FinishReason, GenerationRequest, TokenDelta
 from tierlm.edge.stats import EngineHealth
 from tierlm.errors import GenerationError
-from tierlm.v1 import generator_pb2
 
 # Defaults for a small CPU; any `AsyncEngineArgs` field in `engine_options` overrides them.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
@@ -277,7 +276,7 @@ def _finish_reason(reason: str, stop_reason: int | str | None) -> FinishReason:
     return FinishReason.STOP if isinstance(stop_reason, str) else FinishReason.EOS
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(GeneratorEngine):
     """The cloud `Engine` over `VLLMTextEngine`, speaking tierlm.v1 through `ProtoGenerator`."""
 
     def __init__(self, model: ModelDeploymentConfig, tier_name: str):
@@ -290,13 +289,6 @@ class VLLMEngine(Engine):
 
         engine = VLLMTextEngine(Path(self.config.path).expanduser(), dict(self.config.engine_options))
         self._generator = ProtoGenerator(engine, model_name=self.config.name, tier_name=self.tier_name)
-
-    async def generate(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
-        return await self._generator.generate(request)
-
-    async def generate_stream(self, request: generator_pb2.GenerateRequest) -> AsyncIterator[generator_pb2.GenerateResponse]:
-        async for message in self._generator.stream(request):
-            yield message
 
     async def health(self) -> None:
         status = await self._generator.engine.health()
