@@ -100,7 +100,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
         return policy, tenants
 
     def _apply(self, policy: Policy, tenants: dict[str, TenantConfig]) -> None:
+        # Everything that can fail (loading the scorer, the prompt builders) comes before the
+        # first change to the running state, so a failed reload leaves it untouched.
         scorer = load_scorer(policy)
+        prompts = TierPrompts.from_policy(policy) if any(t.prompt for t in policy.tiers) else None
         retired = []
         for tier in policy.tiers:
             client = self._clients.get(tier.name)
@@ -116,7 +119,6 @@ class RouterService(router_pb2_grpc.RouterServicer):
         for gone in set(self._clients) - {t.name for t in policy.tiers}:
             retired.append(self._clients.pop(gone))
             self._breakers.pop(gone, None)
-        prompts = TierPrompts.from_policy(policy) if any(t.prompt for t in policy.tiers) else None
         runner = CascadeRunner(
             dict(self._clients), dict(self._breakers), _TimedScorer(scorer), self._observe_tier,
             rewrite=prompts.rewrite if prompts else None, query_of=query_of if prompts else query_text,
