@@ -204,6 +204,28 @@ class _Base:
             ("grpc.max_reconnect_backoff_ms", int(retry.max_backoff_s * 1000)),
         ]
 
+    def _retry_delay(self, attempt: int, exc: grpc.RpcError, retryable: bool = True) -> float:
+        """Seconds to wait before the next attempt; raises the typed error when we give up."""
+        error = _error_from(exc)
+        delay = self.retry.delay(attempt, error) if retryable else None
+        if delay is None:
+            raise error from None
+        return delay
+
+
+class _StreamText:
+    """Turns CompleteStream replies into Chunks; the final chunk carries the whole answer."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def chunk(self, reply: router_pb2.CompleteResponse) -> Chunk:
+        if reply.answer.is_final:
+            text = "".join(self._parts) + reply.answer.text
+            return Chunk(reply.answer.text, Completion.from_response(reply, text))
+        self._parts.append(reply.answer.text)
+        return Chunk(reply.answer.text)
+
 
 class Client(_Base):
     """Blocking client. Use as a context manager, or call close()."""
@@ -228,27 +250,21 @@ class Client(_Base):
 
         Retries happen only before the first chunk: text already delivered cannot be replayed."""
         request = build_request(prompt, **params)
-        text: list[str] = []
         attempt = 0
         while True:
             attempt += 1
             received = False
+            text = _StreamText()
             try:
                 for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata):
                     received = True
-                    if reply.answer.is_final:
-                        final_text = "".join(text) + reply.answer.text
-                        yield Chunk(reply.answer.text, Completion.from_response(reply, final_text))
+                    chunk = text.chunk(reply)
+                    yield chunk
+                    if chunk.completion is not None:
                         return
-                    text.append(reply.answer.text)
-                    yield Chunk(reply.answer.text)
                 return
             except grpc.RpcError as exc:
-                error = _error_from(exc)
-                delay = None if received else self.retry.delay(attempt, error)
-                if delay is None:
-                    raise error from None
-                time.sleep(delay)
+                time.sleep(self._retry_delay(attempt, exc, retryable=not received))
 
     def usage(self, tenant: str = "", since_unix_s: float = 0.0) -> router_pb2.UsageResponse:
         """Your tenant's spend as the router's ledger records it."""
@@ -262,11 +278,7 @@ class Client(_Base):
             try:
                 return invoke(timeout_s or self.timeout_s)
             except grpc.RpcError as exc:
-                error = _error_from(exc)
-                delay = self.retry.delay(attempt, error)
-                if delay is None:
-                    raise error from None
-                time.sleep(delay)
+                time.sleep(self._retry_delay(attempt, exc))
 
     def close(self) -> None:
         self._channel.close()
@@ -291,6 +303,7 @@ class AsyncClient(_Base):
         self._stub = router_pb2_grpc.RouterStub(self._channel)
 
     async def complete(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Completion:
+        """Route one request and return the accepted answer. See build_request for the parameters."""
         request = build_request(prompt, **params)
         attempt = 0
         while True:
@@ -299,35 +312,26 @@ class AsyncClient(_Base):
                 reply = await self._stub.Complete(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
                 return Completion.from_response(reply)
             except grpc.aio.AioRpcError as exc:
-                error = _error_from(exc)
-                delay = self.retry.delay(attempt, error)
-                if delay is None:
-                    raise error from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._retry_delay(attempt, exc))
 
     async def stream(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> AsyncIterator[Chunk]:
+        """Yield the answer's text as it arrives; retries only before the first chunk."""
         request = build_request(prompt, **params)
-        text: list[str] = []
         attempt = 0
         while True:
             attempt += 1
             received = False
+            text = _StreamText()
             try:
                 async for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata):
                     received = True
-                    if reply.answer.is_final:
-                        final_text = "".join(text) + reply.answer.text
-                        yield Chunk(reply.answer.text, Completion.from_response(reply, final_text))
+                    chunk = text.chunk(reply)
+                    yield chunk
+                    if chunk.completion is not None:
                         return
-                    text.append(reply.answer.text)
-                    yield Chunk(reply.answer.text)
                 return
             except grpc.aio.AioRpcError as exc:
-                error = _error_from(exc)
-                delay = None if received else self.retry.delay(attempt, error)
-                if delay is None:
-                    raise error from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._retry_delay(attempt, exc, retryable=not received))
 
     async def close(self) -> None:
         await self._channel.close()
