@@ -1,10 +1,10 @@
 """Cloud tier throughput: output tokens/s at 1/8/32 concurrent requests through Serve's gRPC proxy.
 
-Same run, same model, same prompts, compared against
+Same run, same model, same prompts, for each engine (`torch`, `vllm`), compared against
   - `hf-generate-sequential`: transformers' greedy `generate`, one request after another;
   - `bare-<engine>@N`: the same engine in this process without Ray Serve (Serve's overhead).
 
-    python bench/cloud.py --model ~/.cache/tierlm/models/gemma-3-270m --engine torch
+    python bench/cloud.py --model ~/.cache/tierlm/models/gemma-3-270m --engines torch vllm
 """
 
 from __future__ import annotations
@@ -87,13 +87,14 @@ def through_serve(address: str, items: list[str], concurrency: int, max_tokens: 
     return _row(name, concurrency, sum(t for t, _ in results), time.perf_counter() - started, [ms for _, ms in results])
 
 
-def bare_engine(config, items: list[str], concurrency: int, max_tokens: int, name: str) -> dict:
+def bare_engine(config, items: list[str], levels: list[int], max_tokens: int, engine_name: str) -> list[dict]:
+    """The engine of ``config``'s first model in this process, started once, at each concurrency."""
     from tierlm.cloud.engines import make_engine
 
     engine = make_engine(config.models[0], "cloud")
     engine.start()
 
-    async def run() -> dict:
+    async def level(concurrency: int) -> dict:
         gate = asyncio.Semaphore(concurrency)
 
         async def one(prompt: str) -> tuple[int, float]:
@@ -102,46 +103,58 @@ def bare_engine(config, items: list[str], concurrency: int, max_tokens: int, nam
                 reply = await engine.generate(request(prompt, max_tokens))
                 return reply.usage.completion_tokens, (time.perf_counter() - begin) * 1e3
 
-        await engine.generate(request(items[0], 4))
         started = time.perf_counter()
         results = await asyncio.gather(*(one(p) for p in items))
-        row = _row(name, concurrency, sum(t for t, _ in results), time.perf_counter() - started, [ms for _, ms in results])
-        await engine.shutdown()
-        return row
+        name = f"bare-{engine_name}@{concurrency}"
+        return _row(name, concurrency, sum(t for t, _ in results), time.perf_counter() - started, [ms for _, ms in results])
+
+    async def run() -> list[dict]:
+        await engine.generate(request(items[0], 4))  # warm-up
+        try:
+            return [await level(c) for c in levels]
+        finally:
+            await engine.shutdown()
 
     return asyncio.run(run())
+
+
+def engine_config(engine: str, model: Path, levels: list[int], threads: int, vllm_dtype: str):
+    from tierlm.cloud.config import CloudConfig
+
+    if engine == "vllm":
+        options = {"enforce_eager": True, "dtype": vllm_dtype, "max_model_len": 1024, "cpu_kv_cache_gib": 1}
+    else:
+        options = {"threads": threads, "max_batch": max(levels), "max_queue": 4 * max(levels)}
+    return CloudConfig(
+        models=[{"name": model.name, "path": str(model), "engine": engine, "engine_options": options,
+                 "max_ongoing_requests": 4 * max(levels)}],
+        grpc_port=free_port(), http_port=free_port(),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("~/.cache/tierlm/models/gemma-3-270m").expanduser())
-    parser.add_argument("--engine", choices=["torch", "vllm"], default="torch")
+    parser.add_argument("--engines", choices=["torch", "vllm"], nargs="+", default=["torch", "vllm"])
+    parser.add_argument("--vllm-dtype", default="float32", help="vLLM's model dtype (its int4/int8 CPU kernels need float16/bfloat16)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from tierlm.cloud.config import CloudConfig
     from tierlm.cloud.runner import start_cloud, stop_cloud
 
-    engine_options = {"threads": args.threads, "max_batch": max(args.concurrency), "max_queue": 4 * max(args.concurrency)}
-    if args.engine == "vllm":
-        engine_options = {"enforce_eager": True}
-    config = CloudConfig(
-        models=[{"name": args.model.name, "path": str(args.model), "engine": args.engine, "engine_options": engine_options,
-                 "max_ongoing_requests": 4 * max(args.concurrency)}],
-        grpc_port=free_port(), http_port=free_port(),
-    )
     items = prompts(args.requests)
     rows = [hf_sequential(args.model, items[: max(4, args.requests // 4)], args.max_tokens, args.threads)]
-    for concurrency in args.concurrency:
-        rows.append(bare_engine(config, items, concurrency, args.max_tokens, f"bare-{args.engine}@{concurrency}"))
-    endpoints = start_cloud(config, num_cpus=args.threads)
-    try:
-        for concurrency in args.concurrency:
-            rows.append(through_serve(endpoints.grpc_address, items, concurrency, args.max_tokens, f"serve-{args.engine}@{concurrency}"))
-    finally:
-        stop_cloud()
+    for engine in args.engines:
+        config = engine_config(engine, args.model, args.concurrency, args.threads, args.vllm_dtype)
+        rows += bare_engine(config, items, args.concurrency, args.max_tokens, engine)
+        endpoints = start_cloud(config, num_cpus=args.threads)
+        try:
+            for concurrency in args.concurrency:
+                rows.append(through_serve(endpoints.grpc_address, items, concurrency, args.max_tokens, f"serve-{engine}@{concurrency}"))
+        finally:
+            stop_cloud()
     baseline = rows[0]["decode_tok_s"]
     for row in rows:
         row[f"speedup_vs_{BASELINE}"] = round(row["decode_tok_s"] / baseline, 2)
@@ -152,7 +165,7 @@ def main() -> None:
     for row in rows:
         table.add_row(*(str(row[c]) for c in columns))
     Console().print(table)
-    print(write_results("cloud", rows, model=args.model.name, engine=args.engine, threads=args.threads))
+    print(write_results("cloud", rows, model=args.model.name, engines=args.engines, vllm_dtype=args.vllm_dtype, threads=args.threads))
 
 
 if __name__ == "__main__":

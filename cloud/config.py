@@ -40,7 +40,8 @@ class ModelDeploymentConfig(_Strict):
     """One model, served by one Serve deployment with its own replicas."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
-    # HF folder, GGUF file or tierlm artifact; `~` is expanded on the replica.
+    # HF folder, GGUF file or tierlm artifact (torch engine); for vLLM an HF folder or an
+    # artifact's compressed-tensors export (`tierlm export vllm`). `~` is expanded on the replica.
     path: str
     engine: Literal["vllm", "torch"] = "vllm"
     # Passed to the engine: vLLM engine args (dtype, max_model_len, enforce_eager, ...) for

@@ -346,7 +346,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     """Load an HF model folder (config.json + *.safetensors) into a `Transformer` (no cache yet).
 
     A compressed artifact (a folder with `tierlm_compression.json`, written by `tierlm
-    compress`) loads too, with its quantized modules in place and their fast kernels on.
+    compress`) loads too, with its quantized modules in place and their fast kernels on, and so
+    does its compressed-tensors export for vLLM (`tierlm export vllm`), on the same kernels.
     """
     from safetensors.torch import load_file
 
@@ -357,6 +358,12 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
         if torch.device(device).type != "cpu":
             raise ValueError("compressed artifacts load on the CPU; their GPU kernels are used per module")
         return load_artifact(path, dtype)
+    from tierlm.kernels.vllm_export import is_exported, load_exported
+
+    if is_exported(path):
+        if torch.device(device).type != "cpu":
+            raise ValueError("compressed checkpoints load on the CPU; their GPU kernels are used per module")
+        return load_exported(path, dtype)
     config = ModelConfig.from_dir(path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -364,7 +371,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     state: dict[str, Tensor] = {}
     for file in files:
         for name, tensor in load_file(file).items():
-            state[_our_name(name)] = tensor.to(dtype)
+            state[hf_to_our_name(name)] = tensor.to(dtype)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
@@ -378,7 +385,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     return model.to(device).eval()
 
 
-def _our_name(hf_name: str) -> str:
+def hf_to_our_name(hf_name: str) -> str:
+    """Our module name for an HF checkpoint's tensor or module name (the decoder prefix dropped)."""
     for prefix in ("model.language_model.", "language_model.model.", "model."):
         if hf_name.startswith(prefix):
             return hf_name[len(prefix) :]

@@ -18,6 +18,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("edge", "tierlm.commands.edge"),
     ("model", "tierlm.commands.model"),
     ("eval", "tierlm.commands.eval"),
+    ("export", "tierlm.commands.export"),
 ]
 
 app = typer.Typer(

@@ -52,6 +52,14 @@ class VLLMTextEngine:
     """
 
     def __init__(self, model_path: str | Path, engine_options: dict[str, Any] | None = None) -> None:
+        from tierlm.kernels.artifact import is_artifact
+
+        if is_artifact(model_path):
+            # Our packed tensor names and manifest mean nothing to vLLM; its export does.
+            raise ValueError(
+                f"{model_path} is a tierlm artifact, which vLLM cannot load: write its compressed-tensors "
+                f"checkpoint with `tierlm export vllm --artifact {model_path} --out DIR` and serve DIR"
+            )
         options = {**DEFAULT_ENGINE_ARGS, **(engine_options or {})}
         kv_cache_gib = options.pop(CPU_KV_CACHE_OPTION, 1)
         # Process-wide, read by the engine-core process vLLM spawns; ignored by the CUDA build.
