@@ -87,10 +87,10 @@ def cascade(
     from tierlm.router.cascade_report import frontier_on, routing_rows
     from tierlm.router.collect import AnswerStore
     from tierlm.router.datasets import load_headlines
-    from tierlm.router.embeddings import Encoder
+    from tierlm.router.embeddings import offline_encoder
     from tierlm.router.frontier_plot import plot_cost_accuracy
     from tierlm.router.knn import KnnVote
-    from tierlm.router.offline import cascade_data, common_queries, prerouter_fail_probs
+    from tierlm.router.offline import cascade_data, common_queries, fit_scores, prerouter_fail_probs
     from tierlm.router.optimizer import fit_frontier
     from tierlm.router.scorer import Scorer
 
@@ -100,12 +100,14 @@ def cascade(
     fit_records, test_records = store.records(fit_split), store.records(split)
     if not fit_records or not test_records:
         raise typer.BadParameter(f"{db} needs answers on both {fit_split!r} and {split!r}")
-    encoder = Encoder(threads=threads)
+    encoder = offline_encoder(threads)
     scorer = Scorer.load(scorer_dir, encoder)
     queries = sorted({r.query for r in (*fit_records, *test_records)})
     embed = dict(zip(queries, encoder.encode(queries)))
     fit_fail, test_fail = prerouter_fail_probs(fit_records, test_records, embed)
-    fit_data = cascade_data(fit_records, scorer, fit_fail)
+    # Thresholds are fitted on held-out scores: out-of-fold ones if the scorer trained on fit_split.
+    held_out_scores = fit_scores(scorer, fit_split)
+    fit_data = cascade_data(fit_records, scorer, fit_fail, scores=held_out_scores)
     test_data = cascade_data(test_records, scorer, test_fail)
     frontiers = {"cascade": fit_frontier(fit_data), "cascade-preroute": fit_frontier(fit_data, prerouting=True)}
     tier_costs = [float(t.cost.mean()) for t in test_data.tiers.values()]
@@ -130,7 +132,8 @@ def cascade(
         answered = ", ".join(f"{t} {share:.0%}" for t, share in row.get("answered", {}).items())
         table.add_row(row["name"], f"{row['accuracy']:.3f}", f"{row['cost_per_query']:.3g}", answered)
     Console().print(table)
-    path = write_results("routing", rows, folder=out_dir, split=split, fit_split=fit_split, queries=test_data.n)
+    path = write_results("routing", rows, folder=out_dir, split=split, fit_split=fit_split, queries=test_data.n,
+                         fit_queries=fit_data.n, fit_scores="out-of-fold" if held_out_scores is not None else "held-out")
     singles = {r["name"]: (r["cost_per_query"], r["accuracy"]) for r in rows if r["name"].endswith("-only")}
     oracle = next((r["cost_per_query"], r["accuracy"]) for r in rows if r["name"] == "oracle")
     plot = plot_cost_accuracy(
