@@ -126,11 +126,12 @@ def cascade(
     rows.append({"name": "knn-vote", "accuracy": knn_accuracy, "cost_per_query": 0.0})
 
     table = Table(title=f"cascade fitted on {fit_split}, measured on {split} ({test_data.n} queries)")
-    for column in ("name", "accuracy", "cost_per_query", "answered"):
+    for column in ("name", "accuracy", "95% interval", "cost_per_query", "answered"):
         table.add_column(column)
     for row in rows:
         answered = ", ".join(f"{t} {share:.0%}" for t, share in row.get("answered", {}).items())
-        table.add_row(row["name"], f"{row['accuracy']:.3f}", f"{row['cost_per_query']:.3g}", answered)
+        interval = "{:.3f}-{:.3f}".format(*row["accuracy_ci95"]) if "accuracy_ci95" in row else ""
+        table.add_row(row["name"], f"{row['accuracy']:.3f}", interval, f"{row['cost_per_query']:.3g}", answered)
     Console().print(table)
     path = write_results("routing", rows, folder=out_dir, split=split, fit_split=fit_split, queries=test_data.n,
                          fit_queries=fit_data.n, fit_scores="out-of-fold" if held_out_scores is not None else "held-out")
