@@ -74,6 +74,7 @@ def cascade(
     split: str = typer.Option("dev", "--split", help="Split to evaluate on."),
     fit_split: str = typer.Option("train", "--fit-split", help="Split the cascade thresholds are fitted on (never the evaluated one)."),
     budgets: list[float] = typer.Option([], "--budget", help="Budgets per query to report (repeatable); default: a grid between the cheapest and dearest tier."),
+    only: list[str] = typer.Option([], "--tier", help="Use only these tiers of the store (repeatable); default: all."),
     out_dir: Path = typer.Option(Path("bench/results"), "--out-dir", help="Where routing.json and cost_accuracy.png go."),
     threads: int = typer.Option(1, "--threads", min=1),
 ) -> None:
@@ -97,7 +98,7 @@ def cascade(
     if split == fit_split:
         raise typer.BadParameter("fitting and evaluating on one split reports in-sample numbers", param_hint="--fit-split")
     store = AnswerStore(db)
-    fit_records, test_records = store.records(fit_split), store.records(split)
+    fit_records, test_records = store.records(fit_split, only or None), store.records(split, only or None)
     if not fit_records or not test_records:
         raise typer.BadParameter(f"{db} needs answers on both {fit_split!r} and {split!r}")
     encoder = offline_encoder(threads)
@@ -134,7 +135,8 @@ def cascade(
         table.add_row(row["name"], f"{row['accuracy']:.3f}", interval, f"{row['cost_per_query']:.3g}", answered)
     Console().print(table)
     path = write_results("routing", rows, folder=out_dir, split=split, fit_split=fit_split, queries=test_data.n,
-                         fit_queries=fit_data.n, fit_scores="out-of-fold" if held_out_scores is not None else "held-out")
+                         fit_queries=fit_data.n, tiers=list(test_data.tiers),
+                         fit_scores="out-of-fold" if held_out_scores is not None else "held-out")
     singles = {r["name"]: (r["cost_per_query"], r["accuracy"]) for r in rows if r["name"].endswith("-only")}
     oracle = next((r["cost_per_query"], r["accuracy"]) for r in rows if r["name"] == "oracle")
     plot = plot_cost_accuracy(
