@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ def cascade(
     from tierlm.router.embeddings import offline_encoder
     from tierlm.router.frontier_plot import plot_cost_accuracy
     from tierlm.router.knn import KnnVote
+    from tierlm.router.metrics import tier_score_metrics
     from tierlm.router.offline import cascade_data, common_queries, fit_scores, prerouter_fail_probs
     from tierlm.router.optimizer import fit_frontier
     from tierlm.router.scorer import Scorer
@@ -134,8 +136,13 @@ def cascade(
         interval = "{:.3f}-{:.3f}".format(*row["accuracy_ci95"]) if "accuracy_ci95" in row else ""
         table.add_row(row["name"], f"{row['accuracy']:.3f}", interval, f"{row['cost_per_query']:.3g}", answered)
     Console().print(table)
+    scorer_metrics = {tier: dataclasses.asdict(m) for tier, m in tier_score_metrics(test_data).items()}
+    for tier, m in scorer_metrics.items():
+        typer.echo(f"scorer on {split} {tier}: n={m['n']} accuracy={m['accuracy']:.3f} AUROC={m['auroc']:.3f} "
+                   f"Brier={m['brier']:.3f} ECE={m['ece']:.3f}")
     path = write_results("routing", rows, folder=out_dir, split=split, fit_split=fit_split, queries=test_data.n,
-                         fit_queries=fit_data.n, tiers=list(test_data.tiers),
+                         fit_queries=fit_data.n, tiers=list(test_data.tiers), scorer=str(scorer_dir),
+                         scorer_metrics=scorer_metrics,
                          fit_scores="out-of-fold" if held_out_scores is not None else "held-out")
     singles = {r["name"]: (r["cost_per_query"], r["accuracy"]) for r in rows if r["name"].endswith("-only")}
     oracle = next((r["cost_per_query"], r["accuracy"]) for r in rows if r["name"] == "oracle")
