@@ -1,10 +1,12 @@
-"""Batch-1 latency of the router's learned pieces on CPU: encoder, knn-vote, scorer.
+"""Batch-1 latency of the router's learned pieces on CPU: encoder, knn-vote, probe, scorer.
 
-    python bench/router_overhead.py --threads 1
+    python bench/router_overhead.py --threads 1 [--scorer DIR]
 
 Each row is the p50/p99 over HEADLINES dev headlines (no embedding cache), after a warm-up.
-The scorer is trained here on a small synthetic set: its latency does not depend on what it
-learned, only on its feature path.
+Without ``--scorer`` the scorer is trained here on a small synthetic set (its latency does not
+depend on what it learned, only on its feature path); with it, the saved scorer is timed on
+every tier it knows, the query embedding given (the router embeds a query once and shares it
+between retrieval, the no-LLM tiers and the scorer).
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from tierlm.results import write_results
 from tierlm.router.datasets import LABELS, load_headlines
 from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
 from tierlm.router.knn import KnnVote
+from tierlm.router.probe import LinearProbe
 from tierlm.router.records import AnswerRecord
-from tierlm.router.scorer import train
+from tierlm.router.scorer import Scorer, train
 
 
 def timed(fn: Callable[[str], object], texts: list[str], warmup: int = 10) -> dict[str, float]:
@@ -38,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("-n", type=int, default=200, help="queries timed per row")
+    parser.add_argument("--scorer", type=Path, help="a saved scorer to time on each of its tiers")
     args = parser.parse_args()
 
     encoder = Encoder(threads=args.threads)
@@ -47,6 +52,7 @@ def main() -> None:
         [e.headline for e in train_ex]
     )
     knn = KnnVote(pool, [e.label for e in train_ex], k=8, labels=LABELS)
+    probe = LinearProbe(pool, [e.label for e in train_ex], labels=LABELS)
     rng = np.random.default_rng(0)
     synthetic = [
         AnswerRecord(
@@ -92,6 +98,28 @@ def main() -> None:
             **timed(lambda t: knn.predict(query_vec[t][None, :]), texts),
         }
     )
+    rows.append(
+        {
+            "name": "minilm-probe",
+            "threads": args.threads,
+            "batch": 1,
+            "includes": "probabilities only",
+            **timed(lambda t: probe.probabilities(query_vec[t][None, :]), texts),
+        }
+    )
+    if args.scorer is not None:
+        saved = Scorer.load(args.scorer, encoder)
+        for tier in saved.tiers:
+            rows.append(
+                {
+                    "name": f"scorer:{tier}",
+                    "threads": args.threads,
+                    "batch": 1,
+                    "scorer": str(args.scorer),
+                    "includes": "query embedding given (shared with retrieval / no-LLM tiers)",
+                    **timed(lambda t, tier=tier: saved.score(t, "up", tier, (), label_lp, query_embedding=query_vec[t]), texts),
+                }
+            )
     rows.append(
         {
             "name": "scorer-joint",

@@ -199,6 +199,9 @@ class CascadeResult:
     """Per tier: share of queries whose final answer came from it (sums to 1)."""
     called: Mapping[str, float]
     """Per tier: share of queries that paid for a call to it."""
+    correct: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """bool[n]: per query, whether the final answer was right (for paired comparisons and
+    confidence intervals); None where unknown."""
 
 
 def _check_known(data: CascadeData, order: tuple[str, ...]) -> None:
@@ -235,6 +238,7 @@ def evaluate_cascade(data: CascadeData, policy: CascadePolicy) -> CascadeResult:
         cost_per_query=float(cost.mean()),
         answered=MappingProxyType(answered),
         called=MappingProxyType(called),
+        correct=_frozen(correct),
     )
 
 
@@ -262,4 +266,5 @@ def evaluate_oracle(data: CascadeData) -> CascadeResult:
         cost_per_query=float(costs[pick, cols].mean()),
         answered=MappingProxyType({t: float((pick == k).mean()) for k, t in enumerate(names)}),
         called=MappingProxyType({t: float((pick == k).mean()) for k, t in enumerate(names)}),
+        correct=_frozen(correct[pick, cols]),
     )

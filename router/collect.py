@@ -60,7 +60,9 @@ class AnswerStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        # Several collectors (one per tier, each its own process) may write one store: wait
+        # for a writer's lock instead of failing after sqlite's default 5 s.
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=120.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -37,17 +38,25 @@ def default_cache_path() -> Path:
     return Path(root) / "embeddings.sqlite"
 
 
+def offline_encoder(threads: int | None = None) -> Encoder:
+    """An :class:`Encoder` with the on-disk cache at :func:`default_cache_path`: for offline tools
+    (collection, scorer training, evaluation) that embed the same HEADLINES rows run after run."""
+    return Encoder(threads=threads, cache=EmbeddingCache(default_cache_path()))
+
+
 class EmbeddingCache:
     """Embeddings on disk in SQLite, keyed by a hash of (model id, text).
 
     SQLite because it appends row by row (a long embedding run that is interrupted keeps what it
-    finished), needs no extra dependency, and tolerates several readers.
+    finished), needs no extra dependency, and tolerates several readers. One connection serves
+    every thread of the process (no-LLM tiers encode in worker threads), one call at a time.
     """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._lock = threading.Lock()
         self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
 
     @staticmethod
@@ -62,18 +71,20 @@ class EmbeddingCache:
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             marks = ",".join("?" * len(part))
-            for key, blob in self._db.execute(f"SELECT key, vector FROM embedding WHERE key IN ({marks})", part):
-                found[key] = np.frombuffer(blob, dtype=np.float32)
+            with self._lock:
+                rows = self._db.execute(f"SELECT key, vector FROM embedding WHERE key IN ({marks})", part).fetchall()
+            found.update((key, np.frombuffer(blob, dtype=np.float32)) for key, blob in rows)
         return found
 
     def put_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
         """Store vectors (float32) under their keys, replacing any old value."""
         rows = [(key, np.ascontiguousarray(vec, dtype=np.float32).tobytes()) for key, vec in items]
-        with self._db:
+        with self._lock, self._db:
             self._db.executemany("INSERT OR REPLACE INTO embedding (key, vector) VALUES (?, ?)", rows)
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0]
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM embedding").fetchone()[0]
 
     def close(self) -> None:
         """Close the database."""
@@ -116,6 +127,9 @@ class Encoder:
         self.batch_size = batch_size
         self.max_length = max_length
         self.model_id = self._model_id()
+        # A fast tokenizer may not be used by two threads at once ("Already borrowed"), and
+        # no-LLM tiers encode from worker threads: one forward pass at a time.
+        self._forward_lock = threading.Lock()
 
     def _model_id(self) -> str:
         """Identifies the weights and the settings that change an embedding, for cache keys."""
@@ -158,8 +172,8 @@ class Encoder:
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
-        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        with torch.inference_mode():
+        with self._forward_lock, torch.inference_mode():
+            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -9,7 +9,7 @@ import numpy as np
 
 from tierlm.router.cascade_eval import CascadeData, TierOutcomes
 from tierlm.router.records import AnswerRecord
-from tierlm.router.scorer import Scorer
+from tierlm.router.scorer import Scorer, ScoreTable
 
 FailProbs = Mapping[str, Mapping[str, float]]  # tier -> query id -> P(tier answers wrongly)
 
@@ -28,17 +28,50 @@ def common_queries(records: Sequence[AnswerRecord]) -> list[str]:
     return sorted(set.intersection(*(set(answers) for answers in _by_tier(records).values())))
 
 
-def cascade_data(records: Sequence[AnswerRecord], scorer: Scorer, fail_prob: FailProbs | None = None) -> CascadeData:
+def fit_scores(scorer: Scorer, split: str) -> ScoreTable | None:
+    """The scores a cascade fitted on `split` must use: the scorer's out-of-fold scores if it
+    was trained on `split` (in-sample scores would fit over-confident thresholds), else None
+    (the scorer never saw `split`, so its own scores are held-out already).
+
+    Raises:
+        ValueError: the scorer was trained on `split` but kept no out-of-fold scores.
+    """
+    if scorer.metadata.get("training", {}).get("split") != split:
+        return None
+    if not scorer.out_of_fold:
+        raise ValueError(f"the scorer was trained on {split!r} without out-of-fold scores: retrain it "
+                         f"(`tierlm router train`) or fit the cascade on another split")
+    return scorer.out_of_fold
+
+
+def cascade_data(
+    records: Sequence[AnswerRecord],
+    scorer: Scorer,
+    fail_prob: FailProbs | None = None,
+    scores: ScoreTable | None = None,
+) -> CascadeData:
     """Per tier, correctness, the scorer's P(correct), cost and (optionally) the pre-router's
-    P(fail), on the queries every tier answered, in `common_queries` order."""
+    P(fail), on the queries every tier answered, in `common_queries` order.
+
+    `scores`, if given (e.g. :func:`fit_scores`), replaces the scorer's output: per tier and
+    query id, every aligned record must have one."""
     by_tier = _by_tier(records)
     ids = common_queries(records)
     outcomes = {}
     for tier, answers in by_tier.items():
         aligned = [answers[qid] for qid in ids]
+        if scores is None:
+            tier_scores = scorer.score_records(aligned)
+        else:
+            table = scores.get(tier, {})
+            missing = [qid for qid in ids if qid not in table]
+            if missing:
+                raise ValueError(f"no given score for tier {tier!r} on {len(missing)} queries "
+                                 f"(e.g. {missing[0]!r}): the scorer was trained on fewer answers; retrain it")
+            tier_scores = np.array([table[qid] for qid in ids])
         outcomes[tier] = TierOutcomes(
             correct=np.array([bool(r.correct) for r in aligned]),
-            score=scorer.score_records(aligned),
+            score=tier_scores,
             cost=np.array([r.cost for r in aligned]),
             fail_prob=None if fail_prob is None else np.array([fail_prob[tier][qid] for qid in ids]),
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tierlm.config import TierConfig
 from tierlm.router.datasets import load_headlines
+from tierlm.router.embedding_tier import EmbeddingTier
 from tierlm.router.embeddings import Encoder
 from tierlm.router.prompting import PromptBuilder, PromptStrategy
 
@@ -34,3 +35,18 @@ def model_folder(tier: TierConfig) -> Path:
     if not folder.is_dir():
         raise ValueError(f"tier {tier.name!r}: model {tier.model!r} is neither a known model name nor a folder")
     return folder
+
+
+def no_llm_models() -> dict[str, type[EmbeddingTier]]:
+    """Policy `model` names that run a no-LLM tier in-process, and the class that runs each."""
+    from tierlm.router.knn_tier import KnnGenerator
+    from tierlm.router.probe_tier import ProbeGenerator
+
+    return {cls.model_name: cls for cls in (KnnGenerator, ProbeGenerator)}
+
+
+def no_llm_tier(tier: TierConfig, encoder: Encoder) -> EmbeddingTier | None:
+    """The tier's no-LLM Generator (its classifier learns from the demonstration split), or None
+    if its model is a language model."""
+    cls = no_llm_models().get(tier.model or "")
+    return None if cls is None else cls(encoder, load_headlines(DEMONSTRATION_SPLIT), tier_name=tier.name)

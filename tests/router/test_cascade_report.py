@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tierlm.router.cascade_eval import CascadeData, CascadePolicy, TierOutcomes, evaluate_cascade
-from tierlm.router.cascade_report import frontier_on, routing_rows
+from tierlm.router.cascade_report import bootstrap_interval, frontier_on, routing_rows
 from tierlm.router.optimizer import InfeasibleBudgetError, fit_frontier
 
 
@@ -40,7 +40,23 @@ def test_rows_measure_train_fitted_cascades_on_the_test_split() -> None:
             assert policy == point.policy
             on_dev = evaluate_cascade(dev, policy)
             assert (row["accuracy"], row["cost_per_query"]) == (on_dev.accuracy, on_dev.cost_per_query)
+            gain = row["gain_vs_best_single"]
+            assert gain["tier"] == "cloud"  # the more accurate tier on dev
+            assert gain["accuracy"] == pytest.approx(row["accuracy"] - by_name["cloud-only"]["accuracy"])
+            assert gain["ci95"][0] <= gain["accuracy"] <= gain["ci95"][1]
+            assert gain["cost_ratio"] == pytest.approx(row["cost_per_query"] / 10.0)
+    for row in rows:
+        low, high = row["accuracy_ci95"]
+        assert 0 <= low <= row["accuracy"] <= high <= 1 and high - low < 0.2  # n = 200
     json.dumps(rows)  # plain JSON types only
+
+
+def test_bootstrap_interval_covers_the_binomial_spread() -> None:
+    """For 1,000 coin flips at p = 0.8 the 95% interval is about +-1.96 * sqrt(0.16 / 1000) = +-2.5 points."""
+    values = np.random.default_rng(0).random(1000) < 0.8
+    low, high = bootstrap_interval(values)
+    assert low < values.mean() < high
+    assert 0.04 < high - low < 0.06
 
 
 def test_infeasible_budget_is_an_error() -> None:

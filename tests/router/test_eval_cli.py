@@ -44,6 +44,8 @@ def test_train_then_eval_cascade_writes_the_routing_table(tmp_path):
                                  "--out-dir", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "out" / "routing.json").read_text())
+    assert table["fit_scores"] == "out-of-fold"  # the scorer trained on train: thresholds fit held-out scores
+    assert set(table["scorer_metrics"]) == {"small", "large"} and "scorer on dev small: n=60" in result.output
     names = [row["name"] for row in table["rows"]]
     assert {"small-only", "large-only", "oracle", "knn-vote"} <= set(names)
     cascades = [row for row in table["rows"] if row["name"].startswith("cascade@")]

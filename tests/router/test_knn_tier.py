@@ -9,7 +9,8 @@ import pytest
 
 from tierlm.errors import GenerationError
 from tierlm.router.datasets import Example
-from tierlm.router.knn_tier import KnnGenerator, last_query
+from tierlm.router.embedding_tier import last_query
+from tierlm.router.knn_tier import KnnGenerator
 from tierlm.v1 import generator_pb2
 
 POOL = [

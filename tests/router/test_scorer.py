@@ -166,3 +166,34 @@ def test_opposite_signals_per_tier_choose_one_model_per_tier(hashing_encoder) ->
     assert scorer.per_tier
     for tier in ("trusting", "contrary"):
         assert scorer.metadata["cross_validation_by_tier"][tier]["auroc"] > 0.95
+
+
+def noise_records(n_queries: int, seed: int) -> list[AnswerRecord]:
+    """Correctness independent of everything the scorer sees: only memorising can 'predict' it."""
+    rng = np.random.default_rng(seed)
+    return [
+        AnswerRecord(
+            query=f"gold {rng.choice(TOPICS)} {rng.choice(TOPICS)} headline {q}",
+            answer=str(rng.choice(LABELS)),
+            tier="small",
+            label_logprobs=dict(zip(LABELS, rng.normal(size=len(LABELS)).tolist())),
+            correct=bool(rng.random() < 0.5),
+            query_id=str(q),
+        )
+        for q in range(n_queries)
+    ]
+
+
+def test_out_of_fold_scores_are_held_out_not_in_sample(hashing_encoder, tmp_path) -> None:
+    """On pure noise a weakly regularised scorer memorises its training rows (in-sample AUROC
+    well above 0.5); the out-of-fold scores, each from a model that never saw its row, must not."""
+    records = noise_records(200, seed=3)
+    scorer = train(records, hashing_encoder, c_grid=(100.0,), folds=5)
+    y = [r.correct for r in records]
+    in_sample = roc_auc_score(y, scorer.score_records(records))
+    oof = scorer.out_of_fold["small"]
+    assert set(oof) == {r.query_id for r in records}
+    out_of_fold = roc_auc_score(y, [oof[r.query_id] for r in records])
+    assert in_sample > 0.75 and out_of_fold < 0.65, (in_sample, out_of_fold)
+    scorer.save(tmp_path / "s")
+    assert Scorer.load(tmp_path / "s", hashing_encoder).out_of_fold == scorer.out_of_fold  # JSON keeps floats exactly

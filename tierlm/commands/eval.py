@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ def cascade(
     split: str = typer.Option("dev", "--split", help="Split to evaluate on."),
     fit_split: str = typer.Option("train", "--fit-split", help="Split the cascade thresholds are fitted on (never the evaluated one)."),
     budgets: list[float] = typer.Option([], "--budget", help="Budgets per query to report (repeatable); default: a grid between the cheapest and dearest tier."),
+    only: list[str] = typer.Option([], "--tier", help="Use only these tiers of the store (repeatable); default: all."),
     out_dir: Path = typer.Option(Path("bench/results"), "--out-dir", help="Where routing.json and cost_accuracy.png go."),
     threads: int = typer.Option(1, "--threads", min=1),
 ) -> None:
@@ -87,25 +89,28 @@ def cascade(
     from tierlm.router.cascade_report import frontier_on, routing_rows
     from tierlm.router.collect import AnswerStore
     from tierlm.router.datasets import load_headlines
-    from tierlm.router.embeddings import Encoder
+    from tierlm.router.embeddings import offline_encoder
     from tierlm.router.frontier_plot import plot_cost_accuracy
     from tierlm.router.knn import KnnVote
-    from tierlm.router.offline import cascade_data, common_queries, prerouter_fail_probs
+    from tierlm.router.metrics import tier_score_metrics
+    from tierlm.router.offline import cascade_data, common_queries, fit_scores, prerouter_fail_probs
     from tierlm.router.optimizer import fit_frontier
     from tierlm.router.scorer import Scorer
 
     if split == fit_split:
         raise typer.BadParameter("fitting and evaluating on one split reports in-sample numbers", param_hint="--fit-split")
     store = AnswerStore(db)
-    fit_records, test_records = store.records(fit_split), store.records(split)
+    fit_records, test_records = store.records(fit_split, only or None), store.records(split, only or None)
     if not fit_records or not test_records:
         raise typer.BadParameter(f"{db} needs answers on both {fit_split!r} and {split!r}")
-    encoder = Encoder(threads=threads)
+    encoder = offline_encoder(threads)
     scorer = Scorer.load(scorer_dir, encoder)
     queries = sorted({r.query for r in (*fit_records, *test_records)})
     embed = dict(zip(queries, encoder.encode(queries)))
     fit_fail, test_fail = prerouter_fail_probs(fit_records, test_records, embed)
-    fit_data = cascade_data(fit_records, scorer, fit_fail)
+    # Thresholds are fitted on held-out scores: out-of-fold ones if the scorer trained on fit_split.
+    held_out_scores = fit_scores(scorer, fit_split)
+    fit_data = cascade_data(fit_records, scorer, fit_fail, scores=held_out_scores)
     test_data = cascade_data(test_records, scorer, test_fail)
     frontiers = {"cascade": fit_frontier(fit_data), "cascade-preroute": fit_frontier(fit_data, prerouting=True)}
     tier_costs = [float(t.cost.mean()) for t in test_data.tiers.values()]
@@ -124,13 +129,21 @@ def cascade(
     rows.append({"name": "knn-vote", "accuracy": knn_accuracy, "cost_per_query": 0.0})
 
     table = Table(title=f"cascade fitted on {fit_split}, measured on {split} ({test_data.n} queries)")
-    for column in ("name", "accuracy", "cost_per_query", "answered"):
+    for column in ("name", "accuracy", "95% interval", "cost_per_query", "answered"):
         table.add_column(column)
     for row in rows:
         answered = ", ".join(f"{t} {share:.0%}" for t, share in row.get("answered", {}).items())
-        table.add_row(row["name"], f"{row['accuracy']:.3f}", f"{row['cost_per_query']:.3g}", answered)
+        interval = "{:.3f}-{:.3f}".format(*row["accuracy_ci95"]) if "accuracy_ci95" in row else ""
+        table.add_row(row["name"], f"{row['accuracy']:.3f}", interval, f"{row['cost_per_query']:.3g}", answered)
     Console().print(table)
-    path = write_results("routing", rows, folder=out_dir, split=split, fit_split=fit_split, queries=test_data.n)
+    scorer_metrics = {tier: dataclasses.asdict(m) for tier, m in tier_score_metrics(test_data).items()}
+    for tier, m in scorer_metrics.items():
+        typer.echo(f"scorer on {split} {tier}: n={m['n']} accuracy={m['accuracy']:.3f} AUROC={m['auroc']:.3f} "
+                   f"Brier={m['brier']:.3f} ECE={m['ece']:.3f}")
+    path = write_results("routing", rows, folder=out_dir, split=split, fit_split=fit_split, queries=test_data.n,
+                         fit_queries=fit_data.n, tiers=list(test_data.tiers), scorer=str(scorer_dir),
+                         scorer_metrics=scorer_metrics,
+                         fit_scores="out-of-fold" if held_out_scores is not None else "held-out")
     singles = {r["name"]: (r["cost_per_query"], r["accuracy"]) for r in rows if r["name"].endswith("-only")}
     oracle = next((r["cost_per_query"], r["accuracy"]) for r in rows if r["name"] == "oracle")
     plot = plot_cost_accuracy(

@@ -14,8 +14,6 @@ from tierlm.commands import server_options as opt
 app = typer.Typer(help="Run the cascade router and read its cost ledger.", no_args_is_help=True)
 
 DEFAULT_LEDGER = Path("tierlm-ledger.sqlite")
-# A tier whose `model` is this runs the no-LLM neighbour vote (router/knn_tier.py).
-KNN_MODEL = "knn-vote"
 
 
 @app.command()
@@ -90,34 +88,30 @@ def collect(
     from tierlm.config import load_policy
     from tierlm.router.collect import AnswerStore, CollectTier, collect as run_collect
     from tierlm.router.datasets import headlines_dir, load_headlines
-    from tierlm.router.embeddings import Encoder
-    from tierlm.router.tier_setup import model_folder, prompt_builder
+    from tierlm.router.embeddings import offline_encoder
+    from tierlm.router.tier_setup import model_folder, no_llm_models, no_llm_tier, prompt_builder
 
     policy = load_policy(tiers)
     data = data or headlines_dir() / "dev.csv"
     rows = load_headlines(data.stem, data.parent)[:limit]
     chosen = [t for t in policy.tiers if not only or t.name in only]
-    needs_encoder = any((t.prompt and t.prompt.selection == "retrieved") or t.model == KNN_MODEL for t in chosen)
-    encoder = Encoder(threads=threads) if needs_encoder else None
+    needs_encoder = any((t.prompt and t.prompt.selection == "retrieved") or t.model in no_llm_models() for t in chosen)
+    encoder = offline_encoder(threads) if needs_encoder else None
     store = AnswerStore(out)
 
     async def main() -> dict[str, int]:
         runs, engines = [], []
         for tier in chosen:
-            if tier.model == KNN_MODEL:
-                from tierlm.router.datasets import load_headlines as pool_split
-                from tierlm.router.knn_tier import KnnGenerator
-                from tierlm.router.tier_setup import DEMONSTRATION_SPLIT
-
-                knn = KnnGenerator(encoder or Encoder(threads=threads), pool_split(DEMONSTRATION_SPLIT), tier_name=tier.name)
-                model_id, generate = KNN_MODEL, knn.generate
+            no_llm = no_llm_tier(tier, encoder) if encoder is not None else None
+            if no_llm is not None:
+                model_id, generate = no_llm.model_name, no_llm.generate
             elif tier.model is not None:
                 from tierlm.edge.server import load_generator
 
                 folder = model_folder(tier)
                 generator = load_generator(folder, tier.name, threads, max_batch=concurrency, max_queue=4 * concurrency)
                 engines.append(generator.engine)
-                model_id, generate = folder.name, generator.generate
+                model_id, generate = tier.model, generator.generate
             else:
                 from tierlm.router.tiers import TierClient
 
@@ -145,7 +139,7 @@ def train(
 ) -> None:
     """Train the answer scorer P(correct | query, answer, tier) and report its quality per tier."""
     from tierlm.router.collect import AnswerStore
-    from tierlm.router.embeddings import Encoder
+    from tierlm.router.embeddings import offline_encoder
     from tierlm.router.metrics import tier_score_metrics
     from tierlm.router.offline import cascade_data
     from tierlm.router.scorer import Scorer, train as train_scorer
@@ -154,7 +148,7 @@ def train(
     records = store.records(split)
     if not records:
         raise typer.BadParameter(f"no answers for split {split!r} in {db}", param_hint="--split")
-    encoder = Encoder(threads=threads)
+    encoder = offline_encoder(threads)
     scorer = train_scorer(records, encoder, split=split)
     scorer.save(out)
     typer.echo(f"scorer for tiers {list(scorer.tiers)} trained on {len(records)} {split} answers -> {out}")
