@@ -8,6 +8,9 @@ Each configuration (the prepared fp32 HF folder, then each cached compressed art
 serve --threads T`` in its own process on 127.0.0.1, and measured by gRPC streaming clients in
 this process: C greedy streams of the same prompt start together (after a warm-up at the same
 concurrency), and each stream's token arrival times are recorded as the client sees them.
+Each measurement is repeated `--rounds` times, the concurrencies interleaved (1, 8, 1, 8, ...)
+so that load from other processes falls on all of them alike; a row is the round with the
+median ``decode_tok_s``, with the rounds' minimum and maximum next to it.
 The anchor is llama.cpp (``llama-cpp-python``, the optional bench extra) on the model's own
 Q4_K_M GGUF with the same threads, at concurrency 1, timed in this process the way a server
 runs its token loop: one ``eval`` per token, llama.cpp's own greedy sampler, detokenizing
@@ -18,8 +21,9 @@ over the time from the first first-token to the last stream's end (prefill left 
 as streams start together); ``output_tok_s`` is all tokens over the whole wall time; TTFT and
 end-to-end latency p50/p95 over the streams, inter-token latency p50/p95 over every gap.
 Ratios: ``speedup_vs_1_stream`` (C > 1 rows), ``speedup_vs_fp32`` and
-``speedup_vs_llama_cpp`` (concurrency 1 rows). Writes bench/results/edge.json and prints
-the table for the README.
+``speedup_vs_llama_cpp`` (concurrency 1 rows). ``load_s``: seconds until serving (edge: from
+process start to listening; llama.cpp: loading the GGUF). Writes bench/results/edge.json and
+prints the table for the README.
 
 `measure_engine` and `llama_cpp_stream` are also the batch-1 decode timers of
 bench/compression.py, so both benches time decoding the same way.
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -190,16 +193,23 @@ async def measure_server(port: int, concurrency: int, tokens: int) -> dict:
     return summarize(list(streams))
 
 
+def median_round(name: str, rounds: list[dict], **extra) -> dict:
+    """The round with the median decode speed, labelled, with the spread of all rounds."""
+    speeds = [r["decode_tok_s"] for r in rounds]
+    middle = sorted(rounds, key=lambda r: r["decode_tok_s"])[(len(rounds) - 1) // 2]
+    row = {"name": name, **middle, "decode_tok_s_min": min(speeds), "decode_tok_s_max": max(speeds), **extra}
+    log(str(row))
+    return row
+
+
 def bench_server(name: str, model: Path, args: argparse.Namespace) -> list[dict]:
-    rows = []
+    results: dict[int, list[dict]] = {c: [] for c in args.concurrency}
     with EdgeServer(model, args.threads, max(args.concurrency)) as server:
         log(f"{name}: serving on port {server.port} (started in {server.load_s:.1f} s)")
-        for c in args.concurrency:
-            row = {"name": name, **asyncio.run(measure_server(server.port, c, args.tokens))}
-            row["server_start_s"] = round(server.load_s, 1)
-            log(str(row))
-            rows.append(row)
-    return rows
+        for _ in range(args.rounds):
+            for c in args.concurrency:
+                results[c].append(asyncio.run(measure_server(server.port, c, args.tokens)))
+    return [median_round(name, rounds, load_s=round(server.load_s, 1)) for rounds in results.values()]
 
 
 # ---- llama.cpp ----
@@ -238,10 +248,9 @@ def bench_llama_cpp(gguf: Path, args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - start
     ids = llm.tokenize(PROMPT.encode(), add_bos=True)
     llama_cpp_stream(llm, ids, 4)  # warm-up
-    row = {"name": "llama.cpp-q4_k_m", **summarize([llama_cpp_stream(llm, ids, args.tokens)])}
-    row["server_start_s"] = round(load_s, 1)
+    rounds = [summarize([llama_cpp_stream(llm, ids, args.tokens)]) for _ in range(args.rounds)]
     llm.close()
-    return row
+    return median_round("llama.cpp-q4_k_m", rounds, load_s=round(load_s, 1))
 
 
 # ---- the run ----
@@ -270,6 +279,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="server threads (and llama.cpp's)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per stream")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement (median reported)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp anchor row")
     args = parser.parse_args()
 
@@ -295,24 +305,42 @@ def main() -> None:
             notes["llama.cpp-q4_k_m"] = "left out: llama-cpp-python is not installed (optional bench extra)"
         else:
             rows.append(bench_llama_cpp(models.gguf_path(args.model), args))
-            log(str(rows[-1]))
     for name, path in configs:
         rows += bench_server(name, path, args)
     add_ratios(rows)
-
-    from bench.report import table
 
     path = write_results(
         "edge",
         rows,
         model=args.model,
         threads=args.threads,
+        tokens_per_stream=args.tokens,
+        rounds=args.rounds,
         prompt=PROMPT,
         load_average_before_after=[round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         notes=notes,
     )
-    print(table(json.loads(path.read_text())))
+    print(table(rows, notes))
     log(f"wrote {path}")
+
+
+def table(rows: list[dict], notes: dict[str, str]) -> str:
+    """The rows as a Markdown table (for the README)."""
+    pair = lambda r, key: f"{r[key + '_p50']:.0f} / {r[key + '_p95']:.0f}"  # noqa: E731
+    ratio = lambda r, key: f"{r[key]:.2f}×" if key in r else ""  # noqa: E731
+    lines = [
+        "| row | streams | decode tok/s (rounds' range) | TTFT p50 / p95 ms | latency p50 / p95 ms "
+        "| inter-token p50 / p95 ms | vs 1 stream | vs fp32 | vs llama.cpp |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['concurrency']} | {r['decode_tok_s']:.1f} ({r['decode_tok_s_min']:.1f}–{r['decode_tok_s_max']:.1f}) "
+            f"| {pair(r, 'ttft_ms')} | {pair(r, 'latency_ms')} | {pair(r, 'itl_ms')} "
+            f"| {ratio(r, 'speedup_vs_1_stream')} | {ratio(r, 'speedup_vs_fp32')} | {ratio(r, 'speedup_vs_llama_cpp')} |"
+        )
+    lines += [f"\n{name}: {note}" for name, note in notes.items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
