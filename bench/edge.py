@@ -281,6 +281,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement (median reported)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp anchor row")
+    parser.add_argument("--name", default="edge", help="results file bench/results/NAME.json (e.g. edge_t1 for a 1-thread run)")
     args = parser.parse_args()
 
     from tierlm import models
@@ -310,7 +311,7 @@ def main() -> None:
     add_ratios(rows)
 
     path = write_results(
-        "edge",
+        args.name,
         rows,
         model=args.model,
         threads=args.threads,
