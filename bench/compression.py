@@ -18,13 +18,13 @@ records the same recipe. Writes bench/results/compression.json (DESIGN §7).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `bench.*` imports when run as a script
 EVAL_TEXT = ROOT / "data" / "text" / "python-docs" / "eval"
 CALIB_TEXT = ROOT / "data" / "text" / "python-docs" / "calib"
 RECIPES = ROOT / "examples" / "recipes"
@@ -37,7 +37,7 @@ def log(message: str) -> None:
 
 def score(model_dir: Path, tokenizer, text: str, args: argparse.Namespace, max_tokens: int | None) -> dict:
     """Perplexity and batch-1 decode speed of an HF folder or artifact in our decoder."""
-    from bench.edge_engine import measure
+    from bench.edge import measure_engine
     from tierlm import perplexity
     from tierlm.edge import Engine
     from tierlm.edge.model import CausalLM, load_model
@@ -47,7 +47,7 @@ def score(model_dir: Path, tokenizer, text: str, args: argparse.Namespace, max_t
     )
     engine = Engine.from_pretrained(model_dir, max_batch=1, max_seq_len=args.decode_tokens + 64, threads=args.threads)
     try:
-        speed = asyncio.run(measure(engine, 1, args.decode_tokens))
+        speed = measure_engine(engine, 1, args.decode_tokens)
     finally:
         engine.close()
     return {
@@ -83,6 +83,7 @@ def llama_cpp_row(gguf: Path, ids: list[int], bos: int | None, args: argparse.Na
     import numpy as np
     from llama_cpp import Llama
 
+    from bench.edge import llama_cpp_stream, summarize
     from tierlm.perplexity import windows
 
     context, stride, decode_tokens = args.context, args.stride, args.decode_tokens
@@ -102,19 +103,12 @@ def llama_cpp_row(gguf: Path, ids: list[int], bos: int | None, args: argparse.Na
             nll += top + math.log(np.exp(row - top).sum()) - row[ids[i]]
         scored += w.end - w.score_from
     ppl_seconds = time.perf_counter() - start
-    # Decode loop the way a server runs it: one eval per token, greedy pick from the last logits.
-    llm.reset()
-    llm.eval(prefix + ids[:16])
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    start = time.perf_counter()
-    for _ in range(decode_tokens):
-        llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    speed = summarize([llama_cpp_stream(llm, prefix + ids[:16], decode_tokens)])
     return {
         "ppl": round(math.exp(nll / scored), 4),
         "eval_tokens": scored,
         "ppl_seconds": round(ppl_seconds, 1),
-        "decode_tok_s": round(decode_tokens / (time.perf_counter() - start), 2),
+        "decode_tok_s": speed["decode_tok_s"],
         "bytes": gguf.stat().st_size,
     }
 

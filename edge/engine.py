@@ -11,7 +11,7 @@ One dedicated thread owns the model. Each iteration of its loop
 so requests join and leave the running batch at token granularity, and prompts delay running
 streams by one chunk's worth of compute per token at most. Callers use the asyncio API
 (`Engine.stream`, `Engine.generate`); results cross from the thread to the event loop with
-`call_soon_threadsafe`.
+`call_soon_threadsafe`, once per model step for all the events it produced.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -38,8 +39,20 @@ from tierlm.edge.stats import EngineHealth, EngineObserver, EngineStats
 from tierlm.edge.text import TextAssembler
 
 Event = TokenDelta | Completion
-_Sink = Callable[[Event | BaseException], None]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Mailbox:
+    """Where one request's events go: a queue read on the caller's event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Event | BaseException]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
 
 
 class _Phase(enum.Enum):
@@ -52,11 +65,11 @@ class _Phase(enum.Enum):
 class _Sequence:
     """The engine thread's state of one request."""
 
-    def __init__(self, prepared: PreparedRequest, sink: _Sink, tokenizer, device: torch.device) -> None:
+    def __init__(self, prepared: PreparedRequest, mailbox: _Mailbox, tokenizer, device: torch.device) -> None:
         request = prepared.request
         self.prepared = prepared
         self.request = request
-        self.sink = sink
+        self.mailbox = mailbox
         self.submitted_at = time.perf_counter()
         self.phase = _Phase.WAITING
         self.cancelled = False  # set from any thread; read by the engine thread
@@ -184,6 +197,7 @@ class Engine:
         self._finished: dict[str, int] = {}
         self._failed = self._rejected = self._prompt_tokens = self._completion_tokens = 0
         self._decode_steps = self._prefill_chunks = 0
+        self._outbox: list[tuple[_Sequence, Event | BaseException]] = []  # the decode thread's alone
         self._thread = threading.Thread(target=self._run, name="tierlm-edge-engine", daemon=True)
         self._thread.start()
 
@@ -194,6 +208,10 @@ class Engine:
         """Load an HF model folder (config.json, safetensors, tokenizer files) and start an engine."""
         from transformers import AutoTokenizer
 
+        if kwargs.get("threads"):
+            # Before loading: an artifact's onnxruntime kernels take their thread count from
+            # torch's setting when their sessions are built, and must match the decode thread's.
+            torch.set_num_threads(kwargs["threads"])
         return cls(load_model(path, dtype, device), AutoTokenizer.from_pretrained(str(path)), **kwargs)
 
     # ---- the caller's side (event loop) ----
@@ -204,16 +222,11 @@ class Engine:
         Raises at once: `InvalidRequest` (bad input), `QueueFull` (overloaded, with a retry
         hint), `EngineClosed` (shutting down) or `EngineError` (the engine failed).
         """
-        loop = asyncio.get_running_loop()
+        mailbox = _Mailbox(asyncio.get_running_loop(), asyncio.Queue())
         prepared = self._preparer.prepare(request)
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def sink(item: Event | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        seq = _Sequence(prepared, sink, self.tokenizer, self.device)
+        seq = _Sequence(prepared, mailbox, self.tokenizer, self.device)
         self._submit(seq)
-        return RequestStream(self, seq, queue)
+        return RequestStream(self, seq, mailbox.queue)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         """Run `request` to completion and return its `Completion` (same errors as `stream`)."""
@@ -303,13 +316,15 @@ class Engine:
         try:
             with torch.inference_mode():
                 while self._iterate():
-                    pass
+                    self._flush()
         except BaseException as e:  # a bug or resource failure: fail everyone, report unhealthy
             self._fatal = e
             with self._cv:
                 victims = list(self._running) + list(self._waiting)
             for seq in victims:
                 self._fail(seq, e)
+        finally:
+            self._flush()
 
     def _iterate(self) -> bool:
         """One scheduler iteration; False when the thread should exit."""
@@ -360,6 +375,8 @@ class Engine:
                 if seq in self._running:
                     self._fail(seq, e)
             return None
+        finally:
+            self._flush()  # the step's tokens go out before the next step starts
 
     def _decode_step(self, seqs: list[_Sequence]) -> None:
         dev = self.device
@@ -368,9 +385,11 @@ class Engine:
         slots = torch.tensor([s.slot for s in seqs], device=dev)
         logits = self.model(tokens, positions, slots, logits="last")[:, 0]
         self._decode_steps += 1
-        for row, seq in zip(logits, seqs):
+        # One argmax over the batch instead of one per greedy row (sampled rows ignore theirs).
+        best = torch.argmax(logits, dim=-1).tolist()
+        for row, seq, greedy in zip(logits, seqs, best):
             seq.pos += 1
-            self._emit(seq, row)
+            self._emit(seq, row, greedy)
 
     def _feed_chunk(self, seq: _Sequence, limit: int) -> int:
         """Feed up to `limit` of `seq`'s pending tokens; return how many were fed."""
@@ -415,10 +434,16 @@ class Engine:
         seq.pos = len(seq.prepared.prompt_ids)
         seq.feed, seq.targets = list(ids[:-1]), list(ids[1:])
 
-    def _emit(self, seq: _Sequence, logits: torch.Tensor) -> None:
-        """Sample the next token of `seq` from `logits` ([V]), stream it, and decide whether to stop."""
+    def _emit(self, seq: _Sequence, logits: torch.Tensor, greedy: int | None = None) -> None:
+        """Sample the next token of `seq` from `logits` ([V]), stream it, and decide whether to stop.
+
+        `greedy` is the argmax of `logits` when the caller has it already.
+        """
         request = seq.request
-        token = sample(logits, request.temperature, request.top_p, seq.generator)
+        if request.temperature == 0.0 and greedy is not None:
+            token = greedy
+        else:
+            token = sample(logits, request.temperature, request.top_p, seq.generator)
         logprob = None
         if seq.logprobs is not None:
             logprob = float(token_logprobs(logits[None], torch.tensor([token], device=self.device))[0])
@@ -498,7 +523,24 @@ class Engine:
                 self._waiting.remove(seq)
 
     def _deliver(self, seq: _Sequence, item: Event | BaseException) -> None:
-        try:
-            seq.sink(item)
-        except RuntimeError:  # the consumer's event loop is closed: nobody is listening
-            seq.cancelled = True
+        self._outbox.append((seq, item))
+
+    def _flush(self) -> None:
+        """Hand the buffered events to their event loops, one wake-up per loop.
+
+        A wake-up per token let the loop's thread take the GIL in the middle of every model
+        step, and the decode thread then waited up to the interpreter's switch interval (5 ms)
+        to get it back: at 8 streams that cost more than the output layer.
+        """
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, Event | BaseException]]] = {}
+        for seq, item in self._outbox:
+            by_loop.setdefault(seq.mailbox.loop, []).append((seq, item))
+        self._outbox = []
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, [(seq.mailbox.queue, item) for seq, item in batch])
+            except RuntimeError:  # the consumer's event loop is closed: nobody is listening
+                for seq, _ in batch:
+                    seq.cancelled = True
