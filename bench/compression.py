@@ -3,16 +3,17 @@
     python bench/compression.py [--model gemma-3-270m] [--recipe examples/recipes/X.yaml ...]
                                 [--quick] [--threads 2] [--reuse]
 
-Rows: ``fp32`` (the prepared HF folder in our edge decoder), one row per recipe (named by the
-recipe's ``name``; every ``examples/recipes/*.yaml`` by default, so a pruning or low-rank
-recipe dropped there becomes a row), and ``llama.cpp-q4_k_m`` (the model's own GGUF through
-``llama-cpp-python``) when that package is importable. Every model is scored the same way:
+Rows: ``fp32`` (the prepared HF folder in our edge decoder), ``llama.cpp-q4_k_m`` (the
+model's own GGUF through ``llama-cpp-python``, the optional ``bench`` extra) when that package
+is importable, and one row per recipe (named by the recipe's ``name``; every
+``examples/recipes/*.yaml`` by default: quantization, pruning, low-rank and the composite). Every model is scored the same way:
 sliding-window perplexity (context 512, stride 256 by default) on ``data/text/python-docs/eval`` through
 our decoder (llama.cpp through its own evaluator on the same token ids), and decode tokens/s
 at batch 1 through the edge ``Engine`` (llama.cpp: its ``eval`` + greedy token loop), torch
 threads pinned. ``--quick`` scores only the first 8192 eval tokens. Artifacts are written
 under ``~/.cache/tierlm/artifacts/<model>/<recipe>``; ``--reuse`` keeps one whose manifest
-records the same recipe. Writes bench/results/compression.json (DESIGN §7).
+records the same recipe. Writes bench/results/compression.json (DESIGN §7) after every row
+(``complete`` says whether the run finished), with the machine's load average at start and end.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -147,11 +149,46 @@ def main() -> None:
     max_tokens = QUICK_TOKENS if args.quick else None
     out_root = models.cache_root() / "artifacts" / folder.name
 
-    rows = []
+    from tierlm.results import write_results
+
+    rows: list[dict] = []
+    notes: dict[str, str] = {}
+    load_start = os.getloadavg()
+
+    def save(complete: bool) -> Path:
+        # Written after every row, so a run cut short still leaves what it measured.
+        return write_results(
+            "compression",
+            rows,
+            model=args.model,
+            threads=args.threads,
+            eval_text="data/text/python-docs/eval",
+            eval={"context": args.context, "stride": args.stride, "max_tokens": max_tokens},
+            load_average={"start": list(load_start), "end": list(os.getloadavg())},
+            complete=complete,
+            notes=notes,
+        )
+
     size = byte_breakdown(artifact_state(load_model(folder))[0])
     log("fp32: scoring")
     rows.append({"name": "fp32", **_bytes(size), **score(folder, tokenizer, text, args, max_tokens)})
     log(json.dumps(rows[-1]))
+    save(False)
+
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        notes["llama.cpp-q4_k_m"] = "omitted: llama-cpp-python is not installed here (optional bench extra)"
+    else:
+        if not registered:
+            raise SystemExit("the llama.cpp row needs a registered model (its GGUF); uninstall llama-cpp-python or name one")
+        log("llama.cpp-q4_k_m: scoring")
+        ids, bos = perplexity.encode(tokenizer, text, max_tokens)
+        gguf = models.gguf_path(args.model)
+        rows.append({"name": "llama.cpp-q4_k_m", **llama_cpp_row(gguf, ids, bos, args)})
+        log(json.dumps(rows[-1]))
+        save(False)
+
     for recipe_path in args.recipe or sorted(RECIPES.glob("*.yaml")):
         path, manifest = artifact_for(folder, recipe_path, out_root, args.reuse, args.threads)
         torch.set_num_threads(args.threads)
@@ -160,30 +197,9 @@ def main() -> None:
         row["compress_seconds"] = manifest.get("compress_seconds")
         rows.append(row)
         log(json.dumps(row))
+        save(False)
 
-    notes = {}
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        notes["llama.cpp-q4_k_m"] = "omitted: llama-cpp-python is not installed here (optional bench extra)"
-    else:
-        if not registered:
-            raise SystemExit("the llama.cpp row needs a registered model (its GGUF); uninstall llama-cpp-python or name one")
-        ids, bos = perplexity.encode(tokenizer, text, max_tokens)
-        gguf = models.gguf_path(args.model)
-        rows.append({"name": "llama.cpp-q4_k_m", **llama_cpp_row(gguf, ids, bos, args)})
-
-    from tierlm.results import write_results
-
-    path = write_results(
-        "compression",
-        rows,
-        model=args.model,
-        threads=args.threads,
-        eval_text="data/text/python-docs/eval",
-        eval={"context": args.context, "stride": args.stride, "max_tokens": max_tokens},
-        notes=notes,
-    )
+    path = save(True)
     print(table(rows, notes))
     log(f"wrote {path}")
 
