@@ -135,3 +135,30 @@ def test_budget_rules_are_validated() -> None:
         parse_recipe(base + "    options: {lowrank: {method: svd}}\n    rank_budget: {keep_params: 1.5}\n")
     ok = parse_recipe(base + "    options: {lowrank: {method: svd, rank: 4}}\n")
     assert ok.rules[0].rank_budget is None
+
+
+def test_eval_ppl_in_a_fresh_process_loads_a_composite_artifact(llama_dir: Path, tmp_path: Path) -> None:
+    """A process that imports nothing but the CLI must still know the sparse and low-rank formats."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from tierlm import perplexity
+
+    model = compressed(llama_dir, shipped("composite"))
+    save_artifact(model, tmp_path / "a", llama_dir)
+    text = ROOT / "data" / "text" / "python-docs" / "eval" / "tutorial-appetite.txt"
+    window = ["--max-tokens", "40", "--context", "16", "--stride", "8"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tierlm.cli", "eval", "ppl", "--model", str(tmp_path / "a"), "--text", str(text), *window, "--threads", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    tokenizer = AutoTokenizer.from_pretrained(str(llama_dir))
+    expected = perplexity.evaluate(CausalLM(model), tokenizer, text.read_text(), context=16, stride=8, max_tokens=40)
+    assert record["ppl"] == pytest.approx(expected.ppl, rel=1e-9)
