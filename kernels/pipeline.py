@@ -21,7 +21,8 @@ pass*: the same layer-by-layer walk, compressing nothing, that decomposes each b
 module's weight (or the residual its base leaves) on the uncompressed model's activations and
 allocates the ranks (:func:`~tierlm.kernels.lowrank.budget.allocate_ranks`). The compressing
 pass then recomputes each decomposition on its own, sequential, activations and truncates it at
-the allocated rank.
+the allocated rank; a data-free method (plain SVD) would recompute exactly the same thing, so
+its spectra-pass decompositions are kept and reused instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import nn
 from tierlm.kernels.artifact import describe, save_artifact
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.composite import CompositeCompressor
+from tierlm.kernels.lowrank.base import Decomposition
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear
 from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
 from tierlm.kernels.recipe import MethodSpec, Recipe, Rule
@@ -103,8 +105,9 @@ def compress_model(
     # A data-free recipe reads no activations: skip the forward passes altogether.
     data_free = not recipe.calibration_needs()
     ranks: dict[str, int] = {}
+    reusable: dict[str, tuple[QuantizedTensor | None, Decomposition]] = {}
     if any(rule.rank_budget is not None for rule in recipe.rules):
-        ranks = _budgeted_ranks(model, recipe, [] if data_free else [model.embed(b) for b in batches], spec, progress)
+        ranks, reusable = _budgeted_ranks(model, recipe, [] if data_free else [model.embed(b) for b in batches], spec, progress)
     hidden = [] if data_free else [model.embed(b) for b in batches]
 
     layer_seconds = []
@@ -121,7 +124,10 @@ def compress_model(
                 weight = quantizer.quantize(module.weight.detach(), stats.get(name))
                 described = quantizer.config()
             else:
-                weight = _budgeted_weight(quantizer, module.weight.detach(), stats.get(name), ranks[full])
+                if full in reusable:
+                    weight = quantizer.assemble(*reusable.pop(full), ranks[full])
+                else:
+                    weight = _budgeted_weight(quantizer, module.weight.detach(), stats.get(name), ranks[full])
                 described = {**quantizer.config(), "rank": ranks[full]}
             new = QuantLinear(weight, module.bias)
             new.compression = describe(described)
@@ -176,11 +182,13 @@ def _layer_stats(
 
 def _budgeted_ranks(
     model: nn.Module, recipe: Recipe, hidden: list[torch.Tensor], spec: StatsSpec, progress: Progress
-) -> dict[str, int]:
-    """The spectra pass (module docstring): ranks per budgeted module, by its full name."""
+) -> tuple[dict[str, int], dict[str, tuple[QuantizedTensor | None, Decomposition]]]:
+    """The spectra pass (module docstring): ranks per budgeted module, by its full name, and the
+    ``(base, decomposition)`` of the data-free ones, which the compressing pass reuses."""
     from tierlm.kernels.lowrank.budget import LayerSpectrum, allocate_ranks
 
     spectra: dict[int, dict[str, LayerSpectrum]] = {}  # rule index -> module -> spectrum
+    reusable: dict[str, tuple[QuantizedTensor | None, Decomposition]] = {}
     total = len(model.layers) + 1
     for index, layer in enumerate(model.layers):
         progress(index, total, f"layer {index}: spectra for the rank budget")
@@ -190,10 +198,12 @@ def _budgeted_ranks(
             quantizer = rule.build()
             weight = module.weight.detach()
             base = quantizer.base(weight, stats.get(name))
-            sigma = quantizer.decompose_residual(weight, base, stats.get(name)).sigma
+            decomposition = quantizer.decompose_residual(weight, base, stats.get(name))
             spectra.setdefault(recipe.rules.index(rule), {})[f"layers.{index}.{name}"] = LayerSpectrum(
-                sigma, module.out_features, module.in_features
+                decomposition.sigma, module.out_features, module.in_features
             )
+            if not quantizer.needs:
+                reusable[f"layers.{index}.{name}"] = (base, decomposition)
         if hidden:
             hidden = _run_layer(model, index, hidden)
     ranks: dict[str, int] = {}
@@ -202,7 +212,7 @@ def _budgeted_ranks(
         assert budget is not None
         dense = sum(s.out_features * s.in_features for s in layers.values())
         ranks.update(allocate_ranks(layers, budget.keep_params * dense, min_rank=budget.min_rank))
-    return ranks
+    return ranks, reusable
 
 
 def _budgeted_weight(quantizer: Quantizer, weight: torch.Tensor, stats: LayerStats | None, rank: int) -> QuantizedTensor:
