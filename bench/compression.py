@@ -3,22 +3,26 @@
     python bench/compression.py [--model gemma-3-270m] [--recipe examples/recipes/X.yaml ...]
                                 [--quick] [--threads 2] [--reuse]
 
-Rows: ``fp32`` (the prepared HF folder in our edge decoder), one row per recipe (named by the
-recipe's ``name``; every ``examples/recipes/*.yaml`` by default, so a pruning or low-rank
-recipe dropped there becomes a row), and ``llama.cpp-q4_k_m`` (the model's own GGUF through
-``llama-cpp-python``) when that package is importable. Every model is scored the same way:
+Rows: ``fp32`` (the prepared HF folder in our edge decoder), ``llama.cpp-q4_k_m`` (the
+model's own GGUF through ``llama-cpp-python``, the optional ``bench`` extra) when that package
+is importable, and one row per recipe (named by the recipe's ``name``; every
+``examples/recipes/*.yaml`` by default: quantization, pruning, low-rank and the composite). Every model is scored the same way:
 sliding-window perplexity (context 512, stride 256 by default) on ``data/text/python-docs/eval`` through
 our decoder (llama.cpp through its own evaluator on the same token ids), and decode tokens/s
 at batch 1 through the edge ``Engine`` (llama.cpp: its ``eval`` + greedy token loop), torch
-threads pinned. ``--quick`` scores only the first 8192 eval tokens. Artifacts are written
+threads pinned, one model at a time after all perplexities are known (``--ppl-jobs N``
+computes those in N worker processes: they are deterministic, so this changes no number).
+``--quick`` scores only the first 8192 eval tokens, ``--max-tokens`` any other count. Artifacts are written
 under ``~/.cache/tierlm/artifacts/<model>/<recipe>``; ``--reuse`` keeps one whose manifest
-records the same recipe. Writes bench/results/compression.json (DESIGN §7).
+records the same recipe. Writes bench/results/compression.json (DESIGN §7) after every row
+(``complete`` says whether the run finished), with the machine's load average at start and end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,27 +39,62 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def score(model_dir: Path, tokenizer, text: str, args: argparse.Namespace, max_tokens: int | None) -> dict:
-    """Perplexity and batch-1 decode speed of an HF folder or artifact in our decoder."""
-    from bench.edge import measure_engine
+def perplexity_of(model_dir: str, context: int, stride: int, max_tokens: int | None, threads: int) -> dict:
+    """Held-out perplexity of an HF folder or artifact in our decoder (runs in a worker process)."""
+    import torch
+    from transformers import AutoTokenizer
+
     from tierlm import perplexity
-    from tierlm.edge import Engine
     from tierlm.edge.model import CausalLM, load_model
 
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     result = perplexity.evaluate(
-        CausalLM(load_model(model_dir)), tokenizer, text, context=args.context, stride=args.stride, max_tokens=max_tokens
+        CausalLM(load_model(Path(model_dir))),
+        tokenizer,
+        perplexity.read_text(EVAL_TEXT),
+        context=context,
+        stride=stride,
+        max_tokens=max_tokens,
     )
+    return {"ppl": round(result.ppl, 4), "eval_tokens": result.tokens, "ppl_seconds": round(result.seconds, 1)}
+
+
+def decode_speed(model_dir: Path, args: argparse.Namespace) -> float:
+    """Batch-1 decode tokens/s through the edge ``Engine`` on ``args.threads`` threads."""
+    from bench.edge import measure_engine
+    from tierlm.edge import Engine
+
     engine = Engine.from_pretrained(model_dir, max_batch=1, max_seq_len=args.decode_tokens + 64, threads=args.threads)
     try:
-        speed = measure_engine(engine, 1, args.decode_tokens)
+        return measure_engine(engine, 1, args.decode_tokens)["decode_tok_s"]
     finally:
         engine.close()
-    return {
-        "ppl": round(result.ppl, 4),
-        "eval_tokens": result.tokens,
-        "ppl_seconds": round(result.seconds, 1),
-        "decode_tok_s": speed["decode_tok_s"],
-    }
+
+
+def perplexities(targets: dict[str, Path], args: argparse.Namespace, max_tokens: int | None) -> dict[str, dict]:
+    """Perplexity of every target; ``--ppl-jobs`` > 1 spreads them over worker processes.
+
+    Perplexity is deterministic, so computing it in parallel changes no number; decode speed,
+    which is timed, is measured afterwards one model at a time.
+    """
+    work = {name: (str(path), args.context, args.stride, max_tokens, 1 if args.ppl_jobs > 1 else args.threads) for name, path in targets.items()}
+    if args.ppl_jobs == 1:
+        results = {}
+        for name, call in work.items():
+            log(f"{name}: perplexity")
+            results[name] = perplexity_of(*call)
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(args.ppl_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(perplexity_of, *call) for name, call in work.items()}
+        results = {}
+        for name, future in futures.items():
+            results[name] = future.result()
+            log(f"{name}: {results[name]}")
+        return results
 
 
 def artifact_for(folder: Path, recipe_path: Path, out_root: Path, reuse: bool, threads: int) -> tuple[Path, dict]:
@@ -123,6 +162,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512, help="perplexity window")
     parser.add_argument("--stride", type=int, help="tokens between window starts (default: half the context)")
     parser.add_argument("--reuse", action="store_true", help="reuse artifacts made by the same recipe")
+    parser.add_argument("--max-tokens", type=int, help=f"score only the first N eval tokens (--quick: {QUICK_TOKENS})")
+    parser.add_argument("--ppl-jobs", type=int, default=1, help="worker processes (1 thread each) for the perplexities")
     args = parser.parse_args()
     args.stride = args.stride or args.context // 2
 
@@ -138,24 +179,51 @@ def main() -> None:
     folder = models.prepare(args.model) if registered else Path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     text = perplexity.read_text(EVAL_TEXT)
-    max_tokens = QUICK_TOKENS if args.quick else None
+    max_tokens = args.max_tokens or (QUICK_TOKENS if args.quick else None)
     out_root = models.cache_root() / "artifacts" / folder.name
 
-    rows = []
-    size = byte_breakdown(artifact_state(load_model(folder))[0])
-    log("fp32: scoring")
-    rows.append({"name": "fp32", **_bytes(size), **score(folder, tokenizer, text, args, max_tokens)})
-    log(json.dumps(rows[-1]))
+    from tierlm.results import write_results
+
+    rows: list[dict] = []
+    notes: dict[str, str] = {}
+    load_start = os.getloadavg()
+
+    def save(complete: bool) -> Path:
+        # Written after every row, so a run cut short still leaves what it measured.
+        return write_results(
+            "compression",
+            rows,
+            model=args.model,
+            threads=args.threads,
+            eval_text="data/text/python-docs/eval",
+            eval={"context": args.context, "stride": args.stride, "max_tokens": max_tokens},
+            load_average={"start": list(load_start), "end": list(os.getloadavg())},
+            complete=complete,
+            notes=notes,
+        )
+
+    # Compress (or reuse) first, then perplexities (parallel if asked), then the timed part,
+    # one model after another.
+    sizes = {"fp32": byte_breakdown(artifact_state(load_model(folder))[0])}
+    targets = {"fp32": folder}
+    compress_seconds = {}
     for recipe_path in args.recipe or sorted(RECIPES.glob("*.yaml")):
         path, manifest = artifact_for(folder, recipe_path, out_root, args.reuse, args.threads)
-        torch.set_num_threads(args.threads)
-        log(f"{path.name}: scoring")
-        row = {"name": path.name, **_bytes(manifest["bytes"]), **score(path, tokenizer, text, args, max_tokens)}
-        row["compress_seconds"] = manifest.get("compress_seconds")
+        targets[path.name], sizes[path.name] = path, manifest["bytes"]
+        compress_seconds[path.name] = manifest.get("compress_seconds")
+    scores = perplexities(targets, args, max_tokens)
+    torch.set_num_threads(args.threads)
+
+    def measured(name: str) -> None:
+        log(f"{name}: decoding")
+        row = {"name": name, **_bytes(sizes[name]), **scores[name], "decode_tok_s": decode_speed(targets[name], args)}
+        if name in compress_seconds:
+            row["compress_seconds"] = compress_seconds[name]
         rows.append(row)
         log(json.dumps(row))
+        save(False)
 
-    notes = {}
+    measured("fp32")
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -163,21 +231,17 @@ def main() -> None:
     else:
         if not registered:
             raise SystemExit("the llama.cpp row needs a registered model (its GGUF); uninstall llama-cpp-python or name one")
+        log("llama.cpp-q4_k_m: scoring")
         ids, bos = perplexity.encode(tokenizer, text, max_tokens)
         gguf = models.gguf_path(args.model)
         rows.append({"name": "llama.cpp-q4_k_m", **llama_cpp_row(gguf, ids, bos, args)})
+        log(json.dumps(rows[-1]))
+        save(False)
+    for name in targets:
+        if name != "fp32":
+            measured(name)
 
-    from tierlm.results import write_results
-
-    path = write_results(
-        "compression",
-        rows,
-        model=args.model,
-        threads=args.threads,
-        eval_text="data/text/python-docs/eval",
-        eval={"context": args.context, "stride": args.stride, "max_tokens": max_tokens},
-        notes=notes,
-    )
+    path = save(True)
     print(table(rows, notes))
     log(f"wrote {path}")
 

@@ -14,6 +14,15 @@ quantized before layer 0 for the same reason; a table whose method needs calibra
 to the output layer, it is calibrated on the output layer's inputs) is done after the last
 layer. Everything runs through our edge decoder (:mod:`tierlm.edge.model`), so the artifact
 holds exactly the modules the edge runtime will run.
+
+A rule with a ``rank_budget`` (low-rank stages whose ranks are allocated globally) needs every
+matched module's spectrum before any rank is fixed, so such recipes start with a *spectra
+pass*: the same layer-by-layer walk, compressing nothing, that decomposes each budgeted
+module's weight (or the residual its base leaves) on the uncompressed model's activations and
+allocates the ranks (:func:`~tierlm.kernels.lowrank.budget.allocate_ranks`). The compressing
+pass then recomputes each decomposition on its own, sequential, activations and truncates it at
+the allocated rank; a data-free method (plain SVD) would recompute exactly the same thing, so
+its spectra-pass decompositions are kept and reused instead.
 """
 
 from __future__ import annotations
@@ -28,8 +37,11 @@ from torch import nn
 
 from tierlm.kernels.artifact import describe, save_artifact
 from tierlm.kernels.calibration import LayerStats, StatsSpec
+from tierlm.kernels.composite import CompositeCompressor
+from tierlm.kernels.lowrank.base import Decomposition
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear
-from tierlm.kernels.recipe import MethodSpec, Recipe
+from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
+from tierlm.kernels.recipe import MethodSpec, Recipe, Rule
 
 #: ``progress(layers_done, layers_total, message)``; the total counts decoder layers plus one
 #: step for the embedding/output table.
@@ -92,27 +104,33 @@ def compress_model(
         _compress_table(model, recipe.embedding, None)
     # A data-free recipe reads no activations: skip the forward passes altogether.
     data_free = not recipe.calibration_needs()
+    ranks: dict[str, int] = {}
+    reusable: dict[str, tuple[QuantizedTensor | None, Decomposition]] = {}
+    if any(rule.rank_budget is not None for rule in recipe.rules):
+        ranks, reusable = _budgeted_ranks(model, recipe, [] if data_free else [model.embed(b) for b in batches], spec, progress)
     hidden = [] if data_free else [model.embed(b) for b in batches]
 
     layer_seconds = []
     for index, layer in enumerate(model.layers):
         start = time.perf_counter()
         progress(index, total, f"layer {index}: calibrating")
-        chosen = {}
-        for name, module in layer.named_modules():
-            rule = recipe.rule_for(f"layers.{index}.{name}")
-            if isinstance(module, nn.Linear) and rule is not None:
-                chosen[name] = (module, rule)
-        stats: dict[str, LayerStats] = {}
-        if any(rule.build().needs for _, rule in chosen.values()):
-            with _SharedInputRecorder({name: m for name, (m, _) in chosen.items()}, spec, cal.seed) as rec:
-                _run_layer(model, index, hidden)
-            stats = rec.stats
+        chosen = _chosen_linears(layer, index, recipe)
+        stats = _layer_stats(model, index, hidden, chosen, spec, cal.seed)
         progress(index, total, f"layer {index}: compressing {len(chosen)} linears")
         for name, (module, rule) in chosen.items():
             quantizer = rule.build()
-            new = QuantLinear(quantizer.quantize(module.weight.detach(), stats.get(name)), module.bias)
-            new.compression = describe(quantizer.config())
+            full = f"layers.{index}.{name}"
+            if rule.rank_budget is None:
+                weight = quantizer.quantize(module.weight.detach(), stats.get(name))
+                described = quantizer.config()
+            else:
+                if full in reusable:
+                    weight = quantizer.assemble(*reusable.pop(full), ranks[full])
+                else:
+                    weight = _budgeted_weight(quantizer, module.weight.detach(), stats.get(name), ranks[full])
+                described = {**quantizer.config(), "rank": ranks[full]}
+            new = QuantLinear(weight, module.bias)
+            new.compression = describe(described)
             _set_module(layer, name, new)
         if not data_free:
             hidden = _run_layer(model, index, hidden)
@@ -134,6 +152,75 @@ def compress_model(
         _compress_lm_head(model, output_spec, None)
     progress(total, total, "done")
     return layer_seconds
+
+
+def _chosen_linears(layer: nn.Module, index: int, recipe: Recipe) -> dict[str, tuple[nn.Linear, Rule]]:
+    """Decoder layer ``index``'s linears that ``recipe`` compresses, by name within the layer."""
+    chosen = {}
+    for name, module in layer.named_modules():
+        rule = recipe.rule_for(f"layers.{index}.{name}")
+        if isinstance(module, nn.Linear) and rule is not None:
+            chosen[name] = (module, rule)
+    return chosen
+
+
+def _layer_stats(
+    model: nn.Module,
+    index: int,
+    hidden: list[torch.Tensor],
+    chosen: dict[str, tuple[nn.Linear, Rule]],
+    spec: StatsSpec,
+    seed: int,
+) -> dict[str, LayerStats]:
+    """Calibration statistics of ``chosen`` over one run of layer ``index`` (none if data-free)."""
+    if not any(rule.build().needs for _, rule in chosen.values()):
+        return {}
+    with _SharedInputRecorder({name: m for name, (m, _) in chosen.items()}, spec, seed) as rec:
+        _run_layer(model, index, hidden)
+    return rec.stats
+
+
+def _budgeted_ranks(
+    model: nn.Module, recipe: Recipe, hidden: list[torch.Tensor], spec: StatsSpec, progress: Progress
+) -> tuple[dict[str, int], dict[str, tuple[QuantizedTensor | None, Decomposition]]]:
+    """The spectra pass (module docstring): ranks per budgeted module, by its full name, and the
+    ``(base, decomposition)`` of the data-free ones, which the compressing pass reuses."""
+    from tierlm.kernels.lowrank.budget import LayerSpectrum, allocate_ranks
+
+    spectra: dict[int, dict[str, LayerSpectrum]] = {}  # rule index -> module -> spectrum
+    reusable: dict[str, tuple[QuantizedTensor | None, Decomposition]] = {}
+    total = len(model.layers) + 1
+    for index, layer in enumerate(model.layers):
+        progress(index, total, f"layer {index}: spectra for the rank budget")
+        chosen = {n: (m, r) for n, (m, r) in _chosen_linears(layer, index, recipe).items() if r.rank_budget is not None}
+        stats = _layer_stats(model, index, hidden, chosen, spec, recipe.calibration.seed)
+        for name, (module, rule) in chosen.items():
+            quantizer = rule.build()
+            weight = module.weight.detach()
+            base = quantizer.base(weight, stats.get(name))
+            decomposition = quantizer.decompose_residual(weight, base, stats.get(name))
+            spectra.setdefault(recipe.rules.index(rule), {})[f"layers.{index}.{name}"] = LayerSpectrum(
+                decomposition.sigma, module.out_features, module.in_features
+            )
+            if not quantizer.needs:
+                reusable[f"layers.{index}.{name}"] = (base, decomposition)
+        if hidden:
+            hidden = _run_layer(model, index, hidden)
+    ranks: dict[str, int] = {}
+    for rule_index, layers in spectra.items():
+        budget = recipe.rules[rule_index].rank_budget
+        assert budget is not None
+        dense = sum(s.out_features * s.in_features for s in layers.values())
+        ranks.update(allocate_ranks(layers, budget.keep_params * dense, min_rank=budget.min_rank))
+    return ranks, reusable
+
+
+def _budgeted_weight(quantizer: Quantizer, weight: torch.Tensor, stats: LayerStats | None, rank: int) -> QuantizedTensor:
+    """A budgeted composite's stored weight: its base plus the residual truncated at ``rank``."""
+    assert isinstance(quantizer, CompositeCompressor)
+    base = quantizer.base(weight, stats)
+    decomposition = quantizer.decompose_residual(weight, base, stats) if rank > 0 else None
+    return quantizer.assemble(base, decomposition, rank)
 
 
 class _SharedInputRecorder:

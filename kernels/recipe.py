@@ -18,6 +18,19 @@ tied 262144 × 640 table that holds most of the model's bytes::
     embedding: {method: rtn, options: {bits: 4, group_size: 128}}
     lm_head: null        # an untied output layer; tied models use the embedding's table
 
+Pruning and low-rank factorization are stages of the ``composite`` method (see
+:mod:`tierlm.kernels.composite`), so a pruning recipe is a composite with only a ``prune``
+stage, a low-rank one a composite with only a ``lowrank`` stage. A rule whose composite has a
+low-rank stage without a fixed ``rank`` takes a ``rank_budget`` instead: per-module ranks are
+then allocated over every linear the rule matches, by singular-value energy, so that the
+factors hold at most ``keep_params`` times those linears' dense parameter count::
+
+    rules:
+      - match: "layers.*"
+        method: composite
+        options: {lowrank: {method: asvd}}
+        rank_budget: {keep_params: 0.8, min_rank: 1}     # a 20% parameter reduction
+
 Validation builds every quantizer once, so an unknown method, option or bad value is an error
 when the file is read (with its line), not an hour into a run.
 """
@@ -59,10 +72,27 @@ class MethodSpec(BaseModel):
             raise ValueError(f"bad options for method {self.method!r}: {exc}") from None
 
 
+def _free_rank(quantizer: "Quantizer") -> bool:
+    """Whether ``quantizer`` is a composite whose low-rank stage waits for a budgeted rank."""
+    from tierlm.kernels.composite import CompositeCompressor
+
+    return isinstance(quantizer, CompositeCompressor) and quantizer.factorizer is not None and quantizer.rank is None
+
+
+class RankBudget(BaseModel):
+    """A global parameter budget for a rule's low-rank factors (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_params: float = Field(gt=0, le=1, description="factor parameters / dense parameters of the matched linears")
+    min_rank: int = Field(0, ge=0, description="rank every module gets first (1 keeps every linear alive)")
+
+
 class Rule(MethodSpec):
     """Compress the linears whose names match any of ``match`` with ``method``."""
 
     match: list[str]
+    rank_budget: RankBudget | None = None
 
     @field_validator("match", mode="before")
     @classmethod
@@ -75,6 +105,15 @@ class Rule(MethodSpec):
         if not value or any(not p for p in value):
             raise ValueError("give at least one non-empty module pattern")
         return value
+
+    @model_validator(mode="after")
+    def _budget_has_a_free_rank(self) -> "Rule":
+        free_rank = _free_rank(self.build())
+        if free_rank and self.rank_budget is None:
+            raise ValueError("a composite low-rank stage needs a fixed rank or a rank_budget")
+        if self.rank_budget is not None and not free_rank:
+            raise ValueError("rank_budget needs method composite with a lowrank stage and no fixed rank")
+        return self
 
 
 class Calibration(BaseModel):
@@ -106,6 +145,10 @@ class Recipe(BaseModel):
     def _does_something(self) -> "Recipe":
         if not self.rules and self.embedding is None and self.lm_head is None:
             raise ValueError("the recipe compresses nothing: give rules, embedding or lm_head")
+        for field_name in ("embedding", "lm_head"):
+            spec = getattr(self, field_name)
+            if spec is not None and _free_rank(spec.build()):
+                raise ValueError(f"{field_name}: a composite low-rank stage here needs a fixed rank")
         return self
 
     def rule_for(self, module: str) -> Rule | None:

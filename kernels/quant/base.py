@@ -102,6 +102,7 @@ class QuantizedTensor(ABC):
         state: Mapping[str, torch.Tensor], prefix: str, meta: Mapping[str, Any]
     ) -> "QuantizedTensor":
         """Inverse of :meth:`to_state_dict`, dispatching on ``meta["format"]``."""
+        _register_all()
         try:
             cls = _FORMATS[meta["format"]]
         except KeyError:
@@ -141,11 +142,16 @@ class Quantizer(ABC):
         return require_stats(self.name, self.needs, calib)
 
 
+def _register_all() -> None:
+    """Import every module that registers a method or a stored format (a fresh process that only
+    loads an artifact has imported none of them)."""
+    import tierlm.kernels.composite  # noqa: F401  (composite, and the sparse and low-rank formats)
+    import tierlm.kernels.quant  # noqa: F401  (every quantization method and its format)
+
+
 def get_quantizer(name: str, **config: Any) -> Quantizer:
     """Build a registered quantizer by name, e.g. ``get_quantizer("rtn", bits=4, group_size=128)``."""
-    import tierlm.kernels.composite  # noqa: F401  (registers "composite", which builds on the rest)
-    import tierlm.kernels.quant  # noqa: F401  (importing the package registers every method)
-
+    _register_all()
     try:
         cls = _QUANTIZERS[name]
     except KeyError:
@@ -155,7 +161,5 @@ def get_quantizer(name: str, **config: Any) -> Quantizer:
 
 def quantizer_names() -> list[str]:
     """Names of all registered quantization methods."""
-    import tierlm.kernels.composite  # noqa: F401
-    import tierlm.kernels.quant  # noqa: F401
-
+    _register_all()
     return sorted(_QUANTIZERS)

@@ -4,7 +4,9 @@ Two optional refinements, both driven by calibration activations:
 
 - **SmoothQuant** (Xiao et al., 2022): per input channel ``s_j = max|X_j|^α / max|W_j|^(1-α)``;
   the layer computes ``(x / s) · (W·s)ᵀ``, moving activation outliers into the weights where
-  per-channel scales absorb them.
+  per-channel scales absorb them. ``alpha_grid=n`` picks α per layer from ``{0, 1/(n-1), ..., 1}``
+  by the W8A8 output error on sampled calibration inputs (one α cannot suit layers whose
+  activation outliers differ by orders of magnitude).
 - **LLM.int8() outlier split** (Dettmers et al., 2022): input features whose calibration
   ``max|X_j|`` exceeds ``outlier_threshold`` stay in float (weights and activations); the rest go
   through the int8 product. Outlier activations are zeroed before the per-token scale is taken,
@@ -124,17 +126,33 @@ class Int8Quantizer(Quantizer):
     name = "int8"
 
     def __init__(
-        self, smoothquant_alpha: float | None = None, outlier_threshold: float | None = None
+        self,
+        smoothquant_alpha: float | None = None,
+        outlier_threshold: float | None = None,
+        alpha_grid: int | None = None,
     ) -> None:
         if smoothquant_alpha is not None and not 0.0 <= smoothquant_alpha <= 1.0:
             raise ValueError("smoothquant_alpha must lie in [0, 1]")
+        if alpha_grid is not None and (alpha_grid < 2 or smoothquant_alpha is not None):
+            raise ValueError("alpha_grid needs at least 2 points and replaces a fixed smoothquant_alpha")
         self.smoothquant_alpha = smoothquant_alpha
         self.outlier_threshold = outlier_threshold
+        self.alpha_grid = alpha_grid
         if smoothquant_alpha is not None or outlier_threshold is not None:
             self.needs = frozenset({"abs_max"})
+        if alpha_grid is not None:
+            self.needs = frozenset({"abs_max", "samples"})
 
     @torch.no_grad()
     def quantize(self, weight: torch.Tensor, calib: LayerStats | None = None) -> Int8Tensor:
+        if self.alpha_grid is None:
+            return self._quantize(weight, calib, self.smoothquant_alpha)
+        x = self._require(calib).samples
+        reference = x @ weight.detach().to(torch.float32).t()
+        candidates = [self._quantize(weight, calib, i / (self.alpha_grid - 1)) for i in range(self.alpha_grid)]
+        return min(candidates, key=lambda qt: float((qt.linear_reference(x) - reference).pow(2).sum()))
+
+    def _quantize(self, weight: torch.Tensor, calib: LayerStats | None, alpha: float | None) -> Int8Tensor:
         w = weight.detach().to(torch.float32)
         smooth = outlier_idx = None
         if self.needs:
@@ -143,8 +161,7 @@ class Int8Quantizer(Quantizer):
                 outlier_idx = torch.nonzero(act_max > self.outlier_threshold).flatten()
                 if outlier_idx.numel() == 0:
                     outlier_idx = None
-            if self.smoothquant_alpha is not None:
-                alpha = self.smoothquant_alpha
+            if alpha is not None:
                 w_max = w.abs().amax(0).clamp(min=1e-5)
                 smooth = (act_max.clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
                 w = w * smooth
@@ -161,4 +178,5 @@ class Int8Quantizer(Quantizer):
             "method": self.name,
             "smoothquant_alpha": self.smoothquant_alpha,
             "outlier_threshold": self.outlier_threshold,
+            "alpha_grid": self.alpha_grid,
         }

@@ -56,6 +56,28 @@ def test_smoothquant_bound_holds_in_smoothed_coordinates_and_outliers_stay_float
     assert torch.allclose(qt.smooth, expected, rtol=1e-5)
 
 
+def test_smoothquant_alpha_search_picks_the_grid_point_with_least_output_error(make_weight, activations):
+    from tierlm.kernels.calibration import StatsSpec
+
+    k = 128
+    acts = activations(k, n_outliers=3)
+    stats = LayerStats(k, StatsSpec(max_samples=256))
+    stats.update(acts.sample(512))
+    w = make_weight("gaussian", 32, k, 2)
+    x = stats.samples
+
+    def error(qt) -> float:
+        return float((qt.linear_reference(x) - x @ w.t()).pow(2).sum())
+
+    fixed = {a: error(get_quantizer("int8", smoothquant_alpha=a).quantize(w, stats)) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    searched = get_quantizer("int8", alpha_grid=5).quantize(w, stats)
+    assert error(searched) == pytest.approx(min(fixed.values()), rel=1e-6)
+    # On outlier-heavy inputs smoothing pays: the best alpha beats none at all.
+    assert error(searched) < error(get_quantizer("int8").quantize(w, stats))
+    with pytest.raises(ValueError, match="alpha_grid"):
+        get_quantizer("int8", alpha_grid=5, smoothquant_alpha=0.5)
+
+
 @pytest.mark.parametrize("dist", ["gaussian", "heavy_tailed"])
 @pytest.mark.parametrize("double_quant", [True, False])
 def test_nf4_error_within_half_the_widest_level_gap(make_weight, dist, double_quant):
