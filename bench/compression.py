@@ -106,7 +106,9 @@ def artifact_for(folder: Path, recipe_path: Path, out_root: Path, reuse: bool, t
 
     recipe = load_recipe(recipe_path)
     out = out_root / recipe.name
-    if reuse and is_artifact(out) and read_manifest(out).get("recipe") == recipe.model_dump(mode="json"):
+    # Compare as recipes, not as dumps: a field added to the schema later (with its default)
+    # does not make an older artifact of the same recipe stale.
+    if reuse and is_artifact(out) and type(recipe).model_validate(read_manifest(out).get("recipe") or {}) == recipe:
         log(f"{recipe.name}: reusing {out}")
         return out, read_manifest(out)
     log(f"{recipe.name}: compressing")
