@@ -18,6 +18,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("edge", "tierlm.commands.edge"),
     ("model", "tierlm.commands.model"),
     ("eval", "tierlm.commands.eval"),
+    ("knn", "tierlm.commands.knn"),
 ]
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ for _name, _module in COMMAND_GROUPS:
 
 app.command("ask")(importlib.import_module("tierlm.commands.ask").ask)
 app.command("compress")(importlib.import_module("tierlm.commands.compress").compress)
+app.command("up")(importlib.import_module("tierlm.commands.up").up)
 
 
 if __name__ == "__main__":
