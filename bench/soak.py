@@ -58,8 +58,7 @@ class Tally:
         self.answers: dict[str, str] = {}  # request id -> answer text
 
 
-async def send(address: str, rows, ids: list[str], concurrency: int, tally: Tally, progress=None,
-               on_done=None) -> None:
+async def send(address: str, rows, ids: list[str], concurrency: int, tally: Tally, progress=None) -> None:
     from tierlm.client import AsyncClient, RetryPolicy, TierlmError
     from tierlm.router.datasets import is_correct
 
@@ -87,8 +86,6 @@ async def send(address: str, rows, ids: list[str], concurrency: int, tally: Tall
                     tally.answers[request_id] = answer.text
             if progress is not None:
                 progress()
-            if on_done is not None:
-                await on_done()
 
         await asyncio.gather(*(one(row, rid) for row, rid in zip(rows, ids)))
 
@@ -133,8 +130,24 @@ def main() -> int:
         columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         reference, soak = Tally(), Tally()
         kill_at = [round(args.requests * (k + 1) / (args.kills + 1)) for k in range(args.kills)]
-        restarts: list[asyncio.Task] = []
         faults: list[dict] = []
+        timing: dict[str, float] = {}
+
+        async def inject(progress_of) -> None:
+            # One fault at a time: kill when the run passes the next mark, then wait until the
+            # restarted node is healthy before the next mark can fire.
+            for mark in kill_at:
+                while progress_of() < mark:
+                    await asyncio.sleep(0.05)
+                done = progress_of()
+                if done >= len(rows):
+                    console.print(f"[yellow]the run ended before kill mark {mark} (the last restart took too long)")
+                    break
+                began = time.perf_counter()
+                stack.plan.service(args.kill_tier).kill()
+                console.print(f"SIGKILL {args.kill_tier} after {done} requests; restarting")
+                await asyncio.to_thread(stack.restart, args.kill_tier)
+                faults.append({"killed_after": done, "restart_s": round(time.perf_counter() - began, 1)})
 
         async def run() -> None:
             with Progress(*columns, console=console) as progress:
@@ -142,28 +155,12 @@ def main() -> int:
                 await send(stack.router_address, distinct, [f"ref-{i}" for i in range(len(distinct))], args.concurrency,
                            reference, lambda: progress.advance(task))
                 task = progress.add_task("soak", total=len(rows))
-                done = 0
-
-                async def maybe_kill() -> None:
-                    nonlocal done
-                    done += 1
-                    if kill_at and done >= kill_at[0]:
-                        kill_at.pop(0)
-                        stack.plan.service(args.kill_tier).kill()
-                        faults.append({"killed_after": done, "at_s": time.perf_counter() - soak_started})
-                        console.print(f"SIGKILL {args.kill_tier} after {done} answers; restarting")
-
-                        async def restart(record: dict) -> None:
-                            began = time.perf_counter()
-                            await asyncio.to_thread(stack.restart, args.kill_tier)
-                            record["restart_s"] = round(time.perf_counter() - began, 1)
-                        restarts.append(asyncio.create_task(restart(faults[-1])))
-
-                soak_started = time.perf_counter()
+                injector = asyncio.create_task(inject(lambda: int(progress.tasks[task].completed)))
+                soaked = time.perf_counter()
                 await send(stack.router_address, rows, [f"soak-{i}" for i in range(len(rows))], args.concurrency,
-                           soak, lambda: progress.advance(task), maybe_kill)
-                await asyncio.gather(*restarts)
-                faults.append({"soak_s": round(time.perf_counter() - soak_started, 1)})
+                           soak, lambda: progress.advance(task))
+                timing["soak_s"] = round(time.perf_counter() - soaked, 1)
+                await injector
 
         started = time.perf_counter()
         asyncio.run(run())
@@ -180,13 +177,13 @@ def main() -> int:
         "lost": soak.lost, "ledger_rows": rows_in_ledger, "ledger_distinct_request_ids": distinct_ids,
         "latency_ms_p50": round(float(p50), 1), "latency_ms_p99": round(float(p99), 1),
         "concurrency": args.concurrency, "accuracy": round(accuracy, 4), "reference_accuracy": round(ref_accuracy, 4),
-        "answers_equal_reference": round(float(agree), 4), "statuses": soak.statuses, "faults": faults,
-        "demos": args.demos, "wall_s": round(wall_s, 1),
+        "answers_equal_reference": round(float(agree), 4), "statuses": soak.statuses, "kills": faults,
+        "demos": args.demos, "soak_s": timing.get("soak_s"), "wall_s": round(wall_s, 1),
     }
     path = write_results("soak", [row], folder=args.out_dir or RESULTS, policy=str(args.policy))
     console.print(row)
     console.print(f"wrote {path}")
-    ok = soak.lost == 0 and rows_in_ledger == distinct_ids == args.requests
+    ok = soak.lost == 0 and rows_in_ledger == distinct_ids == args.requests and len(faults) == args.kills
     return 0 if ok else 1
 
 

@@ -136,12 +136,14 @@ def fit_policy(policy_path: Path, db: Path, rows: int, budget_share: float, scor
     data = cascade_data(records, Scorer.load(scorer_dir, Encoder(threads=1)))
     budget = budget_share * max(float(t.cost.mean()) for t in data.tiers.values())
     point = fit_frontier(data).best_within(budget)
-    cascade = {"order": list(point.policy.order), "thresholds": {k: round(v, 6) for k, v in point.policy.thresholds.items()},
-               "budget_per_query": float(f"{budget:.3g}")}
+    # The budget bounds the *mean* cost the fit may spend; the policy's budget_per_query caps
+    # every single query (the router would never reach the dearest tier), so it stays unset.
+    cascade = {"order": list(point.policy.order), "thresholds": {k: round(v, 6) for k, v in point.policy.thresholds.items()}}
     scorer_path = scorer_dir.resolve().relative_to(Path.cwd()) if scorer_dir.resolve().is_relative_to(Path.cwd()) else scorer_dir
     text = re.sub(r"(?ms)^(scorer|cascade):.*\Z", "", policy_path.read_text()).rstrip() + "\n"
     text += yaml.safe_dump({"scorer": {"path": str(scorer_path)}}, sort_keys=False)
-    text += f"# fitted on {data.n} train rows: accuracy {point.accuracy:.3f} at {point.cost_per_query:.3g} per query\n"
+    text += (f"# fitted on {data.n} train rows (in-sample scores) for a mean cost <= {budget:.3g}: "
+             f"accuracy {point.accuracy:.3f} at {point.cost_per_query:.3g} per query\n")
     text += yaml.safe_dump({"cascade": cascade}, sort_keys=False, default_flow_style=None)
     policy_path.write_text(text)
     load_policy(policy_path)  # what was written must still be a valid policy
