@@ -4,7 +4,7 @@
 
 Starts the stack the policy launches (knn tier, edge node, Ray Serve cloud tier, router) on
 127.0.0.1, first measures a fault-free reference (every distinct query once), then sends
-`--requests` HEADLINES dev queries (the split cycled) from the SDK with `--concurrency` in
+`--requests` HEADLINES dev queries (the first `--distinct` rows, cycled) from the SDK with `--concurrency` in
 flight, SIGKILLs the edge node `--kills` times at evenly spaced points of the run and
 restarts it each time. The SDK does not retry (one SDK call = one router request), so:
 answered + failed_clear + lost = requests, where failed_clear are calls that ended with a
@@ -50,6 +50,7 @@ def soak_policy(policy: Path, demos: int | None, out: Path) -> Path:
 class Tally:
     def __init__(self) -> None:
         self.answered = 0
+        self.not_sent = 0
         self.failed_clear = 0
         self.lost = 0
         self.correct = 0
@@ -58,7 +59,9 @@ class Tally:
         self.answers: dict[str, str] = {}  # request id -> answer text
 
 
-async def send(address: str, rows, ids: list[str], concurrency: int, tally: Tally, progress=None) -> None:
+async def send(address: str, rows, ids: list[str], concurrency: int, tally: Tally, progress=None,
+               stop_at: float | None = None) -> None:
+    """One SDK call per row; with `stop_at` (perf_counter), calls not started by then are not sent."""
     from tierlm.client import AsyncClient, RetryPolicy, TierlmError
     from tierlm.router.datasets import is_correct
 
@@ -67,6 +70,9 @@ async def send(address: str, rows, ids: list[str], concurrency: int, tally: Tall
         async def one(row, request_id: str) -> None:
             async with gate:
                 sent = time.perf_counter()
+                if stop_at is not None and sent > stop_at:
+                    tally.not_sent += 1
+                    return
                 try:
                     answer = await client.complete(row.headline, max_tokens=1, request_id=request_id)
                 except TierlmError as exc:
@@ -104,7 +110,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--kills", type=int, default=2, help="edge SIGKILL + restart cycles during the run")
     parser.add_argument("--kill-tier", default="edge")
+    parser.add_argument("--distinct", type=int, default=2500, help="distinct dev queries, cycled to --requests")
     parser.add_argument("--demos", type=int, default=2, help="retrieved demonstrations per LLM tier (cheaper prompts)")
+    parser.add_argument("--time-limit-s", type=float, default=None,
+                        help="stop starting soak requests after this long (kills then spread over it); report what was sent")
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args()
@@ -121,8 +130,8 @@ def main() -> int:
     run_dir = args.run_dir or default_run_dir()
     policy = soak_policy(args.policy, args.demos, run_dir / "soak-policy.yaml")
     dev = load_headlines("dev")
-    rows = [dev[i % len(dev)] for i in range(args.requests)]
-    distinct = dev[: min(len(dev), args.requests)]
+    distinct = dev[: min(len(dev), args.distinct, args.requests)]
+    rows = [distinct[i % len(distinct)] for i in range(args.requests)]
     plan = plan_stack(policy, run_dir, router_port=0, free_ports=True)
     ledger = run_dir / "ledger.sqlite"
     with LocalStack(plan) as stack:
@@ -133,11 +142,12 @@ def main() -> int:
         faults: list[dict] = []
         timing: dict[str, float] = {}
 
-        async def inject(progress_of) -> None:
-            # One fault at a time: kill when the run passes the next mark, then wait until the
-            # restarted node is healthy before the next mark can fire.
-            for mark in kill_at:
-                while progress_of() < mark:
+        async def inject(progress_of, began: float) -> None:
+            # One fault at a time: kill when the run passes the next mark (of requests, or of
+            # the time limit), then wait until the restarted node is healthy before the next.
+            for k, mark in enumerate(kill_at):
+                due = None if args.time_limit_s is None else began + args.time_limit_s * (k + 1) / (args.kills + 1)
+                while progress_of() < mark and (due is None or time.perf_counter() < due):
                     await asyncio.sleep(0.05)
                 done = progress_of()
                 if done >= len(rows):
@@ -155,10 +165,11 @@ def main() -> int:
                 await send(stack.router_address, distinct, [f"ref-{i}" for i in range(len(distinct))], args.concurrency,
                            reference, lambda: progress.advance(task))
                 task = progress.add_task("soak", total=len(rows))
-                injector = asyncio.create_task(inject(lambda: int(progress.tasks[task].completed)))
                 soaked = time.perf_counter()
+                injector = asyncio.create_task(inject(lambda: int(progress.tasks[task].completed), soaked))
+                stop_at = None if args.time_limit_s is None else soaked + args.time_limit_s
                 await send(stack.router_address, rows, [f"soak-{i}" for i in range(len(rows))], args.concurrency,
-                           soak, lambda: progress.advance(task))
+                           soak, lambda: progress.advance(task), stop_at)
                 timing["soak_s"] = round(time.perf_counter() - soaked, 1)
                 await injector
 
@@ -166,24 +177,26 @@ def main() -> int:
         asyncio.run(run())
         wall_s = time.perf_counter() - started
     rows_in_ledger, distinct_ids = ledger_counts(ledger, "soak-")
+    sent = args.requests - soak.not_sent
     # The reference answer of each soak request is its query's fault-free answer.
-    ref_answers = [reference.answers.get(f"ref-{i % len(distinct)}") for i in range(args.requests)]
+    # Requests go out in order, so the sent ones are the first `sent`.
+    ref_answers = [reference.answers.get(f"ref-{i % len(distinct)}") for i in range(sent)]
     ref_accuracy = float(np.mean([a is not None and is_correct(a, row.label) for a, row in zip(ref_answers, rows)]))
-    accuracy = soak.correct / args.requests
-    agree = np.mean([soak.answers.get(f"soak-{i}") == ref_answers[i] for i in range(args.requests)])
+    accuracy = soak.correct / sent
+    agree = np.mean([soak.answers.get(f"soak-{i}") == ref_answers[i] for i in range(sent)])
     p50, p99 = np.percentile(soak.latencies_ms, [50, 99]) if soak.latencies_ms else (float("nan"),) * 2
     row = {
-        "name": "soak", "requests": args.requests, "answered": soak.answered, "failed_clear": soak.failed_clear,
+        "name": "soak", "requests": sent, "requests_planned": args.requests, "answered": soak.answered, "failed_clear": soak.failed_clear,
         "lost": soak.lost, "ledger_rows": rows_in_ledger, "ledger_distinct_request_ids": distinct_ids,
         "latency_ms_p50": round(float(p50), 1), "latency_ms_p99": round(float(p99), 1),
         "concurrency": args.concurrency, "accuracy": round(accuracy, 4), "reference_accuracy": round(ref_accuracy, 4),
         "answers_equal_reference": round(float(agree), 4), "statuses": soak.statuses, "kills": faults,
-        "demos": args.demos, "soak_s": timing.get("soak_s"), "wall_s": round(wall_s, 1),
+        "demos": args.demos, "distinct_queries": len(distinct), "soak_s": timing.get("soak_s"), "wall_s": round(wall_s, 1),
     }
     path = write_results("soak", [row], folder=args.out_dir or RESULTS, policy=str(args.policy))
     console.print(row)
     console.print(f"wrote {path}")
-    ok = soak.lost == 0 and rows_in_ledger == distinct_ids == args.requests and len(faults) == args.kills
+    ok = soak.lost == 0 and rows_in_ledger == distinct_ids == sent and len(faults) == args.kills
     return 0 if ok else 1
 
 

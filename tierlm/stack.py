@@ -97,7 +97,11 @@ class Service:
 
         timeout_s = timeout_s or READY_TIMEOUT_S.get(self.kind, READY_TIMEOUT_S["default"])
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.address) as channel:
+        # Short reconnect backoff: by default a channel that found nothing listening waits up
+        # to two minutes before it tries again, long after the service came up.
+        options = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+        with grpc.insecure_channel(self.address, options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if not self.running():
@@ -260,16 +264,14 @@ class LocalStack:
         return self.plan.router.address
 
     def start(self) -> None:
-        tiers, router = self.plan.services[:-1], self.plan.router
         try:
-            # Tiers load their models side by side; the router starts once they answer.
-            for service in tiers:
+            # Everything loads side by side (the router connects to tiers lazily, so it may
+            # come up first); the stack is ready when every service answers health checks.
+            for service in self.plan.services:
                 service.start()
-            for service in tiers:
+            for service in self.plan.services:
                 service.wait_healthy()
                 log.info("%s healthy on %s", service.name, service.address)
-            router.start()
-            router.wait_healthy()
         except BaseException:
             self.stop()
             raise
