@@ -78,7 +78,15 @@ def test_killed_tier_gives_a_clear_status_then_restarts(two_edge_policy, tmp_pat
             # The cascade goes on without it: the next tier answers.
             assert client.complete("Oil futures", max_tokens=4).tier == "big"
             stack.restart("edge")
-            assert client.complete("Oil futures", max_tokens=4, force_tier="edge").tier == "edge"
+            # The router's channel to the old node reconnects on gRPC's backoff (seconds, not at once).
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    assert client.complete("Oil futures", max_tokens=4, force_tier="edge").tier == "edge"
+                    break
+                except Unavailable:
+                    assert time.monotonic() < deadline, "the router never reached the restarted edge node"
+                    time.sleep(1.0)
 
 
 def test_a_tier_that_cannot_start_stops_the_others(tmp_path, llama_dir):
