@@ -124,7 +124,7 @@ def main() -> int:
     from tierlm.commands.up import default_run_dir
     from tierlm.results import RESULTS, write_results
     from tierlm.router.datasets import is_correct, load_headlines
-    from tierlm.stack import LocalStack, plan_stack
+    from tierlm.stack import LocalStack, StackError, plan_stack
 
     console = Console(stderr=True)
     run_dir = args.run_dir or default_run_dir()
@@ -156,8 +156,16 @@ def main() -> int:
                 began = time.perf_counter()
                 stack.plan.service(args.kill_tier).kill()
                 console.print(f"SIGKILL {args.kill_tier} after {done} requests; restarting")
-                await asyncio.to_thread(stack.restart, args.kill_tier)
-                faults.append({"killed_after": done, "restart_s": round(time.perf_counter() - began, 1)})
+                fault = {"killed_after": done}
+                for attempt in (1, 2):  # a node that fails to come back is reported, then tried once more
+                    try:
+                        await asyncio.to_thread(stack.restart, args.kill_tier)
+                        break
+                    except StackError as exc:
+                        fault[f"restart_error_{attempt}"] = str(exc).splitlines()[0]
+                        console.print(f"[red]restart {attempt} failed: {exc}")
+                fault["restart_s"] = round(time.perf_counter() - began, 1)
+                faults.append(fault)
 
         async def run() -> None:
             with Progress(*columns, console=console) as progress:

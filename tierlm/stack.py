@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -48,11 +47,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+# Bound once in the parent: the child between fork and exec must not load libraries (a
+# dlopen there, in a copy of a multi-threaded process, crashed a restarted edge node).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a new session (the terminal's Ctrl-C reaches
-    # only the launcher) and SIGTERM when the launcher dies, so no child outlives it.
-    os.setsid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Runs in the child between fork and exec: SIGTERM when the launcher dies, so no child
+    # outlives it (the new session comes from Popen's start_new_session).
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -77,7 +80,8 @@ class Service:
             sink.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
             sink.flush()
             self.process = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                self.argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         log.info("%s: pid %d, log %s", self.name, self.process.pid, self.log_path)
 
