@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TEST_EXTRAS ?= dev,router,edge,cloud,models
 PYTEST_ARGS ?=
 
-.PHONY: test protos clean-venv
+.PHONY: test demo protos clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ $(VENV)/.installed: pyproject.toml requirements/cloud-cpu.txt | $(VENV)/bin/pyth
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$rc
+
+## demo: install into .venv, start every tier on 127.0.0.1 and route 200 HEADLINES dev queries (tierlm demo)
+DEMO_ARGS ?=
+demo: $(VENV)/.installed
+	$(PY) -m tierlm.cli demo $(DEMO_ARGS)
 
 ## protos: regenerate tierlm/v1 stubs from protos/tierlm/v1/*.proto
 protos: $(VENV)/.installed

@@ -19,6 +19,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("model", "tierlm.commands.model"),
     ("eval", "tierlm.commands.eval"),
     ("export", "tierlm.commands.export"),
+    ("knn", "tierlm.commands.knn"),
 ]
 
 app = typer.Typer(
@@ -48,6 +49,8 @@ for _name, _module in COMMAND_GROUPS:
 
 app.command("ask")(importlib.import_module("tierlm.commands.ask").ask)
 app.command("compress")(importlib.import_module("tierlm.commands.compress").compress)
+app.command("up")(importlib.import_module("tierlm.commands.up").up)
+app.command("demo")(importlib.import_module("tierlm.commands.demo").demo)
 
 
 if __name__ == "__main__":

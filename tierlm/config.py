@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
@@ -47,6 +47,23 @@ class TLSClientConfig(_Strict):
     server_name: str | None = None
 
 
+class LaunchConfig(_Strict):
+    """How `tierlm up` runs a tier on this machine (tierlm/stack.py); the router ignores it.
+
+    `knn` serves the neighbour vote, `edge` an edge node on the tier's `model`, `cloud` the
+    Ray Serve app with one deployment of the tier's `model`."""
+
+    runtime: Literal["knn", "edge", "cloud"]
+    threads: Annotated[int, Field(ge=1)] = 1
+    max_batch: Annotated[int, Field(ge=1)] = 8
+    max_queue: Annotated[int, Field(ge=0)] = 64
+    # cloud only: the Serve deployment's engine and its options (vLLM engine args, or the
+    # torch engine's threads/max_batch/max_queue, which default to the fields above).
+    engine: Literal["torch", "vllm"] = "torch"
+    engine_options: dict[str, Any] = {}
+    num_cpus: Annotated[int, Field(ge=1)] | None = None
+
+
 class TierConfig(_Strict):
     name: TierName
     address: str
@@ -61,6 +78,8 @@ class TierConfig(_Strict):
     # FrugalGPT's prompt adaptation: with a strategy, the router sends the tier a prompt of its
     # own (instruction + demonstrations + the query) and scores its answer by label choice.
     prompt: PromptStrategy | None = None
+    # Optional: how `tierlm up` starts this tier locally; without it the tier runs elsewhere.
+    launch: LaunchConfig | None = None
 
     @field_validator("address")
     @classmethod
@@ -205,6 +224,8 @@ def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
         if tier.name in seen:
             problems.append((("tiers", index, "name"), f"duplicate tier name {tier.name!r}"))
         seen.add(tier.name)
+        if tier.launch is not None and tier.launch.runtime != "knn" and tier.model is None:
+            problems.append((("tiers", index, "launch", "runtime"), f"runtime {tier.launch.runtime!r} serves the tier's `model`; set one"))
     order = policy.cascade.order
     for index, name in enumerate(order):
         if name not in seen:

@@ -1,0 +1,54 @@
+"""`tierlm demo` end to end on tiny models: the stack, the SDK queries, the table, the files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tierlm.demo import ModeResult, ensure_models
+from tierlm.config import parse_policy
+
+
+def test_mode_result_row_counts_failures_as_wrong():
+    result = ModeResult("cascade", correct=2, failed=1, costs=[1.0, 3.0, 2.0], latencies_ms=[10.0, 20.0, 30.0])
+    result.tiers.update({"knn": 2, "cloud": 1})
+    row = result.row()
+    assert row["queries"] == 4 and row["accuracy"] == 0.5 and row["cost_per_query"] == 2.0
+    assert row["answered"] == {"knn": 0.5, "cloud": 0.25}
+    assert row["latency_ms_p50"] == 20.0
+
+
+def test_a_missing_artifact_that_cannot_be_built_is_named(tmp_path):
+    policy = parse_policy(yaml.safe_dump({
+        "tiers": [{"name": "edge", "address": "127.0.0.1:5", "model": str(tmp_path / "nowhere" / "w8a8"),
+                   "launch": {"runtime": "edge"}}],
+        "cascade": {"order": ["edge"]}}))
+    with pytest.raises(ValueError, match="nowhere"):
+        ensure_models(policy)
+
+
+def test_demo_routes_dev_queries_and_writes_its_table_and_plot(tmp_path, llama_dir, gemma_dir):
+    def tier(name: str, model, cost: float) -> dict:
+        return {"name": name, "address": "127.0.0.1:1", "model": str(model), "cost": {"per_input_token": cost},
+                "prompt": {"selection": "fixed", "k": 0}, "launch": {"runtime": "edge", "max_batch": 4}}
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"tiers": [tier("edge", llama_dir, 1e-9), tier("cloud", gemma_dir, 1e-7)],
+                                      "cascade": {"order": ["edge", "cloud"], "thresholds": {"edge": 0.5}}}))
+    out = tmp_path / "results"
+    demo = subprocess.run([sys.executable, "-m", "tierlm.cli", "demo", "--policy", str(policy), "--queries", "12",
+                           "--concurrency", "4", "--out-dir", str(out), "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "cascade" in demo.stdout and "edge-only" in demo.stdout and "of cloud-only's cost" in demo.stdout
+    rows = {r["name"]: r for r in json.loads((out / "demo.json").read_text())["rows"]}
+    assert set(rows) == {"edge-only", "cloud-only", "cascade"}
+    assert rows["edge-only"]["answered"] == {"edge": 1.0} and rows["cloud-only"]["answered"] == {"cloud": 1.0}
+    assert all(r["queries"] == 12 and r["failed"] == 0 for r in rows.values())
+    # Forced to the dearer tier, every query pays its price; the cascade pays it only when it escalates.
+    assert rows["cascade"]["cost_per_query"] <= rows["cloud-only"]["cost_per_query"]
+    assert (out / "demo_cost_accuracy.png").stat().st_size > 0

@@ -1,0 +1,150 @@
+"""`tierlm demo`: every tier started on this machine and real HEADLINES queries routed end to end.
+
+Steps: prepare the real models (cached), build the compressed edge artifact once (cached),
+start the stack the demo policy launches (knn tier, edge node, Ray Serve cloud tier, router),
+send dev queries through the SDK three ways (edge only and cloud only with `force_tier`,
+then the fitted cascade), print one table and write the cost-accuracy plot. The policy's
+scorer and thresholds were fitted on HEADLINES *train* answers (`fit_policy`), never on dev.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tierlm.config import Policy, load_policy
+
+RECIPE = Path("examples/recipes/w8a8.yaml")
+CALIB = Path("data/text/python-docs/calib")
+
+
+@dataclass
+class ModeResult:
+    """What one way of routing (a forced tier, or the cascade) did on the queries."""
+
+    name: str
+    correct: int = 0
+    failed: int = 0
+    costs: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    tiers: Counter = field(default_factory=Counter)
+    wall_s: float = 0.0
+
+    @property
+    def answered(self) -> int:
+        return len(self.costs)
+
+    def row(self) -> dict:
+        n = self.answered + self.failed
+        p50, p95 = np.percentile(self.latencies_ms, [50, 95]) if self.latencies_ms else (float("nan"),) * 2
+        return {
+            "name": self.name, "queries": n, "failed": self.failed,
+            "accuracy": self.correct / n if n else float("nan"),
+            "cost_per_query": float(np.mean(self.costs)) if self.costs else float("nan"),
+            "answered": {t: c / n for t, c in self.tiers.most_common()},
+            "latency_ms_p50": float(p50), "latency_ms_p95": float(p95), "wall_s": self.wall_s,
+        }
+
+
+def run_cli(*args: str) -> None:
+    """A tierlm command in a child process (its progress bars go to this terminal)."""
+    subprocess.run([sys.executable, "-m", "tierlm.cli", *args], check=True)
+
+
+def ensure_models(policy: Policy) -> None:
+    """Prepare every registered model the policy's tiers name, and build the edge artifact
+    if a tier names a missing one under the cache's artifacts (cached for later runs)."""
+    from tierlm import models
+
+    for tier in policy.tiers:
+        if tier.model in models.MODELS:
+            models.prepare(tier.model)
+            continue
+        if tier.model is None or tier.launch is None or tier.launch.runtime == "knn":
+            continue
+        folder = Path(tier.model).expanduser()
+        if (folder / "tierlm_compression.json").is_file() or (folder / "config.json").is_file():
+            continue
+        # <cache>/artifacts/<model>/<recipe>: compress <model> with examples/recipes/<recipe>.yaml.
+        base = folder.parent.name
+        recipe = RECIPE.parent / f"{folder.name.removeprefix('demo-')}.yaml"
+        if base not in models.MODELS or not recipe.is_file():
+            raise ValueError(f"tier {tier.name!r}: {folder} is missing and is not <cache>/artifacts/<model>/<recipe> to build")
+        print(f"building the {tier.name} artifact {folder} (once; {recipe}) ...", flush=True)
+        partial = folder.with_name(folder.name + ".partial")
+        run_cli("compress", "--model", base, "--recipe", str(recipe), "--calib", str(CALIB), "--out", str(partial))
+        partial.rename(folder)
+
+
+async def run_mode(address: str, name: str, rows: Sequence, concurrency: int, progress, **routing) -> ModeResult:
+    """Send every row's headline through the SDK (at most `concurrency` in flight)."""
+    from tierlm.client import AsyncClient, TierlmError
+    from tierlm.router.datasets import is_correct
+
+    result = ModeResult(name)
+    task = progress.add_task(name, total=len(rows))
+    gate = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+
+    async with AsyncClient(address, timeout_s=300.0) as client:
+        async def one(row) -> None:
+            async with gate:
+                sent = time.perf_counter()
+                try:
+                    answer = await client.complete(row.headline, max_tokens=1, **routing)
+                except TierlmError:
+                    result.failed += 1
+                else:
+                    result.latencies_ms.append((time.perf_counter() - sent) * 1e3)
+                    result.costs.append(answer.cost)
+                    result.tiers[answer.tier] += 1
+                    result.correct += is_correct(answer.text, row.label)
+                progress.advance(task)
+
+        await asyncio.gather(*(one(row) for row in rows))
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def fit_policy(policy_path: Path, db: Path, rows: int, budget_share: float, scorer_dir: Path) -> dict:
+    """The router-brain pipeline on HEADLINES train only: collect every tier's answers on the
+    first `rows` train rows (resumable, cached in `db`), train the scorer, fit the cascade
+    with the most accuracy at a mean cost <= `budget_share` x the dearest single tier's,
+    and write scorer and cascade into the policy. Returns the fitted cascade section."""
+    from tierlm.router.collect import AnswerStore
+    from tierlm.router.embeddings import Encoder
+    from tierlm.router.offline import cascade_data
+    from tierlm.router.optimizer import fit_frontier
+    from tierlm.router.scorer import Scorer
+
+    train_csv = "data/headlines/train.csv"
+    run_cli("router", "collect", "--tiers", str(policy_path), "--data", train_csv, "--limit", str(rows), "--out", str(db))
+    run_cli("router", "train", "--db", str(db), "--out", str(scorer_dir), "--report-split", "none")
+    store = AnswerStore(db)
+    records = store.records("train")
+    store.close()
+    data = cascade_data(records, Scorer.load(scorer_dir, Encoder(threads=1)))
+    budget = budget_share * max(float(t.cost.mean()) for t in data.tiers.values())
+    point = fit_frontier(data).best_within(budget)
+    # The budget bounds the *mean* cost the fit may spend; the policy's budget_per_query caps
+    # every single query (the router would never reach the dearest tier), so it stays unset.
+    cascade = {"order": list(point.policy.order), "thresholds": {k: round(v, 6) for k, v in point.policy.thresholds.items()}}
+    scorer_path = scorer_dir.resolve().relative_to(Path.cwd()) if scorer_dir.resolve().is_relative_to(Path.cwd()) else scorer_dir
+    text = re.sub(r"(?ms)^(scorer|cascade):.*\Z", "", policy_path.read_text()).rstrip() + "\n"
+    text += yaml.safe_dump({"scorer": {"path": str(scorer_path)}}, sort_keys=False)
+    text += (f"# fitted on {data.n} train rows (in-sample scores) for a mean cost <= {budget:.3g}: "
+             f"accuracy {point.accuracy:.3f} at {point.cost_per_query:.3g} per query\n")
+    text += yaml.safe_dump({"cascade": cascade}, sort_keys=False, default_flow_style=None)
+    policy_path.write_text(text)
+    load_policy(policy_path)  # what was written must still be a valid policy
+    return cascade
