@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import typer
+
+from tierlm.commands.signals import stop_on_signals
 
 app = typer.Typer(help="Run the cloud tier: a Ray Serve application with vLLM or torch engines.", no_args_is_help=True)
 
@@ -26,9 +26,7 @@ def serve(
     except (PolicyError, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
         endpoints = start_cloud(settings, num_cpus)
         typer.echo(f"CLOUD_GRPC {endpoints.grpc_address} HTTP {endpoints.http_address}", err=False)

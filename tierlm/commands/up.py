@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from pathlib import Path
 
 import typer
 
+from tierlm.commands.signals import stop_on_signals
 from tierlm.models import cache_root
 
 
@@ -34,10 +33,8 @@ def up(
     except (PolicyError, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    stop = threading.Event()
     # SIGTERM and Ctrl-C both end the wait below; the stack then stops every child in order.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     typer.echo(f"starting {', '.join(s.name for s in plan.services)}; logs in {run_dir / 'logs'}", err=True)
     stack = LocalStack(plan)
     try:
