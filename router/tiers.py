@@ -21,16 +21,24 @@ class TierFailure(Exception):
         super().__init__(f"{code.name}: {details}")
 
 
+# gRPC's own reconnect backoff grows from 1 s to 120 s, so a tier that restarted (an edge node
+# killed and brought back) would stay unreachable for up to two minutes after it is healthy,
+# and the breaker's probe would fail fast against the backoff, not the tier.
+CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
+
+
 class TierClient:
     """An async Generator client for one tier. Create and use it inside the router's event loop."""
 
     def __init__(self, config: TierConfig):
         self.config = config
         if config.tls is None:
-            self._channel = grpc.aio.insecure_channel(config.address)
+            self._channel = grpc.aio.insecure_channel(config.address, CHANNEL_OPTIONS)
         else:
             root = config.tls.ca_file.read_bytes() if config.tls.ca_file else None
-            options = [("grpc.ssl_target_name_override", config.tls.server_name)] if config.tls.server_name else []
+            options = list(CHANNEL_OPTIONS)
+            if config.tls.server_name:
+                options.append(("grpc.ssl_target_name_override", config.tls.server_name))
             self._channel = grpc.aio.secure_channel(config.address, grpc.ssl_channel_credentials(root), options)
         self._stub = generator_pb2_grpc.GeneratorStub(self._channel)
         key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""

@@ -153,6 +153,31 @@ def test_dead_first_tier_is_skipped_then_breaker_opens(loop, stack, tiers):
     assert "circuit breaker open" in answers[3].trace.attempts[0].reason
 
 
+def test_restarted_tier_is_used_again_within_seconds(loop, tiers, tmp_path):
+    """The edge is down for 12 s of traffic, then back on its port: the router's channel must
+    reconnect within the breaker's cool-down plus its capped backoff (gRPC's default backoff
+    would have grown past 6 s by then and kept the healthy node unused)."""
+    edge_server, edge = tiers["edge"]
+    router = Stack(loop, tmp_path, edge_server.port, tiers["cloud"][0].port, breaker={"failures_to_open": 1, "cooldown_s": 0.2})
+    try:
+        loop.run(edge_server.stop(grace_s=0))
+        with router.client(retry=RetryPolicy(attempts=1)) as client:
+            down_until = time.monotonic() + 12
+            while time.monotonic() < down_until:
+                assert client.complete("an easy one").tier == "cloud"
+                time.sleep(0.1)
+            restarted = loop.run(start_generator(ServerConfig(port=edge_server.port), edge))
+            back = time.monotonic()
+            try:
+                while client.complete("an easy one").tier != "edge":
+                    assert time.monotonic() - back < 3.5, "the router did not use the restarted edge within 3.5 s"
+                    time.sleep(0.05)
+            finally:
+                loop.run(restarted.stop(grace_s=0))
+    finally:
+        router.stop()
+
+
 def test_every_tier_down_is_one_clear_error(loop, stack, tiers):
     for server, _ in tiers.values():
         loop.run(server.stop(grace_s=0))
