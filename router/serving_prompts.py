@@ -39,10 +39,16 @@ class TierPrompts:
         strategies = {t.name: t for t in policy.tiers if t.prompt is not None}
         encoder = None
         if any(t.prompt.selection == "retrieved" for t in strategies.values()):
-            from tierlm.router.embeddings import Encoder
+            from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
 
-            encoder = Encoder(threads=1)
-        return cls({name: prompt_builder(tier, encoder) for name, tier in strategies.items()}, encoder)
+            encoder = Encoder(threads=1, cache=EmbeddingCache(default_cache_path()))
+        builders = {name: prompt_builder(tier, encoder) for name, tier in strategies.items()}
+        if encoder is not None:
+            # The pools' embeddings come from the disk cache (warm after the first start: the
+            # 5,000-row HEADLINES pool takes minutes to embed on one core); queries are encoded
+            # afresh and never written to disk.
+            encoder.cache = None
+        return cls(builders, encoder)
 
     def __bool__(self) -> bool:
         return bool(self._builders)
