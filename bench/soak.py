@@ -189,16 +189,28 @@ def main() -> int:
     # The reference answer of each soak request is its query's fault-free answer.
     # Requests go out in order, so the sent ones are the first `sent`.
     ref_answers = [reference.answers.get(f"ref-{i % len(distinct)}") for i in range(sent)]
-    ref_accuracy = float(np.mean([a is not None and is_correct(a, row.label) for a, row in zip(ref_answers, rows)]))
+
+    def correct(answer: str | None, row) -> bool:
+        return answer is not None and is_correct(answer, row.label)
+
+    soak_correct = np.array([correct(soak.answers.get(f"soak-{i}"), row) for i, row in zip(range(sent), rows)], dtype=float)
+    ref_correct = np.array([correct(a, row) for a, row in zip(ref_answers, rows)], dtype=float)
+    ref_accuracy = float(ref_correct.mean())
     accuracy = soak.correct / sent
     agree = np.mean([soak.answers.get(f"soak-{i}") == ref_answers[i] for i in range(sent)])
+    # Paired per request: the soak answer's correctness minus its query's fault-free answer's
+    # (an unanswered request counts as wrong), with a normal 95% interval on the mean.
+    delta = soak_correct - ref_correct
+    half_width = 1.96 * float(delta.std(ddof=1)) / np.sqrt(len(delta)) if len(delta) > 1 else float("nan")
     p50, p99 = np.percentile(soak.latencies_ms, [50, 99]) if soak.latencies_ms else (float("nan"),) * 2
     row = {
         "name": "soak", "requests": sent, "requests_planned": args.requests, "answered": soak.answered, "failed_clear": soak.failed_clear,
         "lost": soak.lost, "ledger_rows": rows_in_ledger, "ledger_distinct_request_ids": distinct_ids,
         "latency_ms_p50": round(float(p50), 1), "latency_ms_p99": round(float(p99), 1),
         "concurrency": args.concurrency, "accuracy": round(accuracy, 4), "reference_accuracy": round(ref_accuracy, 4),
-        "answers_equal_reference": round(float(agree), 4), "statuses": soak.statuses, "kills": faults,
+        "answers_equal_reference": round(float(agree), 4),
+        "accuracy_delta_ci95": [round(float(delta.mean()) - half_width, 4), round(float(delta.mean()) + half_width, 4)],
+        "statuses": soak.statuses, "kills": faults,
         "demos": args.demos, "distinct_queries": len(distinct), "soak_s": timing.get("soak_s"), "wall_s": round(wall_s, 1),
     }
     path = write_results("soak", [row], folder=args.out_dir or RESULTS, policy=str(args.policy))
