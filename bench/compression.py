@@ -61,13 +61,26 @@ def perplexity_of(model_dir: str, context: int, stride: int, max_tokens: int | N
 
 
 def decode_speed(model_dir: Path, args: argparse.Namespace) -> float:
-    """Batch-1 decode tokens/s through the edge ``Engine`` on ``args.threads`` threads."""
+    """Batch-1 decode tokens/s through the edge ``Engine`` on ``args.threads`` threads.
+
+    Each model is timed in a fresh process: this one has loaded models and run torch on its
+    main thread, whose idle OpenMP team would slow the decode thread (see
+    ``tierlm.edge.engine.on_passing_thread``), and no earlier row's state can leak into a timing.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_decode_speed_here, str(model_dir), args.decode_tokens, args.threads).result()
+
+
+def _decode_speed_here(model_dir: str, decode_tokens: int, threads: int) -> float:
     from bench.edge import measure_engine
     from tierlm.edge import Engine
 
-    engine = Engine.from_pretrained(model_dir, max_batch=1, max_seq_len=args.decode_tokens + 64, threads=args.threads)
+    engine = Engine.from_pretrained(model_dir, max_batch=1, max_seq_len=decode_tokens + 64, threads=threads)
     try:
-        return measure_engine(engine, 1, args.decode_tokens)["decode_tok_s"]
+        return measure_engine(engine, 1, decode_tokens)["decode_tok_s"]
     finally:
         engine.close()
 

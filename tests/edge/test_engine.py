@@ -330,9 +330,9 @@ def test_observer_hooks_and_stats(llama_dir):
 
         async def scenario():
             first = asyncio.ensure_future(
-                engine.generate(GenerationRequest(prompt="Gold", max_tokens=5, ignore_eos=True))
+                engine.generate(GenerationRequest(prompt="Gold", max_tokens=64, ignore_eos=True))
             )
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # submitted; 64 tokens keep it in the only slot for a while
             with pytest.raises(QueueFull):
                 engine.stream(GenerationRequest(prompt="Oil"))
             await first
@@ -341,10 +341,10 @@ def test_observer_hooks_and_stats(llama_dir):
         run(scenario())
         stats = engine.stats()
     assert recorder.rejects == stats.requests_rejected == 1
-    assert len(recorder.ttft) == 2 and len(recorder.gaps) == 4 and all(t >= 0 for t in recorder.ttft + recorder.gaps)
+    assert len(recorder.ttft) == 2 and len(recorder.gaps) == 63 and all(t >= 0 for t in recorder.ttft + recorder.gaps)
     assert recorder.finished == [FinishReason.LENGTH, FinishReason.SCORED]
     assert stats.requests_finished == {"length": 1, "scored": 1}
-    assert stats.completion_tokens == 5 and stats.prompt_tokens > 0 and stats.running == stats.waiting == 0
+    assert stats.completion_tokens == 64 and stats.prompt_tokens > 0 and stats.running == stats.waiting == 0
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_carries_on(small_engine):
@@ -381,3 +381,28 @@ def test_generation_stops_when_the_context_is_full(small_engine):
     assert result.finish_reason is FinishReason.LENGTH
     # Positions 0..MAX_SEQ-1 hold the prompt and all but the last generated token.
     assert result.prompt_tokens + result.completion_tokens == MAX_SEQ + 1
+
+
+def test_from_pretrained_loads_on_a_thread_that_has_exited(llama_dir, monkeypatch):
+    """Loading must leave no torch work on a long-lived thread (see `on_passing_thread`)."""
+    import threading
+
+    from tierlm.edge import engine as engine_module
+
+    loaders: list[threading.Thread] = []
+    real_load = engine_module.load_model
+
+    def recording_load(*args, **kwargs):
+        loaders.append(threading.current_thread())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "load_model", recording_load)
+    with Engine.from_pretrained(llama_dir, max_batch=1, max_queue=0, max_seq_len=MAX_SEQ) as engine:
+        assert run(engine.generate(GenerationRequest(prompt="Gold", max_tokens=2))).finish_reason
+    assert len(loaders) == 1
+    assert loaders[0] is not threading.current_thread() and not loaders[0].is_alive()
+
+
+def test_a_failed_load_raises_on_the_callers_thread(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Engine.from_pretrained(tmp_path, max_batch=1)
