@@ -48,49 +48,37 @@ def soak_policy(policy: Path, demos: int | None, out: Path) -> Path:
 
 
 class Tally:
-    def __init__(self) -> None:
-        self.answered = 0
-        self.not_sent = 0
-        self.failed_clear = 0
-        self.lost = 0
+    """A run's outcomes counted the way the soak reports them."""
+
+    def __init__(self, ids: list[str], outcomes: list) -> None:
+        self.answered = self.not_sent = self.failed_clear = self.lost = 0
         self.latencies_ms: list[float] = []
         self.statuses: dict[str, int] = {}
         self.answers: dict[str, str] = {}  # request id -> answer text
+        for request_id, outcome in zip(ids, outcomes):
+            if outcome is None:
+                self.not_sent += 1
+            elif outcome.error is None:
+                self.answered += 1
+                self.latencies_ms.append(outcome.latency_ms)
+                self.answers[request_id] = outcome.completion.text
+            else:
+                self.statuses[outcome.status] = self.statuses.get(outcome.status, 0) + 1
+                if outcome.status in CLEAR:
+                    self.failed_clear += 1
+                else:  # UNKNOWN, INTERNAL or anything that is not a gRPC status
+                    self.lost += 1
 
 
-async def send(address: str, rows, ids: list[str], concurrency: int, tally: Tally, progress=None,
-               stop_at: float | None = None) -> None:
-    """One SDK call per row; with `stop_at` (perf_counter), calls not started by then are not sent."""
-    from tierlm.client import AsyncClient, RetryPolicy, TierlmError
+async def send(address: str, rows, ids: list[str], concurrency: int, progress, stop_at: float | None = None) -> Tally:
+    """One SDK call per row, no SDK retries; with `stop_at` (perf_counter), calls not started by then are not sent."""
+    from tierlm.client import AsyncClient, RetryPolicy
+    from tierlm.loadgen import send_all
 
-    gate = asyncio.Semaphore(concurrency)
     async with AsyncClient(address, timeout_s=120.0, retry=RetryPolicy(attempts=1)) as client:
-        async def one(row, request_id: str) -> None:
-            async with gate:
-                sent = time.perf_counter()
-                if stop_at is not None and sent > stop_at:
-                    tally.not_sent += 1
-                    return
-                try:
-                    answer = await client.complete(row.headline, max_tokens=1, request_id=request_id)
-                except TierlmError as exc:
-                    name = exc.code.name if exc.code is not None else "NONE"
-                    tally.statuses[name] = tally.statuses.get(name, 0) + 1
-                    if name in CLEAR:
-                        tally.failed_clear += 1
-                    else:
-                        tally.lost += 1
-                except Exception as exc:  # anything that is not a gRPC status is a lost request
-                    tally.statuses[type(exc).__name__] = tally.statuses.get(type(exc).__name__, 0) + 1
-                    tally.lost += 1
-                else:
-                    tally.answered += 1
-                    tally.latencies_ms.append((time.perf_counter() - sent) * 1e3)
-                    tally.answers[request_id] = answer.text
-            if progress is not None:
-                progress()
-
-        await asyncio.gather(*(one(row, rid) for row, rid in zip(rows, ids)))
+        outcomes = await send_all(client, [row.headline for row in rows], concurrency=concurrency, request_ids=ids,
+                                  stop_at=stop_at, on_done=progress, max_tokens=1)
+    return Tally(ids, outcomes)
 
 
 def ledger_counts(ledger: Path, prefix: str) -> tuple[int, int]:
@@ -134,10 +122,10 @@ def main() -> int:
     with LocalStack(plan) as stack:
         console.print(f"stack up: {', '.join(f'{s.name} {s.address}' for s in plan.services)}; logs in {run_dir / 'logs'}")
         columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        reference, soak = Tally(), Tally()
         kill_at = [round(args.requests * (k + 1) / (args.kills + 1)) for k in range(args.kills)]
         faults: list[dict] = []
         timing: dict[str, float] = {}
+        tallies: dict[str, Tally] = {}
 
         async def inject(progress_of, began: float) -> None:
             # One fault at a time: kill when the run passes the next mark (of requests, or of
@@ -167,20 +155,21 @@ def main() -> int:
         async def run() -> None:
             with Progress(*columns, console=console) as progress:
                 task = progress.add_task("reference", total=len(distinct))
-                await send(stack.router_address, distinct, [f"ref-{i}" for i in range(len(distinct))], args.concurrency,
-                           reference, lambda: progress.advance(task))
+                tallies["reference"] = await send(stack.router_address, distinct, [f"ref-{i}" for i in range(len(distinct))],
+                                                  args.concurrency, lambda: progress.advance(task))
                 task = progress.add_task("soak", total=len(rows))
                 soaked = time.perf_counter()
                 injector = asyncio.create_task(inject(lambda: int(progress.tasks[task].completed), soaked))
                 stop_at = None if args.time_limit_s is None else soaked + args.time_limit_s
-                await send(stack.router_address, rows, [f"soak-{i}" for i in range(len(rows))], args.concurrency,
-                           soak, lambda: progress.advance(task), stop_at)
+                tallies["soak"] = await send(stack.router_address, rows, [f"soak-{i}" for i in range(len(rows))],
+                                             args.concurrency, lambda: progress.advance(task), stop_at)
                 timing["soak_s"] = round(time.perf_counter() - soaked, 1)
                 await injector
 
         started = time.perf_counter()
         asyncio.run(run())
         wall_s = time.perf_counter() - started
+    reference, soak = tallies["reference"], tallies["soak"]
     rows_in_ledger, distinct_ids = ledger_counts(ledger, "soak-")
     sent = args.requests - soak.not_sent
     # The reference answer of each soak request is its query's fault-free answer.

@@ -14,7 +14,8 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,23 @@ class Encoder:
         # The file size stands in for hashing 90 MB of weights on every start-up.
         digest.update(f"{weights.stat().st_size}:{self.max_length}:mean:l2".encode())
         return f"all-MiniLM-L6-v2:{digest.hexdigest()[:16]}"
+
+    @contextmanager
+    def caching(self, cache: EmbeddingCache | None = None) -> Iterator[Encoder]:
+        """Encodes inside the block go through ``cache`` (default: the user's on-disk cache).
+
+        For servers: a start-up corpus (a retrieval pool) is embedded once and read back from
+        disk on later starts, while the queries served afterwards are encoded afresh, never
+        written to disk, and never touch the cache's SQLite connection from serving threads.
+        The cache is closed when the block ends.
+        """
+        cache = cache if cache is not None else EmbeddingCache(default_cache_path())
+        previous, self.cache = self.cache, cache
+        try:
+            yield self
+        finally:
+            self.cache = previous
+            cache.close()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``; row ``i`` is the unit-norm embedding of ``texts[i]``."""

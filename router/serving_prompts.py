@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from contextlib import nullcontext
 
 from tierlm.config import Policy
 from tierlm.router.datasets import parse_query
@@ -39,15 +40,13 @@ class TierPrompts:
         strategies = {t.name: t for t in policy.tiers if t.prompt is not None}
         encoder = None
         if any(t.prompt.selection == "retrieved" for t in strategies.values()):
-            from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
+            from tierlm.router.embeddings import Encoder
 
-            encoder = Encoder(threads=1, cache=EmbeddingCache(default_cache_path()))
-        builders = {name: prompt_builder(tier, encoder) for name, tier in strategies.items()}
-        if encoder is not None:
-            # The pools' embeddings come from the disk cache (warm after the first start: the
-            # 5,000-row HEADLINES pool takes minutes to embed on one core); queries are encoded
-            # afresh and never written to disk.
-            encoder.cache = None
+            encoder = Encoder(threads=1)
+        # The pools' embeddings come from the disk cache after the first start (the 5,000-row
+        # HEADLINES pool takes minutes to embed on one core); queries never touch it.
+        with encoder.caching() if encoder is not None else nullcontext():
+            builders = {name: prompt_builder(tier, encoder) for name, tier in strategies.items()}
         return cls(builders, encoder)
 
     def __bool__(self) -> bool:

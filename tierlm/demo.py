@@ -9,7 +9,6 @@ scorer and thresholds were fitted on HEADLINES *train* answers (`fit_policy`), n
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
@@ -89,30 +88,28 @@ def ensure_models(policy: Policy) -> None:
 async def run_mode(address: str, name: str, rows: Sequence, concurrency: int, progress, **routing) -> ModeResult:
     """Send every row's headline through the SDK (at most `concurrency` in flight)."""
     from tierlm.client import AsyncClient, TierlmError
+    from tierlm.loadgen import send_all
     from tierlm.router.datasets import is_correct
 
-    result = ModeResult(name)
     task = progress.add_task(name, total=len(rows))
-    gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
-
     async with AsyncClient(address, timeout_s=300.0) as client:
-        async def one(row) -> None:
-            async with gate:
-                sent = time.perf_counter()
-                try:
-                    answer = await client.complete(row.headline, max_tokens=1, **routing)
-                except TierlmError:
-                    result.failed += 1
-                else:
-                    result.latencies_ms.append((time.perf_counter() - sent) * 1e3)
-                    result.costs.append(answer.cost)
-                    result.tiers[answer.tier] += 1
-                    result.correct += is_correct(answer.text, row.label)
-                progress.advance(task)
-
-        await asyncio.gather(*(one(row) for row in rows))
-    result.wall_s = time.perf_counter() - started
+        outcomes = await send_all(
+            client, [row.headline for row in rows], concurrency=concurrency,
+            on_done=lambda: progress.advance(task), max_tokens=1, **routing,
+        )  # fmt: skip
+    result = ModeResult(name, wall_s=time.perf_counter() - started)
+    for row, outcome in zip(rows, outcomes):
+        if outcome.error is not None:
+            if not isinstance(outcome.error, TierlmError):
+                raise outcome.error  # a bug, not a routing failure: the demo stops and shows it
+            result.failed += 1
+            continue
+        answer = outcome.completion
+        result.latencies_ms.append(outcome.latency_ms)
+        result.costs.append(answer.cost)
+        result.tiers[answer.tier] += 1
+        result.correct += is_correct(answer.text, row.label)
     return result
 
 

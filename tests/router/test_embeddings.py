@@ -22,21 +22,23 @@ def test_padding_does_not_change_an_embedding(minilm) -> None:
 
 
 def test_cache_serves_repeat_texts_without_the_model(minilm, tmp_path, monkeypatch) -> None:
-    cache = EmbeddingCache(tmp_path / "emb.sqlite")
-    minilm.cache = cache
-    try:
-        texts = ["gold falls", "gold rises", "gold falls"]
-        first = minilm.encode(texts)
-        assert len(cache) == 2
+    texts = ["gold falls", "gold rises", "gold falls"]
+    with minilm.caching(EmbeddingCache(tmp_path / "emb.sqlite")) as encoder:
+        first = encoder.encode(texts)
+        assert len(encoder.cache) == 2
 
         def no_model(batch):  # a cache hit must not reach the model
             raise AssertionError(f"encoded {batch}")
 
-        monkeypatch.setattr(minilm, "_forward", no_model)
-        np.testing.assert_array_equal(minilm.encode(texts), first)
-    finally:
-        minilm.cache = None
-        cache.close()
+        with monkeypatch.context() as patch:
+            patch.setattr(minilm, "_forward", no_model)
+            np.testing.assert_array_equal(encoder.encode(texts), first)
+    # After the block nothing is read from or written to disk (served queries stay off it).
+    assert minilm.cache is None
+    minilm.encode(["oil climbs"])
+    reopened = EmbeddingCache(tmp_path / "emb.sqlite")
+    assert len(reopened) == 2
+    reopened.close()
 
 
 def test_cache_keys_depend_on_model_and_text(tmp_path) -> None:

@@ -29,18 +29,16 @@ def serve(
 ) -> None:
     """Serve tierlm.v1.Generator answering label choices by neighbour vote over the HEADLINES train split."""
     from tierlm.router.datasets import load_headlines
-    from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
+    from tierlm.router.embeddings import Encoder
     from tierlm.router.knn_tier import KnnGenerator
     from tierlm.router.tier_setup import DEMONSTRATION_SPLIT
     from tierlm.serving import GrpcServer
     from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
     config = opt.server_config(host, port, metrics_port, None, None, None, opt.MAX_REQUEST_BYTES.default, drain_s)
-    encoder = Encoder(threads=threads, cache=EmbeddingCache(default_cache_path()))
-    knn = KnnGenerator(encoder, load_headlines(DEMONSTRATION_SPLIT), k=k, tier_name=tier_name)
-    # The pool's embeddings come from the disk cache (warm after the first start); queries are
-    # encoded afresh, so the serving threads never share the cache's SQLite connection.
-    encoder.cache = None
+    encoder = Encoder(threads=threads)
+    with encoder.caching():  # the pool's embeddings: from disk after the first start
+        knn = KnnGenerator(encoder, load_headlines(DEMONSTRATION_SPLIT), k=k, tier_name=tier_name)
 
     async def run() -> None:
         server = GrpcServer(config)
