@@ -148,9 +148,9 @@ def on_passing_thread(fn: Callable[[], T]) -> T:
     keeps its idle team for good, and once the process has more OpenMP workers than cores,
     libgomp stops spinning between regions: every parallel op of the decode thread then waits
     for a futex wake-up (~0.1 ms each on a 2-core VM, several times a thin matmul's time).
-    Measured on Gemma 3 270M at batch 1 on 2 threads: fp32 decode 16 -> 21 tok/s, the
-    composite 13 -> 24 tok/s, when loading runs here instead of on the caller's thread. A
-    thread's team is freed when the thread exits, so the decode thread's team is the only one.
+    Gemma 3 270M at batch 1 on 2 threads (bench/compression.py, before and after): fp32 decode
+    15.1 -> 19.8 tok/s, the sparse + low-rank composite 12.5 -> 21.3. A thread's team is freed
+    when the thread exits, so loading here leaves the decode thread's team the only one.
     """
     result: list[T] = []
     error: list[BaseException] = []
