@@ -143,9 +143,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     from tierlm.cloud.runner import start_cloud, stop_cloud
+    from tierlm.edge.engine import on_passing_thread
 
     items = prompts(args.requests)
-    rows = [hf_sequential(args.model, items[: max(4, args.requests // 4)], args.max_tokens, args.threads)]
+    # Off the main thread: torch work left on it would slow the in-process engines' decode
+    # threads below (an idle OpenMP team; see on_passing_thread).
+    baseline_items = items[: max(4, args.requests // 4)]
+    rows = [on_passing_thread(lambda: hf_sequential(args.model, baseline_items, args.max_tokens, args.threads))]
     for engine in args.engines:
         config = engine_config(engine, args.model, args.concurrency, args.threads, args.vllm_dtype)
         rows += bare_engine(config, items, args.concurrency, args.max_tokens, engine)
