@@ -12,8 +12,8 @@ stops them in order; and they get SIGTERM from the kernel if the launcher dies f
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from tierlm import lifeline
 from tierlm.config import Policy, TierConfig, load_policy
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = {"cloud": 600.0, "default": 300.0}
 # Seconds between SIGTERM and SIGKILL: Ray Serve drains its replicas and stops Ray.
 STOP_GRACE_S = {"cloud": 60.0, "default": 20.0}
-_PR_SET_PDEATHSIG = 1
 
 
 class StackError(RuntimeError):
@@ -45,17 +45,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
-
-
-# Bound once in the parent: the child between fork and exec must not load libraries (a
-# dlopen there, in a copy of a multi-threaded process, crashed a restarted edge node).
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: SIGTERM when the launcher dies, so no child
-    # outlives it (the new session comes from Popen's start_new_session).
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -79,9 +68,11 @@ class Service:
         with open(self.log_path, "ab") as sink:
             sink.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
             sink.flush()
+            # No preexec_fn: Python between fork and exec is unsafe here (see tierlm.lifeline,
+            # which asks for SIGTERM on the launcher's death after exec instead).
             self.process = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                lifeline.command(os.getpid(), self.argv), stdin=subprocess.DEVNULL, stdout=sink,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
         log.info("%s: pid %d, log %s", self.name, self.process.pid, self.log_path)
 

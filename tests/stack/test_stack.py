@@ -136,6 +136,23 @@ time.sleep(600)
     assert gone, "the child outlived its launcher"
 
 
+def test_lifeline_becomes_the_command_in_the_same_process():
+    from tierlm import lifeline
+
+    child = subprocess.Popen(lifeline.command(os.getpid(), [sys.executable, "-c", "import os; print(os.getpid())"]),
+                             stdout=subprocess.PIPE, text=True)
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0 and int(out) == child.pid  # exec'd in place: the stack's pid is the service's
+
+
+def test_lifeline_refuses_to_start_when_the_launcher_is_already_gone():
+    # Its parent is this test, not pid 1: as if the launcher had died before the child started.
+    result = subprocess.run([sys.executable, "-m", "tierlm.lifeline", "1", "--", "true"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "launcher 1 exited" in result.stderr
+    usage = subprocess.run([sys.executable, "-m", "tierlm.lifeline", "true"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 1 and "usage" in usage.stderr
+
+
 def test_launch_needs_a_model_for_edge_and_cloud():
     with pytest.raises(PolicyError, match="launch"):
         parse_policy(yaml.safe_dump({"tiers": [{"name": "edge", "address": "127.0.0.1:5", "launch": {"runtime": "edge"}}],
