@@ -125,7 +125,6 @@ def main() -> int:
         kill_at = [round(args.requests * (k + 1) / (args.kills + 1)) for k in range(args.kills)]
         faults: list[dict] = []
         timing: dict[str, float] = {}
-        tallies: dict[str, Tally] = {}
 
         async def inject(progress_of, began: float) -> None:
             # One fault at a time: kill when the run passes the next mark (of requests, or of
@@ -152,24 +151,24 @@ def main() -> int:
                 fault["restart_s"] = round(time.perf_counter() - began, 1)
                 faults.append(fault)
 
-        async def run() -> None:
+        async def run() -> tuple[Tally, Tally]:
             with Progress(*columns, console=console) as progress:
                 task = progress.add_task("reference", total=len(distinct))
-                tallies["reference"] = await send(stack.router_address, distinct, [f"ref-{i}" for i in range(len(distinct))],
-                                                  args.concurrency, lambda: progress.advance(task))
+                reference = await send(stack.router_address, distinct, [f"ref-{i}" for i in range(len(distinct))],
+                                       args.concurrency, lambda: progress.advance(task))
                 task = progress.add_task("soak", total=len(rows))
                 soaked = time.perf_counter()
                 injector = asyncio.create_task(inject(lambda: int(progress.tasks[task].completed), soaked))
                 stop_at = None if args.time_limit_s is None else soaked + args.time_limit_s
-                tallies["soak"] = await send(stack.router_address, rows, [f"soak-{i}" for i in range(len(rows))],
-                                             args.concurrency, lambda: progress.advance(task), stop_at)
+                soak = await send(stack.router_address, rows, [f"soak-{i}" for i in range(len(rows))],
+                                  args.concurrency, lambda: progress.advance(task), stop_at)
                 timing["soak_s"] = round(time.perf_counter() - soaked, 1)
                 await injector
+            return reference, soak
 
         started = time.perf_counter()
-        asyncio.run(run())
+        reference, soak = asyncio.run(run())
         wall_s = time.perf_counter() - started
-    reference, soak = tallies["reference"], tallies["soak"]
     rows_in_ledger, distinct_ids = ledger_counts(ledger, "soak-")
     sent = args.requests - soak.not_sent
     # The reference answer of each soak request is its query's fault-free answer.
