@@ -32,7 +32,7 @@ test: $(VENV)/.installed
 ## demo: install into .venv, start every tier on 127.0.0.1 and route 200 HEADLINES dev queries (tierlm demo)
 DEMO_ARGS ?=
 demo: $(VENV)/.installed
-	$(PY) -m tierlm.cli demo $(DEMO_ARGS)
+	$(PY) -m tierlm.app.cli demo $(DEMO_ARGS)
 
 ## protos: regenerate tierlm/v1 stubs from protos/tierlm/v1/*.proto
 protos: $(VENV)/.installed

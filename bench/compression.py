@@ -44,8 +44,8 @@ def perplexity_of(model_dir: str, context: int, stride: int, max_tokens: int | N
     import torch
     from transformers import AutoTokenizer
 
-    from tierlm import perplexity
-    from tierlm.edge.model import CausalLM, load_model
+    from tierlm.edge import perplexity
+    from tierlm.edge.decoder import CausalLM, load_model
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -76,9 +76,9 @@ def decode_speed(model_dir: Path, args: argparse.Namespace) -> float:
 
 def _decode_speed_here(model_dir: str, decode_tokens: int, threads: int) -> float:
     from bench.edge import measure_engine
-    from tierlm.edge import Engine
+    from tierlm.edge import DecoderEngine
 
-    engine = Engine.from_pretrained(model_dir, max_batch=1, max_seq_len=decode_tokens + 64, threads=threads)
+    engine = DecoderEngine.from_pretrained(model_dir, max_batch=1, max_seq_len=decode_tokens + 64, threads=threads)
     try:
         return measure_engine(engine, 1, decode_tokens)["decode_tok_s"]
     finally:
@@ -113,9 +113,9 @@ def perplexities(targets: dict[str, Path], args: argparse.Namespace, max_tokens:
 def artifact_for(folder: Path, recipe_path: Path, out_root: Path, reuse: bool, threads: int) -> tuple[Path, dict]:
     """Compress ``folder`` by the recipe (or reuse a matching artifact); (path, manifest)."""
     from tierlm.kernels.artifact import is_artifact, read_manifest
-    from tierlm.kernels.pipeline import compress
+    from tierlm.edge.compress import compress
     from tierlm.kernels.recipe import load_recipe
-    from tierlm.perplexity import read_text
+    from tierlm.edge.perplexity import read_text
 
     recipe = load_recipe(recipe_path)
     out = out_root / recipe.name
@@ -138,7 +138,7 @@ def llama_cpp_row(gguf: Path, ids: list[int], bos: int | None, args: argparse.Na
     from llama_cpp import Llama
 
     from bench.edge import llama_cpp_stream, summarize
-    from tierlm.perplexity import windows
+    from tierlm.edge.perplexity import windows
 
     context, stride, decode_tokens = args.context, args.stride, args.decode_tokens
     llm = Llama(str(gguf), n_ctx=context, n_threads=args.threads, n_batch=context, logits_all=True, verbose=False)
@@ -185,17 +185,17 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from tierlm import models, perplexity
-    from tierlm.edge.model import load_model
+    from tierlm.edge import catalog, perplexity
+    from tierlm.edge.decoder import load_model
     from tierlm.kernels.artifact import artifact_state, byte_breakdown
 
     torch.set_num_threads(args.threads)
-    registered = args.model in models.MODELS
-    folder = models.prepare(args.model) if registered else Path(args.model)
+    registered = args.model in catalog.MODELS
+    folder = catalog.prepare(args.model) if registered else Path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     text = perplexity.read_text(EVAL_TEXT)
     max_tokens = args.max_tokens or (QUICK_TOKENS if args.quick else None)
-    out_root = models.cache_root() / "artifacts" / folder.name
+    out_root = catalog.cache_root() / "artifacts" / folder.name
 
     from tierlm.results import write_results
 
@@ -248,7 +248,7 @@ def main() -> None:
             raise SystemExit("the llama.cpp row needs a registered model (its GGUF); uninstall llama-cpp-python or name one")
         log("llama.cpp-q4_k_m: scoring")
         ids, bos = perplexity.encode(tokenizer, text, max_tokens)
-        gguf = models.gguf_path(args.model)
+        gguf = catalog.gguf_path(args.model)
         rows.append({"name": "llama.cpp-q4_k_m", **llama_cpp_row(gguf, ids, bos, args)})
         log(json.dumps(rows[-1]))
         save(False)

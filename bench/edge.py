@@ -125,7 +125,7 @@ class EdgeServer:
 
     def __init__(self, model: Path, threads: int, max_batch: int) -> None:
         self.command = [
-            sys.executable, "-m", "tierlm.cli", "--log-level", "WARNING", "edge", "serve",
+            sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", "edge", "serve",
             "--model", str(model), "--host", "127.0.0.1", "--port", "0",
             "--threads", str(threads), "--max-batch", str(max_batch), "--max-queue", str(max_batch),
         ]  # fmt: skip
@@ -284,11 +284,11 @@ def main() -> None:
     parser.add_argument("--name", default="edge", help="results file bench/results/NAME.json (e.g. edge_t1 for a 1-thread run)")
     args = parser.parse_args()
 
-    from tierlm import models
+    from tierlm.edge import catalog
     from tierlm.results import write_results
 
-    folder = models.prepare(args.model)
-    artifacts = models.cache_root() / "artifacts" / folder.name
+    folder = catalog.prepare(args.model)
+    artifacts = catalog.cache_root() / "artifacts" / folder.name
     configs = [("fp32", folder)] + [(name, artifacts / name) for name in args.artifact or DEFAULT_ARTIFACTS]
     for name, path in configs:
         if not (path / "config.json").is_file():
@@ -305,7 +305,7 @@ def main() -> None:
         except ImportError:
             notes["llama.cpp-q4_k_m"] = "left out: llama-cpp-python is not installed (optional bench extra)"
         else:
-            rows.append(bench_llama_cpp(models.gguf_path(args.model), args))
+            rows.append(bench_llama_cpp(catalog.gguf_path(args.model), args))
     for name, path in configs:
         rows += bench_server(name, path, args)
     add_ratios(rows)

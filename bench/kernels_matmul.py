@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from tierlm.kernels.modules import QuantLinear
-from tierlm.kernels.quant import get_quantizer
+from tierlm.kernels.methods import QUANTIZERS
 
 # (layer, in_features, out_features) of Gemma 3 270M (hidden 640, 4 heads x 256, 1 kv head).
 SHAPES = [
@@ -67,8 +67,8 @@ def time_call(fn, x: torch.Tensor, budget_s: float) -> float:
 
 def variants(linear: torch.nn.Linear, device: str):
     """(name, module, input dtype) for every fast path on ``device``; the float baseline first."""
-    int8 = QuantLinear.from_linear(linear, get_quantizer("int8"), backend="fast")
-    int4 = get_quantizer("rtn", bits=4, group_size=128).quantize(linear.weight)
+    int8 = QuantLinear.from_linear(linear, QUANTIZERS.build("int8"), backend="fast")
+    int4 = QUANTIZERS.build("rtn", bits=4, group_size=128).quantize(linear.weight)
     if device == "cuda":
         yield "fp16", linear.to("cuda", torch.float16), torch.float16
         yield "int8-w8a8 (_int_mm)", int8, torch.float16

@@ -31,7 +31,7 @@ from tierlm.kernels.composite import CompositeTensor  # noqa: E402
 from tierlm.kernels.lowrank import LowRankTensor  # noqa: E402
 from tierlm.kernels.modules import QuantLinear, fast_kernel  # noqa: E402
 from tierlm.kernels.ops.sparse_mm import CSRMatMul  # noqa: E402
-from tierlm.kernels.quant import get_quantizer  # noqa: E402
+from tierlm.kernels.methods import QUANTIZERS  # noqa: E402
 from tierlm.kernels.quant.group import GroupGrid  # noqa: E402
 from tierlm.kernels.sparse import SparseQuantTensor, SparseTensor, SparsityPattern, select_mask  # noqa: E402
 
@@ -100,7 +100,7 @@ def variants(w: torch.Tensor, layer: str, device: str) -> Iterator[tuple[str, Ke
         for s in LM_HEAD_SPARSITIES if layer == "lm_head" else SPARSITIES:
             st = _sparse(w, SparsityPattern.parse("unstructured", s), "csr")
             yield f"csr {round(s * 100)}% (fp32 MKL)", CSRMatMul(st), st.nbytes
-    int4 = get_quantizer("rtn", bits=4, group_size=128).quantize(w)
+    int4 = QUANTIZERS.build("rtn", bits=4, group_size=128).quantize(w)
     yield "int4-g128 dense", _runner(int4, device), int4.nbytes
     sparse_int4 = _sparse_int4(w)
     yield "2:4 int4-g128 (as int4 codes)", _runner(sparse_int4, device), sparse_int4.nbytes

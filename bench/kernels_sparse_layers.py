@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tierlm.kernels.calibration import CalibrationRecorder, StatsSpec  # noqa: E402
 from tierlm.kernels.composite import CompositeCompressor  # noqa: E402
-from tierlm.kernels.quant import get_quantizer  # noqa: E402
+from tierlm.kernels.methods import QUANTIZERS  # noqa: E402
 
 from tierlm.results import write_results  # noqa: E402
 
@@ -134,7 +134,7 @@ def main() -> None:
         )
         int4_bytes = CompositeCompressor(quant=rtn).quantize(w).nbytes
         for method, config in methods(n, k, base_bytes, int4_bytes).items():
-            qt = get_quantizer("composite", **config).quantize(w, calib[name])
+            qt = QUANTIZERS.build("composite", **config).quantize(w, calib[name])
             err = float((x @ (w - qt.dequantize()).t()).norm() / ref)
             rows.append({
                 "layer": name, "shape": f"{k}x{n}", "method": method, "rel_output_error": round(err, 4),

@@ -12,6 +12,8 @@ first run pays for encoding the 7,500 rows.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import time
 
@@ -19,9 +21,12 @@ import numpy as np
 from tierlm.results import write_results
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
-from tierlm.router.datasets import LABELS, load_headlines
+from tierlm.router.workload import load_workload
+
+HEADLINES = Path(__file__).resolve().parents[1] / "data" / "workloads" / "headlines"
+LABELS = ("up", "down", "neutral", "none")  # the workload's choices, in its order
 from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
-from tierlm.router.knn import KnnVote
+from tierlm.router.nollm.knn import KnnVote
 
 
 def main() -> None:
@@ -31,10 +36,10 @@ def main() -> None:
     args = parser.parse_args()
 
     encoder = Encoder(threads=args.threads, cache=EmbeddingCache(default_cache_path()))
-    train, dev = load_headlines("train"), load_headlines("dev")
+    train, dev = list(load_workload(HEADLINES / "train.jsonl")), list(load_workload(HEADLINES / "dev.jsonl"))
     started = time.perf_counter()
-    train_x = encoder.encode([e.headline for e in train])
-    dev_x = encoder.encode([e.headline for e in dev])
+    train_x = encoder.encode([e.query for e in train])
+    dev_x = encoder.encode([e.query for e in dev])
     print(f"embedded {len(train) + len(dev)} rows in {time.perf_counter() - started:.1f}s (cache included)")
 
     knn = KnnVote(train_x, [e.label for e in train], k=args.k, labels=LABELS)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tierlm.router.cascade_eval import CascadeData, TierOutcomes
-from tierlm.router.optimizer import fit_frontier
+from tierlm.router.learn.cascade_eval import CascadeData, TierOutcomes
+from tierlm.router.learn.optimizer import fit_frontier
 
 
 def synthetic_split(n: int, seed: int = 0) -> CascadeData:

@@ -53,7 +53,7 @@ def main() -> None:
             "cascade": {"order": ["edge", "cloud"], "thresholds": {"edge": 0.5}},
         }
         (work / "policy.yaml").write_text(yaml.safe_dump(policy))
-        router, router_port = spawn([sys.executable, "-m", "tierlm.cli", "--log-level", "WARNING", "router", "serve",
+        router, router_port = spawn([sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", "router", "serve",
                                      "--policy", str(work / "policy.yaml"), "--port", "0", "--ledger", str(work / "ledger.sqlite")])
         processes.append(router)
         rows = []

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 from tierlm.results import write_results
-from tierlm.router.datasets import LABELS, load_headlines
+from tierlm.router.workload import load_workload
+
+HEADLINES = Path(__file__).resolve().parents[1] / "data" / "workloads" / "headlines"
+LABELS = ("up", "down", "neutral", "none")  # the workload's choices, in its order
 from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
-from tierlm.router.knn import KnnVote
-from tierlm.router.probe import LinearProbe
-from tierlm.router.records import AnswerRecord
-from tierlm.router.scorer import Scorer, train
+from tierlm.router.nollm.knn import KnnVote
+from tierlm.router.nollm.probe import LinearProbe
+from tierlm.router.learn.records import AnswerRecord
+from tierlm.router.learn.scorer import Scorer, train
 
 
 def timed(fn: Callable[[str], object], texts: list[str], warmup: int = 10) -> dict[str, float]:
@@ -46,17 +49,17 @@ def main() -> None:
     args = parser.parse_args()
 
     encoder = Encoder(threads=args.threads)
-    train_ex, dev_ex = load_headlines("train"), load_headlines("dev")
-    texts = [e.headline for e in dev_ex[: args.n]]
+    train_ex, dev_ex = list(load_workload(HEADLINES / "train.jsonl")), list(load_workload(HEADLINES / "dev.jsonl"))
+    texts = [e.query for e in dev_ex[: args.n]]
     pool = Encoder(threads=args.threads, cache=EmbeddingCache(default_cache_path())).encode(
-        [e.headline for e in train_ex]
+        [e.query for e in train_ex]
     )
     knn = KnnVote(pool, [e.label for e in train_ex], k=8, labels=LABELS)
     probe = LinearProbe(pool, [e.label for e in train_ex], labels=LABELS)
     rng = np.random.default_rng(0)
     synthetic = [
         AnswerRecord(
-            e.headline,
+            e.query,
             LABELS[i % 4],
             "edge",
             label_logprobs=dict(zip(LABELS, rng.normal(size=4) - 2)),
@@ -71,7 +74,7 @@ def main() -> None:
 
     rows = [{"name": "encoder", "threads": args.threads, "batch": 1, **timed(lambda t: encoder.encode([t]), texts)}]
     started = time.perf_counter()
-    encoder.encode([e.headline for e in dev_ex[:1000]])
+    encoder.encode([e.query for e in dev_ex[:1000]])
     rows.append(
         {
             "name": "encoder",

@@ -12,6 +12,8 @@ and ECE per tier on dev, next to the tier's own confidence (top label probabilit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import time
 
@@ -20,11 +22,14 @@ from tierlm.results import write_results
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import cross_val_predict
-from tierlm.router.datasets import LABELS, Example, load_headlines
+from tierlm.router.workload import WorkloadRow, load_workload
+
+HEADLINES = Path(__file__).resolve().parents[1] / "data" / "workloads" / "headlines"
+LABELS = ("up", "down", "neutral", "none")  # the workload's choices, in its order
 from tierlm.router.embeddings import EmbeddingCache, Encoder, default_cache_path
-from tierlm.router.knn import KnnVote
-from tierlm.router.records import AnswerRecord
-from tierlm.router.scorer import train
+from tierlm.router.nollm.knn import KnnVote
+from tierlm.router.learn.records import AnswerRecord
+from tierlm.router.learn.scorer import train
 
 
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -39,13 +44,13 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     )
 
 
-def tier_records(examples: list[Example], label_probs: np.ndarray, tier: str) -> list[AnswerRecord]:
+def tier_records(examples: list[WorkloadRow], label_probs: np.ndarray, tier: str) -> list[AnswerRecord]:
     out = []
     for example, probs in zip(examples, label_probs):
         answer = LABELS[int(np.argmax(probs))]
         out.append(
             AnswerRecord(
-                query=example.headline,
+                query=example.query,
                 answer=answer,
                 tier=tier,
                 label_logprobs=dict(zip(LABELS, np.log(probs).tolist())),
@@ -72,9 +77,9 @@ def main() -> None:
     parser.add_argument("--c-grid", type=float, nargs="+", default=[0.001, 0.003, 0.01])
     args = parser.parse_args()
     encoder = Encoder(threads=args.threads, cache=EmbeddingCache(default_cache_path()))
-    train_ex, dev_ex = load_headlines("train"), load_headlines("dev")
-    train_x = encoder.encode([e.headline for e in train_ex])
-    dev_x = encoder.encode([e.headline for e in dev_ex])
+    train_ex, dev_ex = list(load_workload(HEADLINES / "train.jsonl")), list(load_workload(HEADLINES / "dev.jsonl"))
+    train_x = encoder.encode([e.query for e in train_ex])
+    dev_x = encoder.encode([e.query for e in dev_ex])
     y_train = np.array([LABELS.index(e.label) for e in train_ex])
 
     knn = KnnVote(train_x, [e.label for e in train_ex], k=8, labels=LABELS)

@@ -73,10 +73,10 @@ class Tally:
 async def send(address: str, rows, ids: list[str], concurrency: int, progress, stop_at: float | None = None) -> Tally:
     """One SDK call per row, no SDK retries; with `stop_at` (perf_counter), calls not started by then are not sent."""
     from tierlm.client import AsyncClient, RetryPolicy
-    from tierlm.loadgen import send_all
+    from tierlm.app.loadgen import send_all
 
     async with AsyncClient(address, timeout_s=120.0, retry=RetryPolicy(attempts=1)) as client:
-        outcomes = await send_all(client, [row.headline for row in rows], concurrency=concurrency, request_ids=ids,
+        outcomes = await send_all(client, [row.query for row in rows], concurrency=concurrency, request_ids=ids,
                                   stop_at=stop_at, on_done=progress, max_tokens=1)
     return Tally(ids, outcomes)
 
@@ -106,16 +106,16 @@ def main() -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tierlm.commands.up import default_run_dir
+    from tierlm.app.commands.up import default_run_dir
     from tierlm.results import RESULTS, write_results
-    from tierlm.router.datasets import is_correct, load_headlines
-    from tierlm.stack import LocalStack, StackError, plan_stack
+    from tierlm.router.workload import load_workload
+    from tierlm.app.stack import LocalStack, StackError, plan_stack
 
     console = Console(stderr=True)
     run_dir = args.run_dir or default_run_dir()
     policy = soak_policy(args.policy, args.demos, run_dir / "soak-policy.yaml")
-    dev = load_headlines("dev")
-    distinct = dev[: min(len(dev), args.distinct, args.requests)]
+    dev = load_workload(Path(__file__).resolve().parents[1] / "data" / "workloads" / "headlines" / "dev.jsonl")
+    distinct = list(dev)[: min(len(dev), args.distinct, args.requests)]
     rows = [distinct[i % len(distinct)] for i in range(args.requests)]
     plan = plan_stack(policy, run_dir, router_port=0, free_ports=True)
     ledger = run_dir / "ledger.sqlite"
@@ -176,7 +176,7 @@ def main() -> int:
     ref_answers = [reference.answers.get(f"ref-{i % len(distinct)}") for i in range(sent)]
 
     def correct(answer: str | None, row) -> bool:
-        return answer is not None and is_correct(answer, row.label)
+        return answer is not None and dev.judge_for(row).correct(answer, row.reference)
 
     soak_correct = np.array([correct(soak.answers.get(f"soak-{i}"), row) for i, row in zip(range(sent), rows)], dtype=float)
     ref_correct = np.array([correct(a, row) for a, row in zip(ref_answers, rows)], dtype=float)

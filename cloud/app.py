@@ -1,7 +1,7 @@
 """The cloud tier as a Ray Serve application.
 
 One `LLMServer` deployment per configured model (its own replicas, autoscaling and
-resources, an engine injected by config) behind one `GeneratorIngress`, which implements
+resources, a text engine chosen by config and served through `ProtoGenerator`) behind one `GeneratorIngress`, which implements
 the tierlm.v1 Generator rpc names for Ray Serve's gRPC proxy, plus grpc.health.v1 Check so
 Kubernetes gRPC probes work against the proxy. The router calls the proxy exactly as it
 calls an edge node; gRPC metadata `tierlm-model` picks a model other than the first.
@@ -23,7 +23,8 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from tierlm.cloud.config import CloudConfig, ModelDeploymentConfig
-from tierlm.cloud.engines import make_engine
+from tierlm.cloud.engines import make_text_engine
+from tierlm.edge.generator import ProtoGenerator
 from tierlm.errors import GenerationError
 from tierlm.v1 import generator_pb2
 
@@ -39,26 +40,27 @@ GRPC_SERVICER_FUNCTIONS = [
 
 @serve.deployment
 class LLMServer:
-    """One replica of one model: owns an engine and forwards requests to it."""
+    """One replica of one model: its text engine behind the Generator contract's messages."""
 
     def __init__(self, model: dict[str, Any], tier_name: str):
         self.config = ModelDeploymentConfig.model_validate(model)
-        self.engine = make_engine(self.config, tier_name)
-        self.engine.start()
+        self.generator = ProtoGenerator(make_text_engine(self.config), self.config.name, tier_name)
 
     async def generate(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
-        return await self.engine.generate(request)
+        return await self.generator.generate(request)
 
     async def generate_stream(self, request: generator_pb2.GenerateRequest) -> AsyncIterator[generator_pb2.GenerateResponse]:
-        async for chunk in self.engine.generate_stream(request):
+        async for chunk in self.generator.stream(request):
             yield chunk
 
     async def check_health(self) -> None:
         # Serve calls this every health_check_period_s; raising restarts the replica.
-        await self.engine.health()
+        status = await self.generator.engine.health()
+        if not status.ok:
+            raise GenerationError(grpc.StatusCode.UNAVAILABLE, status.detail)
 
     async def __del__(self) -> None:
-        await self.engine.shutdown()
+        await self.generator.engine.aclose(timeout=self.config.graceful_shutdown_timeout_s)
 
 
 # The ingress only forwards; reserving no CPU keeps a whole core for the model replicas on

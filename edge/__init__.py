@@ -7,7 +7,9 @@ The inference engine is importable from here; names resolve lazily so that impor
 import importlib
 
 _EXPORTS = {
-    "Engine": "engine",
+    "DecoderEngine": "engine",
+    "TextEngine": "protocol",
+    "EventStream": "protocol",
     "RequestStream": "engine",
     "ChatMessage": "requests",
     "ChoiceScore": "requests",
@@ -23,8 +25,8 @@ _EXPORTS = {
     "EngineObserver": "stats",
     "EngineStats": "stats",
     "ModelConfig": "config",
-    "Transformer": "model",
-    "load_model": "model",
+    "Transformer": "decoder",
+    "load_model": "decoder",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -10,7 +10,7 @@ One dedicated thread owns the model. Each iteration of its loop
 
 so requests join and leave the running batch at token granularity, and prompts delay running
 streams by one chunk's worth of compute per token at most. Callers use the asyncio API
-(`Engine.stream`, `Engine.generate`); results cross from the thread to the event loop with
+(`DecoderEngine.stream`, `DecoderEngine.generate`); results cross from the thread to the event loop with
 `call_soon_threadsafe`, once per model step for all the events it produced.
 """
 
@@ -31,7 +31,7 @@ from typing import TypeVar
 import torch
 
 from tierlm.edge.errors import EngineClosed, EngineError, QueueFull
-from tierlm.edge.model import Transformer, load_model
+from tierlm.edge.decoder import Transformer, load_model
 from tierlm.edge.prepare import PreparedRequest, RequestPreparer
 from tierlm.edge.requests import ChoiceScore, Completion, FinishReason, GenerationRequest, TokenDelta
 from tierlm.edge.sampling import sample, token_logprobs
@@ -98,7 +98,7 @@ class RequestStream:
     equal `Completion.text`.
     """
 
-    def __init__(self, engine: Engine, seq: _Sequence, queue: asyncio.Queue) -> None:
+    def __init__(self, engine: DecoderEngine, seq: _Sequence, queue: asyncio.Queue) -> None:
         self._engine = engine
         self._seq = seq
         self._queue = queue
@@ -169,7 +169,7 @@ def on_passing_thread(fn: Callable[[], T]) -> T:
     return result[0]
 
 
-class Engine:
+class DecoderEngine:
     """Continuous-batching text generation over a `Transformer` with a slotted KV cache.
 
     Build the model on a thread that then exits (`from_pretrained` does, see
@@ -236,7 +236,7 @@ class Engine:
     @classmethod
     def from_pretrained(
         cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **kwargs
-    ) -> Engine:
+    ) -> DecoderEngine:
         """Load an HF model folder (config.json, safetensors, tokenizer files) and start an engine."""
         from transformers import AutoTokenizer
 
@@ -245,7 +245,7 @@ class Engine:
             # torch's setting when their sessions are built, and must match the decode thread's.
             torch.set_num_threads(kwargs["threads"])
 
-        def build() -> Engine:
+        def build() -> DecoderEngine:
             return cls(load_model(path, dtype, device), AutoTokenizer.from_pretrained(str(path)), **kwargs)
 
         return on_passing_thread(build)
@@ -271,7 +271,7 @@ class Engine:
                 return event
         raise EngineError("the request ended without a result")
 
-    def health(self) -> EngineHealth:
+    async def health(self) -> EngineHealth:
         """Whether the engine accepts requests."""
         if self._fatal is not None:
             return EngineHealth(False, f"engine failed: {self._fatal!r}")
@@ -313,11 +313,11 @@ class Engine:
                 self._cv.notify_all()
             self._thread.join()
 
-    async def aclose(self, drain: bool = True, timeout: float | None = None) -> None:
+    async def aclose(self, timeout: float | None = None, *, drain: bool = True) -> None:
         """`close` without blocking the event loop (streams keep flowing while draining)."""
         await asyncio.to_thread(self.close, drain, timeout)
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> DecoderEngine:
         return self
 
     def __exit__(self, *exc_info) -> None:

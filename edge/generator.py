@@ -1,7 +1,8 @@
-"""The Generator contract over the edge Engine: tierlm.v1 messages in, tierlm.v1 messages out.
+"""The Generator contract over any text engine: tierlm.v1 messages in, tierlm.v1 messages out.
 
-Shared by the edge node's gRPC servicer and the cloud tier's TorchEngine, so both speak the
-contract through one translation, and engine errors become one GenerationError type.
+Shared by the edge node's gRPC servicer and the cloud tier's Serve replicas (edge engine or
+vLLM), so every tier speaks the contract through one translation, and engine errors become
+one GenerationError type.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from tierlm.edge.engine import Engine
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest, QueueFull
+from tierlm.edge.protocol import TextEngine
 from tierlm.edge.requests import ChatMessage, Completion, FinishReason, GenerationRequest, TokenDelta
 from tierlm.errors import GenerationError
 from tierlm.v1 import generator_pb2
@@ -55,9 +56,9 @@ def _generation_error(exc: EngineError) -> GenerationError:
 
 
 class ProtoGenerator:
-    """An edge Engine behind tierlm.v1 messages, labelled with a model and a tier name."""
+    """A text engine behind tierlm.v1 messages, labelled with a model and a tier name."""
 
-    def __init__(self, engine: Engine, model_name: str, tier_name: str):
+    def __init__(self, engine: TextEngine, model_name: str, tier_name: str):
         self.engine = engine
         self.model_name = model_name
         self.tier_name = tier_name

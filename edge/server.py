@@ -36,7 +36,7 @@ class EdgeGenerator(generator_pb2_grpc.GeneratorServicer):
 
 
 async def start_edge(generator: ProtoGenerator, config: ServerConfig) -> GrpcServer:
-    from tierlm.edge.metrics import bind_load_gauges
+    from tierlm.edge.telemetry import bind_load_gauges
 
     bind_load_gauges(generator.engine.stats)
     server = GrpcServer(config)
@@ -52,10 +52,10 @@ def load_generator(
     model_path: Path, tier_name: str, threads: int | None, max_batch: int, max_queue: int, **engine_options
 ) -> ProtoGenerator:
     """Load a model folder (HF or tierlm artifact) into an engine with Prometheus hooks."""
-    from tierlm.edge.engine import Engine
-    from tierlm.edge.metrics import PrometheusObserver
+    from tierlm.edge.engine import DecoderEngine
+    from tierlm.edge.telemetry import PrometheusObserver
 
-    engine = Engine.from_pretrained(
+    engine = DecoderEngine.from_pretrained(
         model_path, threads=threads, max_batch=max_batch, max_queue=max_queue, observer=PrometheusObserver(), **engine_options
     )
     return ProtoGenerator(engine, model_name=Path(model_path).name, tier_name=tier_name)

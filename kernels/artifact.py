@@ -22,11 +22,16 @@ An artifact is a folder::
 Tensor names in ``model.safetensors`` are our decoder's module names (``layers.0.mlp.up_proj``),
 a compressed module's tensors prefixed by its name (``layers.0.mlp.up_proj.qweight``).
 
-Module kinds are a registry (:class:`ModuleCodec`): a codec turns one kind of compressed
-``nn.Module`` into tensors + JSON and back. Quantized linears and embeddings are registered
-here; sparse, low-rank or composite modules register their own codec (``kind``) and need no
-change to this file, the pipeline or the loaders. A compressed module carries its description
-(method, bits, ...) in a ``compression`` attribute, set by whoever built it.
+Module kinds are codecs (:class:`ModuleCodec`): a codec turns one kind of compressed
+``nn.Module`` into tensors + JSON and back. Quantized linears and embeddings carry any stored
+format (int4 groups, int8, NF4, sparse, low-rank, composite: the format is the module's
+weight, :data:`tierlm.kernels.methods.FORMATS`), so these two codecs cover every method. A
+compressed module carries its description (method, bits, ...) in a ``compression`` attribute,
+set by whoever built it.
+
+Loading needs the model's architecture, which the kernels do not know: :func:`read_artifact`
+returns the compressed modules and the dense tensors, and the caller (the edge runtime's
+loader) sets them into a skeleton of its decoder.
 """
 
 from __future__ import annotations
@@ -35,13 +40,16 @@ import json
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from tierlm.edge.model import Transformer
+from tierlm.kernels.decoder import CompressibleDecoder
+from tierlm.kernels.methods import read_quantized
+from tierlm.kernels.modules import QuantEmbedding, QuantLinear
+
 
 MANIFEST = "tierlm_compression.json"
 FORMAT = "tierlm-compression"
@@ -62,16 +70,14 @@ TOKENIZER_FILES = (
 #: readers of the manifest need not know each method.
 DESCRIPTION_KEYS = ("method", "bits", "group_size", "sparsity", "rank")
 
-_CODECS: dict[str, "ModuleCodec"] = {}
-
 
 class ModuleCodec(ABC):
     """Saves and rebuilds one kind of compressed module."""
 
     #: The ``kind`` written into the manifest.
     kind: ClassVar[str]
-    #: Module classes this codec writes.
-    module_types: ClassVar[tuple[type[nn.Module], ...]]
+    #: The module class this codec writes.
+    module_type: ClassVar[type[nn.Module]]
 
     @abstractmethod
     def encode(self, module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -82,39 +88,12 @@ class ModuleCodec(ABC):
         """Rebuild the module from :meth:`encode` output."""
 
 
-def register_codec(codec: ModuleCodec) -> ModuleCodec:
-    """Register ``codec`` under its ``kind``; returns it (usable on an instance at import)."""
-    if codec.kind in _CODECS:
-        raise ValueError(f"module codec {codec.kind!r} registered twice")
-    _CODECS[codec.kind] = codec
-    return codec
-
-
-def codec_for(module: nn.Module) -> ModuleCodec | None:
-    """The codec that writes ``module``'s class, or None for a plain (dense) module."""
-    for codec in _CODECS.values():
-        if isinstance(module, codec.module_types):
-            return codec
-    return None
-
-
-def _codec_named(kind: str) -> ModuleCodec:
-    try:
-        return _CODECS[kind]
-    except KeyError:
-        raise ValueError(f"unknown compressed module kind {kind!r}; known: {sorted(_CODECS)}") from None
-
-
 class QuantLinearCodec(ModuleCodec):
     """:class:`~tierlm.kernels.modules.QuantLinear`: the quantized tensor plus a float bias."""
 
     kind = "quantized_linear"
 
-    @property
-    def module_types(self) -> tuple[type[nn.Module], ...]:  # type: ignore[override]
-        from tierlm.kernels.modules import QuantLinear
-
-        return (QuantLinear,)
+    module_type = QuantLinear
 
     def encode(self, module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, storage = module.qweight.to_state_dict("w")
@@ -124,10 +103,7 @@ class QuantLinearCodec(ModuleCodec):
         return tensors, storage
 
     def decode(self, tensors: Mapping[str, torch.Tensor], storage: Mapping[str, Any]) -> nn.Module:
-        from tierlm.kernels.modules import QuantLinear
-        from tierlm.kernels.quant.base import QuantizedTensor
-
-        weight = QuantizedTensor.from_state_dict({f"w.{k}": v for k, v in tensors.items() if k != "bias"}, "w", storage)
+        weight = read_quantized({f"w.{k}": v for k, v in tensors.items() if k != "bias"}, "w", storage)
         return QuantLinear(weight, tensors.get("bias"))
 
 
@@ -136,11 +112,7 @@ class QuantEmbeddingCodec(ModuleCodec):
 
     kind = "quantized_embedding"
 
-    @property
-    def module_types(self) -> tuple[type[nn.Module], ...]:  # type: ignore[override]
-        from tierlm.kernels.modules import QuantEmbedding
-
-        return (QuantEmbedding,)
+    module_type = QuantEmbedding
 
     def encode(self, module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, storage = module.qweight.to_state_dict("w")
@@ -148,16 +120,25 @@ class QuantEmbeddingCodec(ModuleCodec):
         return tensors, {**storage, "scale": module.scale, "padding_idx": module.padding_idx}
 
     def decode(self, tensors: Mapping[str, torch.Tensor], storage: Mapping[str, Any]) -> nn.Module:
-        from tierlm.kernels.modules import QuantEmbedding
-        from tierlm.kernels.quant.base import QuantizedTensor
-
         meta = {k: v for k, v in storage.items() if k not in ("scale", "padding_idx")}
-        weight = QuantizedTensor.from_state_dict({f"w.{k}": v for k, v in tensors.items()}, "w", meta)
+        weight = read_quantized({f"w.{k}": v for k, v in tensors.items()}, "w", meta)
         return QuantEmbedding(weight, float(storage["scale"]), storage["padding_idx"])
 
 
-register_codec(QuantLinearCodec())
-register_codec(QuantEmbeddingCodec())
+#: Every module kind an artifact can hold, by the ``kind`` its manifest entry names.
+CODECS: dict[str, ModuleCodec] = {codec.kind: codec for codec in (QuantLinearCodec(), QuantEmbeddingCodec())}
+
+
+def codec_for(module: nn.Module) -> ModuleCodec | None:
+    """The codec that writes ``module``'s class, or None for a plain (dense) module."""
+    return next((codec for codec in CODECS.values() if isinstance(module, codec.module_type)), None)
+
+
+def _codec_named(kind: str) -> ModuleCodec:
+    try:
+        return CODECS[kind]
+    except KeyError:
+        raise ValueError(f"unknown compressed module kind {kind!r}; known: {sorted(CODECS)}") from None
 
 
 def describe(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,7 +159,7 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def artifact_state(model: Transformer) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]], bool]:
+def artifact_state(model: CompressibleDecoder) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]], bool]:
     """What an artifact of ``model`` stores: ``(tensors, module entries, tied_output)``.
 
     Works for a plain model too (no entries), which is how the fp32 baseline's bytes are counted
@@ -228,7 +209,7 @@ def byte_breakdown(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
 
 
 def save_artifact(
-    model: Transformer, out: str | Path, source: str | Path, extra: Mapping[str, Any] | None = None
+    model: CompressibleDecoder, out: str | Path, source: str | Path, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Write ``model`` (compressed or not) as an artifact folder next to ``source``'s files.
 
@@ -272,41 +253,34 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_artifact(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
-    """Build our decoder from an artifact: compressed modules swapped in, fast kernels on.
+@dataclass
+class ArtifactParts:
+    """An artifact read back, for a loader that knows the architecture to assemble it.
 
-    Dense tensors are cast to ``dtype``; quantized modules compute in float32 internally and
-    return the input's dtype.
+    ``modules``: each compressed module by its name in the decoder, ready to be set in place;
+    ``dense``: every other tensor by its state-dict name; ``tied_output``: the output layer
+    shares the embedding table (rebuild it as the compressed table's ``tied_output()`` when the
+    table is among ``modules``, else tie the dense weights).
     """
-    from safetensors.torch import load_file
 
-    from tierlm.edge.config import ModelConfig
-    from tierlm.edge.model import Transformer
+    manifest: dict[str, Any]
+    modules: dict[str, nn.Module]
+    dense: dict[str, torch.Tensor]
+    tied_output: bool
+
+
+def read_artifact(path: str | Path) -> ArtifactParts:
+    """The compressed modules and dense tensors of the artifact at ``path``."""
+    from safetensors.torch import load_file
 
     path = Path(path)
     manifest = read_manifest(path)
-    config = ModelConfig.from_dir(path)
     state = load_file(str(path / WEIGHTS))
-    with torch.device("meta"):
-        model = Transformer(config)
+    modules: dict[str, nn.Module] = {}
     for name, entry in manifest["modules"].items():
         head = name + "."
         parts = {k[len(head):]: state.pop(k) for k in [k for k in state if k.startswith(head)]}
         module = _codec_named(entry["kind"]).decode(parts, entry["storage"])
         module.compression = {k: v for k, v in entry.items() if k not in ("kind", "storage", "bytes")}
-        _set_module(model, name, module)
-    if manifest["tied_output"] and "embed_tokens" in manifest["modules"]:
-        model.lm_head = model.embed_tokens.tied_output()
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
-    expected = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    missing = [k for k in missing if k not in expected and not any(k.startswith(n + ".") for n in manifest["modules"])]
-    if missing or unexpected:
-        raise ValueError(f"{path}: artifact does not match the architecture: missing {missing}, unexpected {unexpected}")
-    if config.tie_word_embeddings and "embed_tokens" not in manifest["modules"]:
-        model.lm_head.weight = model.embed_tokens.weight  # assign=True replaced the parameter: tie again
-    return model.eval()
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+        modules[name] = module
+    return ArtifactParts(manifest, modules, state, bool(manifest["tied_output"]))

@@ -34,15 +34,33 @@ from typing import Any
 
 import torch
 from tierlm.kernels.calibration import LayerStats
-from tierlm.kernels.lowrank.base import Decomposition, get_factorizer
+from tierlm.kernels.lowrank import FACTORIZERS
+from tierlm.kernels.lowrank.base import Decomposition
 from tierlm.kernels.lowrank.tensor import LowRankTensor
-from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
-from tierlm.kernels.quant.group import GroupGrid
-from tierlm.kernels.sparse.base import get_pruner
+from tierlm.kernels.quant.base import Kernel, QuantizedTensor, Quantizer
+from tierlm.kernels.quant.gptq import GPTQQuantizer
+from tierlm.kernels.quant.group import GroupGrid, GroupQuantTensor
+from tierlm.kernels.sparse import PRUNERS
 from tierlm.kernels.sparse.sparsegpt import SparseGPTPruner, sparsegpt_sweep
 from tierlm.kernels.sparse.tensors import Encoding, SparseQuantTensor, SparseTensor
 
 QUANT_METHODS = ("rtn", "gptq")
+#: What :meth:`CompositeCompressor.base` stores: quantized, pruned + quantized, or pruned float.
+_BASE_FORMATS: dict[str, type[QuantizedTensor]] = {
+    cls.format: cls for cls in (GroupQuantTensor, SparseQuantTensor, SparseTensor)
+}
+
+
+def _read_part(
+    tensors: Mapping[str, torch.Tensor], prefix: str, meta: Mapping[str, Any], formats: Mapping[str, type[QuantizedTensor]]
+) -> QuantizedTensor:
+    """One stored part of a composite (``base`` or ``lowrank``), by its recorded format."""
+    cls = formats.get(meta["format"])
+    if cls is None:
+        raise ValueError(f"a composite's {prefix} cannot be format {meta['format']!r}; expected one of {sorted(formats)}")
+    head = f"{prefix}."
+    parts = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+    return cls.from_parts(parts, {k: v for k, v in meta.items() if k != "format"})
 
 
 @dataclass(eq=False)
@@ -65,6 +83,18 @@ class CompositeTensor(QuantizedTensor):
     @property
     def rank(self) -> int:
         return 0 if self.lowrank is None else self.lowrank.rank
+
+    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
+        """The base's kernel (or its reference product) plus the low-rank product."""
+        from tierlm.kernels.ops.lowrank_mm import SumMatMul
+
+        base = self.base.kernel(device, int4_accuracy_level)
+        if base is None:
+            on_device = self.base.to(device)
+            base = lambda x: on_device.linear_reference(x.to(torch.float32))  # noqa: E731
+        if self.lowrank is None:
+            return base
+        return SumMatMul(base, self.lowrank.kernel(device, int4_accuracy_level))
 
     def dequantize(self) -> torch.Tensor:
         w = self.base.dequantize()
@@ -94,10 +124,10 @@ class CompositeTensor(QuantizedTensor):
 
     @classmethod
     def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> CompositeTensor:
-        base = QuantizedTensor.from_state_dict(tensors, "base", meta["base"])
+        base = _read_part(tensors, "base", meta["base"], _BASE_FORMATS)
         lowrank = None
         if "lowrank" in meta:
-            lowrank = QuantizedTensor.from_state_dict(tensors, "lowrank", meta["lowrank"])
+            lowrank = _read_part(tensors, "lowrank", meta["lowrank"], {LowRankTensor.format: LowRankTensor})
         return cls(base, lowrank)
 
 
@@ -127,7 +157,7 @@ class CompositeCompressor(Quantizer):
         self.pruner = None
         if prune is not None:
             config = dict(prune)
-            self.pruner = get_pruner(config.pop("method"), **config)
+            self.pruner = PRUNERS.build(config.pop("method"), **config)
         self.grid = self.quant_method = None
         self.percdamp = 0.01
         if quant is not None:
@@ -141,7 +171,7 @@ class CompositeCompressor(Quantizer):
         self.rank = lowrank_config.get("rank")
         self.lowrank_dtype = lowrank_config.get("dtype", "float16")
         if lowrank is not None:
-            self.factorizer = get_factorizer(lowrank_config.get("method", "asvd"))
+            self.factorizer = FACTORIZERS.build(lowrank_config.get("method", "asvd"))
         self.encoding = encoding
 
     @property
@@ -163,8 +193,6 @@ class CompositeCompressor(Quantizer):
                 return None
             if self.quant_method == "rtn":
                 return self.grid.rtn(w)
-            from tierlm.kernels.quant.gptq import GPTQQuantizer
-
             config = self.grid.config()
             return GPTQQuantizer(**config, percdamp=self.percdamp).quantize(w, self._require(calib))
         pattern = self.pruner.pattern

@@ -16,90 +16,25 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import torch
-from tierlm.kernels.calibration import LayerStats
-from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
-from tierlm.kernels.quant.group import GroupQuantTensor
-from tierlm.kernels.quant.int8 import Int8Tensor
 from torch import nn
 
+from tierlm.kernels.calibration import LayerStats
+from tierlm.kernels.decoder import set_module
+from tierlm.kernels.quant.base import Kernel, QuantizedTensor, Quantizer
+
 Backend = Literal["auto", "fast", "reference"]
-Kernel = Callable[[torch.Tensor], torch.Tensor]
 
 
-def fast_kernel(
-    qt: QuantizedTensor, device: torch.device | str = "cpu", int4_accuracy_level: int = 4
-) -> Kernel | None:
+def fast_kernel(qt: QuantizedTensor, device: torch.device | str = "cpu", int4_accuracy_level: int = 4) -> Kernel | None:
     """The fast kernel for ``qt``'s format on ``device``, or None when there is none here.
 
-    CPU: int8 -> ``torch._int_mm``; int3/int4 -> onnxruntime ``MatMulNBits``, where
-    ``int4_accuracy_level`` 4 lets MLAS quantize activations to int8 per block (fastest, adds
-    ~1-3% relative output error on outlier-heavy inputs) and 0 keeps them in float (exact to the
-    reference, 2-3x slower at batch 1; see bench/kernels_matmul.py).
-    CUDA: int8 -> ``torch._int_mm``; int3/int4 -> torch's tinygemm (bfloat16 activations).
+    Each format brings its own (:meth:`QuantizedTensor.kernel`). CPU: int8 -> ``torch._int_mm``;
+    int3/int4 -> onnxruntime ``MatMulNBits``, where ``int4_accuracy_level`` 4 lets MLAS quantize
+    activations to int8 per block (fastest, adds ~1-3% relative output error on outlier-heavy
+    inputs) and 0 keeps them in float (exact to the reference, 2-3x slower at batch 1; see
+    bench/kernels_matmul.py). CUDA: int8 -> ``torch._int_mm``; int3/int4 -> torch's tinygemm.
     """
-    device = torch.device(device)
-    if isinstance(qt, Int8Tensor):
-        from tierlm.kernels.ops.int8_mm import Int8MatMul, cuda_supports
-
-        if device.type == "cpu" or (device.type == "cuda" and cuda_supports(qt)):
-            return Int8MatMul(qt, device)
-    elif isinstance(qt, GroupQuantTensor):
-        if device.type == "cpu":
-            from tierlm.kernels.ops.ort_nbits import (
-                ORT_BLOCK_SIZES,
-                NBitsMatMul,
-                ort_available,
-            )
-
-            if ort_available() and qt.group_size in ORT_BLOCK_SIZES:
-                return NBitsMatMul(qt, accuracy_level=int4_accuracy_level)
-        elif device.type == "cuda":
-            from tierlm.kernels.ops.cuda_int4 import TinyGemmMatMul, tinygemm_supports
-
-            if tinygemm_supports(qt):
-                return TinyGemmMatMul(qt, device)
-    else:
-        return _compressed_kernel(qt, device, int4_accuracy_level)
-    return None
-
-
-def _compressed_kernel(qt: QuantizedTensor, device: torch.device, int4_accuracy_level: int) -> Kernel | None:
-    """Kernels for the sparse, low-rank and composite formats (:func:`fast_kernel`'s other half).
-
-    Sparse int codes run as dense codes through the int4 kernels (pruned codes are zero points,
-    so the product is exact); float sparse weights use CSR on CPU only where it beats dense
-    (:func:`~tierlm.kernels.ops.sparse_mm.cpu_sparse_kernel`) and 2:4 tensor cores on CUDA; a
-    composite adds its low-rank product to its base's kernel (or the base's reference product).
-    """
-    from tierlm.kernels.composite import CompositeTensor
-    from tierlm.kernels.lowrank.tensor import LowRankTensor
-    from tierlm.kernels.sparse.tensors import SparseQuantTensor, SparseTensor
-
-    if isinstance(qt, SparseQuantTensor):
-        return fast_kernel(qt.to_group_quant(), device, int4_accuracy_level)
-    if isinstance(qt, SparseTensor):
-        from tierlm.kernels.ops import sparse_mm
-
-        if device.type == "cpu":
-            return sparse_mm.cpu_sparse_kernel(qt)
-        if sparse_mm.semi_structured_supports(qt, device):
-            return sparse_mm.SemiStructuredMatMul(qt, device)
-        return None
-    if isinstance(qt, LowRankTensor):
-        from tierlm.kernels.ops.lowrank_mm import LowRankMatMul
-
-        return LowRankMatMul(qt, device)
-    if isinstance(qt, CompositeTensor):
-        from tierlm.kernels.ops.lowrank_mm import SumMatMul
-
-        base = fast_kernel(qt.base, device, int4_accuracy_level)
-        if base is None:
-            on_device = qt.base.to(device)
-            base = lambda x: on_device.linear_reference(x.to(torch.float32))  # noqa: E731
-        if qt.lowrank is None:
-            return base
-        return SumMatMul(base, fast_kernel(qt.lowrank, device, int4_accuracy_level))
-    return None
+    return qt.kernel(torch.device(device), int4_accuracy_level)
 
 
 class QuantLinear(nn.Module):
@@ -251,7 +186,6 @@ def quantize_linears(
     for name, module, quantizer in chosen:
         stats = None if calib is None else calib.get(name)
         new = QuantLinear.from_linear(module, quantizer, stats, backend)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        set_module(model, name, new)
         replaced[name] = new
     return replaced

@@ -12,8 +12,9 @@ So each layer is calibrated on the activations the compressed model will actuall
 (errors of earlier layers included), as GPTQ does. The data-free embedding table is
 quantized before layer 0 for the same reason; a table whose method needs calibration (tied
 to the output layer, it is calibrated on the output layer's inputs) is done after the last
-layer. Everything runs through our edge decoder (:mod:`tierlm.edge.model`), so the artifact
-holds exactly the modules the edge runtime will run.
+layer. The model is any :class:`~tierlm.kernels.decoder.CompressibleDecoder` (the edge runtime's
+decoder is one), so the artifact holds exactly the modules the edge runtime will run; loading
+the model and its calibration text is the edge's job (:mod:`tierlm.edge.compress`).
 
 A rule with a ``rank_budget`` (low-rank stages whose ranks are allocated globally) needs every
 matched module's spectrum before any rank is fixed, so such recipes start with a *spectra
@@ -28,16 +29,15 @@ its spectra-pass decompositions are kept and reused instead.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from tierlm.kernels.artifact import describe, save_artifact
+from tierlm.kernels.artifact import describe
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.composite import CompositeCompressor
+from tierlm.kernels.decoder import CompressibleDecoder, set_module
 from tierlm.kernels.lowrank.base import Decomposition
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear
 from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
@@ -48,40 +48,9 @@ from tierlm.kernels.recipe import MethodSpec, Recipe, Rule
 Progress = Callable[[int, int, str], None]
 
 
-@dataclass
-class CompressionResult:
-    """What :func:`compress` did: timings, calibration size, per-module notes, the manifest."""
-
-    seconds: float
-    calibration_sequences: int
-    calibration_tokens: int
-    layer_seconds: list[float] = field(default_factory=list)
-    manifest: dict[str, Any] = field(default_factory=dict)
-
-
-def calibration_tokens(tokenizer: Any, text: str, sequences: int, seq_len: int) -> torch.Tensor:
-    """``[n, seq_len]`` token ids: consecutive disjoint chunks of ``text``, at most ``sequences``.
-
-    Each row starts with the BOS token when the tokenizer starts sequences with one (Gemma),
-    so calibration sees inputs shaped like real prompts. Fewer rows come back when the text is
-    short; the caller reports how many.
-    """
-    from tierlm.perplexity import encode
-
-    ids, bos = encode(tokenizer, text)
-    span = seq_len - (bos is not None)
-    n = min(sequences, len(ids) // span)
-    if n == 0:
-        raise ValueError(f"calibration text has {len(ids)} tokens, fewer than one sequence of {seq_len}")
-    rows = torch.tensor(ids[: n * span], dtype=torch.long).reshape(n, span)
-    if bos is not None:
-        rows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), rows], dim=1)
-    return rows
-
-
 @torch.no_grad()
 def compress_model(
-    model: nn.Module, recipe: Recipe, tokens: torch.Tensor, progress: Progress | None = None
+    model: CompressibleDecoder, recipe: Recipe, tokens: torch.Tensor, progress: Progress | None = None
 ) -> list[float]:
     """Compress ``model`` (our decoder, float32) in place following ``recipe``.
 
@@ -131,7 +100,7 @@ def compress_model(
                 described = {**quantizer.config(), "rank": ranks[full]}
             new = QuantLinear(weight, module.bias)
             new.compression = describe(described)
-            _set_module(layer, name, new)
+            set_module(layer, name, new)
         if not data_free:
             hidden = _run_layer(model, index, hidden)
         layer_seconds.append(time.perf_counter() - start)
@@ -165,7 +134,7 @@ def _chosen_linears(layer: nn.Module, index: int, recipe: Recipe) -> dict[str, t
 
 
 def _layer_stats(
-    model: nn.Module,
+    model: CompressibleDecoder,
     index: int,
     hidden: list[torch.Tensor],
     chosen: dict[str, tuple[nn.Linear, Rule]],
@@ -181,7 +150,7 @@ def _layer_stats(
 
 
 def _budgeted_ranks(
-    model: nn.Module, recipe: Recipe, hidden: list[torch.Tensor], spec: StatsSpec, progress: Progress
+    model: CompressibleDecoder, recipe: Recipe, hidden: list[torch.Tensor], spec: StatsSpec, progress: Progress
 ) -> tuple[dict[str, int], dict[str, tuple[QuantizedTensor | None, Decomposition]]]:
     """The spectra pass (module docstring): ranks per budgeted module, by its full name, and the
     ``(base, decomposition)`` of the data-free ones, which the compressing pass reuses."""
@@ -255,7 +224,7 @@ class _SharedInputRecorder:
         self._last = None
 
 
-def _run_layer(model: nn.Module, index: int, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+def _run_layer(model: CompressibleDecoder, index: int, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
     """Layer ``index``'s outputs for each batch of its inputs (positions from 0, slots from 0)."""
     layer = model.layers[index]
     outputs = []
@@ -266,7 +235,7 @@ def _run_layer(model: nn.Module, index: int, hidden: list[torch.Tensor]) -> list
     return outputs
 
 
-def _compress_table(model: nn.Module, spec: MethodSpec, stats: LayerStats | None) -> None:
+def _compress_table(model: CompressibleDecoder, spec: MethodSpec, stats: LayerStats | None) -> None:
     """Quantize the embedding table; a tied output layer then shares the quantized table."""
     quantizer = spec.build()
     emb = model.embed_tokens
@@ -277,47 +246,9 @@ def _compress_table(model: nn.Module, spec: MethodSpec, stats: LayerStats | None
         model.lm_head = module.tied_output()
 
 
-def _compress_lm_head(model: nn.Module, spec: MethodSpec, stats: LayerStats | None) -> None:
+def _compress_lm_head(model: CompressibleDecoder, spec: MethodSpec, stats: LayerStats | None) -> None:
     quantizer = spec.build()
     head = model.lm_head
     module = QuantLinear(quantizer.quantize(head.weight.detach(), stats), head.bias)
     module.compression = describe(quantizer.config())
     model.lm_head = module
-
-
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
-def compress(
-    model_path: str | Path,
-    recipe: Recipe,
-    calib_text: str,
-    out: str | Path,
-    progress: Progress | None = None,
-) -> CompressionResult:
-    """Load an HF folder with our decoder, compress it by ``recipe``, write the artifact to ``out``."""
-    from transformers import AutoTokenizer
-
-    from tierlm.edge.model import load_model
-
-    start = time.perf_counter()
-    model_path = Path(model_path)
-    model = load_model(model_path, torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    cal = recipe.calibration
-    tokens = calibration_tokens(tokenizer, calib_text, cal.sequences, cal.seq_len)
-    layer_seconds = compress_model(model, recipe, tokens, progress)
-    seconds = time.perf_counter() - start
-    manifest = save_artifact(
-        model,
-        out,
-        model_path,
-        extra={
-            "recipe": recipe.model_dump(mode="json"),
-            "calibration": {"sequences": int(tokens.shape[0]), "seq_len": int(tokens.shape[1])},
-            "compress_seconds": round(seconds, 1),
-        },
-    )
-    return CompressionResult(seconds, int(tokens.shape[0]), int(tokens.numel()), layer_seconds, manifest)

@@ -3,7 +3,7 @@
 A recipe names module patterns (``fnmatch`` over our decoder's module names, e.g.
 ``layers.*.mlp.*`` or ``layers.0.self_attn.q_proj``), the method that compresses them and the
 method's options, which are exactly the keyword arguments of the registered quantizer
-(``get_quantizer(method, **options)``). The first rule that matches a linear wins; ``skip``
+(``QUANTIZERS.build(method, **options)``). The first rule that matches a linear wins; ``skip``
 patterns keep modules dense whatever the rules say. The embedding table and the output layer
 have their own entries, since they are not decoder-block linears and, in Gemma 3, are one
 tied 262144 × 640 table that holds most of the model's bytes::
@@ -39,14 +39,15 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tierlm.kernels.composite import CompositeCompressor
+from tierlm.kernels.methods import QUANTIZERS
+from tierlm.kernels.quant.base import Quantizer
 from tierlm.yaml_source import YamlDocument, load_yaml, load_yaml_file
 
-if TYPE_CHECKING:
-    from tierlm.kernels.quant.base import Quantizer
 
 
 class MethodSpec(BaseModel):
@@ -62,20 +63,16 @@ class MethodSpec(BaseModel):
         self.build()
         return self
 
-    def build(self) -> "Quantizer":
+    def build(self) -> Quantizer:
         """A fresh quantizer for this spec (quantizers may keep per-call state)."""
-        from tierlm.kernels.quant.base import get_quantizer
-
         try:
-            return get_quantizer(self.method, **self.options)
+            return QUANTIZERS.build(self.method, **self.options)
         except TypeError as exc:  # an unknown keyword: say which method rejected it
             raise ValueError(f"bad options for method {self.method!r}: {exc}") from None
 
 
-def _free_rank(quantizer: "Quantizer") -> bool:
+def _free_rank(quantizer: Quantizer) -> bool:
     """Whether ``quantizer`` is a composite whose low-rank stage waits for a budgeted rank."""
-    from tierlm.kernels.composite import CompositeCompressor
-
     return isinstance(quantizer, CompositeCompressor) and quantizer.factorizer is not None and quantizer.rank is None
 
 

@@ -28,7 +28,7 @@ What cannot be exported, and why (:class:`ExportError` names the module):
 
 Embedding tables: vLLM's quantized embedding lookup is a Triton kernel (GPU only), so a
 quantized table is written dequantized, in float32, which holds int4 and int8 products
-exactly. A tied output layer then runs in float in vLLM; :func:`load_exported` (our runtime on
+exactly. A tied output layer then runs in float in vLLM; our runtime (:func:`read_exported` assembled by the edge loader) on
 the exported checkpoint) does the same, so both sides run one model.
 """
 
@@ -39,62 +39,20 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
-from tierlm.kernels.artifact import TOKENIZER_FILES, WEIGHTS, load_artifact, read_manifest
+from tierlm.kernels.artifact import TOKENIZER_FILES, WEIGHTS, read_manifest
+from tierlm.kernels.compressed_tensors import PACKED, QUANT_METHOD, ExportError, Scheme
+from tierlm.kernels.methods import read_compressed_tensors
+from tierlm.kernels.modules import QuantEmbedding, QuantLinear
 
-if TYPE_CHECKING:
-    from tierlm.edge.model import Transformer
-    from tierlm.kernels.quant.base import QuantizedTensor
-
-QUANT_METHOD = "compressed-tensors"
-PACKED = "pack-quantized"
-INT_QUANTIZED = "int-quantized"
 #: The HF module prefix of a decoder's blocks, embedding and norm (``model.layers.0...``).
 HF_PREFIX = "model."
 
-
-class ExportError(ValueError):
-    """The artifact holds a module vLLM cannot run as it is (the message says which and why)."""
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """One compressed-tensors quantization scheme: its format and its ``config_groups`` entry."""
-
-    format: str
-    weights: dict[str, Any]
-    input_activations: dict[str, Any] | None = None
-
-    def group(self, targets: list[str]) -> dict[str, Any]:
-        return {
-            "targets": targets,
-            "weights": self.weights,
-            "input_activations": self.input_activations,
-            "output_activations": None,
-            "format": self.format,
-        }
-
-    @property
-    def key(self) -> str:
-        return json.dumps([self.format, self.weights, self.input_activations], sort_keys=True)
-
-
-def _int_args(bits: int, symmetric: bool, strategy: str, group_size: int | None = None, dynamic: bool = False) -> dict[str, Any]:
-    return {
-        "num_bits": bits,
-        "type": "int",
-        "symmetric": symmetric,
-        "strategy": strategy,
-        "group_size": group_size,
-        "dynamic": dynamic,
-        "actorder": None,
-        "block_structure": None,
-        "observer": None if dynamic else "minmax",
-        "observer_kwargs": {},
-    }
+__all__ = ["ExportError", "ExportSummary", "ExportedParts", "export_for_vllm", "is_exported", "read_exported"]
 
 
 @dataclass
@@ -106,52 +64,16 @@ class ExportSummary:
     dequantized: list[str] = field(default_factory=list)  # tables written in float32
 
 
-def encode_linear(name: str, qt: QuantizedTensor) -> tuple[Scheme, dict[str, torch.Tensor]]:
-    """The compressed-tensors scheme and tensors (names without the module prefix) of one linear."""
-    from tierlm.kernels.quant.group import GroupQuantTensor
-    from tierlm.kernels.quant.int8 import Int8Tensor
-
-    if isinstance(qt, GroupQuantTensor):
-        if qt.input_scale is not None:
-            raise ExportError(f"{name}: AWQ per-input-channel scales have no place in vLLM's fused linears")
-        if qt.g_idx is not None:
-            raise ExportError(f"{name}: GPTQ act-order (g_idx) is not run by vLLM's CPU int4 kernel")
-        if qt.bits != 4:
-            raise ExportError(f"{name}: {qt.bits}-bit weights; vLLM's CPU kernel runs 4-bit only")
-        n, k = qt.shape
-        scheme = Scheme(PACKED, _int_args(4, False, "group", qt.group_size))
-        return scheme, {
-            "weight_packed": qt.qweight.t().contiguous(),
-            "weight_scale": qt.scales.t().contiguous(),
-            "weight_zero_point": qt.qzeros.t().contiguous(),
-            "weight_shape": torch.tensor([n, k], dtype=torch.int64),
-        }
-    if isinstance(qt, Int8Tensor):
-        if qt.smooth is not None:
-            raise ExportError(f"{name}: SmoothQuant scales have no place in vLLM's fused linears")
-        if qt.outlier_idx is not None:
-            raise ExportError(f"{name}: LLM.int8() outlier columns have no vLLM kernel")
-        scheme = Scheme(
-            INT_QUANTIZED,
-            _int_args(8, True, "channel"),
-            _int_args(8, True, "token", dynamic=True),
-        )
-        return scheme, {"weight": qt.qweight.contiguous(), "weight_scale": qt.scale.to(torch.float32).reshape(-1, 1)}
-    raise ExportError(f"{name}: format {qt.format!r} has no vLLM CPU kernel")
-
-
-def export_for_vllm(artifact: str | Path, out: str | Path) -> ExportSummary:
-    """Write ``artifact`` as a compressed-tensors HF folder at ``out`` (see the module docstring).
+def export_for_vllm(model: nn.Module, artifact: str | Path, out: str | Path) -> ExportSummary:
+    """Write ``model``, loaded from ``artifact``, as a compressed-tensors HF folder at ``out``
+    (see the module docstring); config and tokenizer files come from ``artifact``.
 
     Raises :class:`ExportError` before writing anything when a module cannot be exported.
     """
     from safetensors.torch import save_file
 
-    from tierlm.kernels.modules import QuantEmbedding, QuantLinear
-
     artifact, out = Path(artifact), Path(out)
     manifest = read_manifest(artifact)
-    model = load_artifact(artifact)
     tied = manifest["tied_output"]
     summary = ExportSummary(out)
     tensors: dict[str, torch.Tensor] = {}
@@ -168,7 +90,7 @@ def export_for_vllm(artifact: str | Path, out: str | Path) -> ExportSummary:
                 summary.dequantized.append(name)
                 replaced.add(name)
                 continue
-            scheme, parts = encode_linear(name, module.qweight)
+            scheme, parts = module.qweight.to_compressed_tensors(name)
             hf = HF_PREFIX + name
             schemes[scheme.key] = scheme
             targets[scheme.key].append(hf)
@@ -220,71 +142,36 @@ def is_exported(path: str | Path) -> bool:
     return quantization_config(path) is not None
 
 
-def decode_linear(parts: dict[str, torch.Tensor], group: dict[str, Any]) -> QuantizedTensor:
-    """Our quantized tensor from one linear's compressed-tensors tensors (inverse of :func:`encode_linear`)."""
-    from tierlm.kernels.quant.group import GroupQuantTensor
-    from tierlm.kernels.quant.int8 import Int8Tensor
+@dataclass
+class ExportedParts:
+    """A compressed-tensors checkpoint read back: its quantized linears as
+    :class:`~tierlm.kernels.modules.QuantLinear` and every other tensor, both by HF name
+    (``model.layers.0.mlp.up_proj``); the caller maps the names onto its decoder."""
 
-    weights, fmt = group["weights"], group.get("format")
-    if fmt == PACKED and weights["num_bits"] == 4 and weights["strategy"] == "group" and not weights["symmetric"]:
-        return GroupQuantTensor(
-            qweight=parts["weight_packed"].t().contiguous(),
-            qzeros=parts["weight_zero_point"].t().contiguous(),
-            scales=parts["weight_scale"].t().contiguous(),
-            bits=4,
-            group_size=int(weights["group_size"]),
-            symmetric=False,
-        )
-    acts = group.get("input_activations") or {}
-    if (
-        fmt == INT_QUANTIZED
-        and weights["num_bits"] == 8
-        and weights["strategy"] == "channel"
-        and acts.get("strategy") == "token"
-        and acts.get("dynamic")
-    ):
-        return Int8Tensor(qweight=parts["weight"], scale=parts["weight_scale"].reshape(-1).to(torch.float32))
-    raise ValueError(f"unsupported compressed-tensors scheme: format {fmt!r}, weights {weights}, activations {acts}")
+    modules: dict[str, QuantLinear]
+    dense: dict[str, torch.Tensor]
 
 
-def load_exported(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
-    """Our decoder from a compressed-tensors checkpoint in the schemes :func:`export_for_vllm` writes.
+def read_exported(path: str | Path) -> ExportedParts:
+    """The linears and dense tensors of a checkpoint in the schemes :func:`export_for_vllm` writes.
 
-    Linears become :class:`~tierlm.kernels.modules.QuantLinear` over the checkpoint's packed
-    tensors with our fast kernels; W4A16 keeps activations in float (int4 accuracy level 0) as
-    the scheme says, so the edge runtime and vLLM compute the same products.
+    Linears run the checkpoint's packed tensors on our fast kernels; W4A16 keeps activations in
+    float (int4 accuracy level 0) as the scheme says, so the edge runtime and vLLM compute the
+    same products.
     """
     from safetensors.torch import load_file
-
-    from tierlm.edge.config import ModelConfig
-    from tierlm.edge.model import Transformer, hf_to_our_name
-    from tierlm.kernels.modules import QuantLinear
 
     path = Path(path)
     qconfig = quantization_config(path)
     if qconfig is None:
         raise ValueError(f"{path}: no compressed-tensors quantization_config in config.json")
-    config = ModelConfig.from_dir(path)
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(str(file)))
-    with torch.device("meta"):
-        model = Transformer(config)
+    modules: dict[str, QuantLinear] = {}
     for group in qconfig["config_groups"].values():
         for target in group["targets"]:
             parts = {k[len(target) + 1 :]: state.pop(k) for k in [k for k in state if k.startswith(target + ".")]}
             bias = parts.pop("bias", None)
-            module = QuantLinear(decode_linear(parts, group), bias, int4_accuracy_level=0)
-            parent, _, child = hf_to_our_name(target).rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, module)
-    dense = {hf_to_our_name(k): v.to(dtype) for k, v in state.items()}
-    if config.tie_word_embeddings:
-        dense.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(dense, strict=False, assign=True)
-    quantized = {hf_to_our_name(t) for g in qconfig["config_groups"].values() for t in g["targets"]}
-    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight") and k.rpartition(".")[0] not in quantized]
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match the architecture: missing {missing}, unexpected {unexpected}")
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight  # assign=True replaced the parameter: tie again
-    return model.eval()
+            modules[target] = QuantLinear(read_compressed_tensors(parts, group), bias, int4_accuracy_level=0)
+    return ExportedParts(modules, state)

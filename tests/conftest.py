@@ -46,9 +46,9 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_folder(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny GGUF converted into an HF folder by `write_hf_folder`."""
-    from tierlm import models
+    from tierlm.edge import catalog
 
     folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
-    model, tokenizer = models.load_gguf(tiny_gguf)
-    models.write_hf_folder(model, tokenizer, folder)
+    model, tokenizer = catalog.load_gguf(tiny_gguf)
+    catalog.write_hf_folder(model, tokenizer, folder)
     return folder

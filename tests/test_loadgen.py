@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from tierlm.client import Unavailable
-from tierlm.loadgen import send_all
+from tierlm.app.loadgen import send_all
 
 
 class FakeClient:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tierlm.cli import app
+from tierlm.app.cli import app
 from tierlm.config import PolicyError, load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parents[1]

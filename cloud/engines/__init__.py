@@ -1,20 +1,26 @@
-"""Inference engines behind one interface; the Serve deployment gets one injected."""
+"""Inference engines for a Serve replica, behind the text-engine contract
+(:class:`~tierlm.edge.protocol.TextEngine`); the deployment's config picks one by name."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tierlm.cloud.config import ModelDeploymentConfig
-from tierlm.cloud.engines.base import Engine
+from tierlm.edge.protocol import TextEngine
 
 
-def make_engine(model: ModelDeploymentConfig, tier_name: str) -> Engine:
-    """The engine a model's config asks for; imported lazily (vLLM is heavy and optional)."""
+def make_text_engine(model: ModelDeploymentConfig) -> TextEngine:
+    """Load the engine a model's config asks for (blocking); imported lazily, since vLLM is heavy
+    and optional."""
+    path = Path(model.path).expanduser()
+    options = dict(model.engine_options)
     if model.engine == "vllm":
-        from tierlm.cloud.engines.vllm_engine import VLLMEngine
+        from tierlm.cloud.engines.vllm_engine import VLLMTextEngine
 
-        return VLLMEngine(model, tier_name)
-    from tierlm.cloud.engines.torch_engine import TorchEngine
+        return VLLMTextEngine(path, options)
+    from tierlm.cloud.engines.torch_engine import torch_text_engine
 
-    return TorchEngine(model, tier_name)
+    return torch_text_engine(path, options)
 
 
-__all__ = ["Engine", "make_engine"]
+__all__ = ["make_text_engine"]

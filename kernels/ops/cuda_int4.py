@@ -8,8 +8,12 @@ be contiguous, so act-order weights are permuted as for the CPU path; int3 codes
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from tierlm.kernels.quant.group import GroupQuantTensor
+
+if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never the reverse
+    from tierlm.kernels.quant.group import GroupQuantTensor
 
 TINYGEMM_GROUP_SIZES = (32, 64, 128, 256)
 INNER_K_TILES = 8

@@ -2,17 +2,29 @@
 
 On CPU ``_int_mm`` takes any 2-D shapes. On CUDA it wants M > 16 and K, N multiples of 8:
 small batches are zero-padded to 17 rows (see :func:`cuda_supports`).
-The weight is kept ``[N, K]`` row-major and passed transposed: that layout measured ~1.4x
-faster at batch 1 than a contiguous ``[K, N]`` copy. ``tierlm.kernels`` caps oneDNN at
+The weight is kept ``[N, K]`` row-major and passed transposed: at batch 1 that layout measured
+faster than a contiguous ``[K, N]`` copy (bench/kernels_matmul.py). ``tierlm.kernels`` caps oneDNN at
 AVX512_CORE_VNNI before first use (see its ``__init__``).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from tierlm.kernels.quant.int8 import Int8Tensor, absmax_quantize
+
+if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never the reverse
+    from tierlm.kernels.quant.int8 import Int8Tensor
+
+QMAX = 127
 
 _CUDA_MIN_ROWS = 17
+
+
+def absmax_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of a 2-D tensor: ``(q int8, scale float32 [rows, 1])``, ``x ≈ q·scale``."""
+    scale = (x.abs().amax(-1, keepdim=True) / QMAX).clamp(min=1e-12)
+    return torch.round(x / scale).clamp(-QMAX, QMAX).to(torch.int8), scale
 
 
 def cuda_supports(qt: Int8Tensor) -> bool:

@@ -7,12 +7,16 @@ every call) and in their stored dtype on CUDA.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 
 import torch
-from tierlm.kernels.lowrank.tensor import LowRankTensor
 
-Kernel = Callable[[torch.Tensor], torch.Tensor]
+from tierlm.kernels.quant.base import Kernel
+
+if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never the reverse
+    from tierlm.kernels.lowrank.tensor import LowRankTensor
+
 
 
 class LowRankMatMul:

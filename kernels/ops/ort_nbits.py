@@ -14,10 +14,14 @@ is the same, so results are identical) because ORT has no 3-bit CPU kernel. Act-
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from tierlm.kernels.packing import int4_words_to_bytes
-from tierlm.kernels.quant.group import GroupQuantTensor
+
+if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never the reverse
+    from tierlm.kernels.quant.group import GroupQuantTensor
 
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
 

@@ -1,11 +1,10 @@
 """Matmuls for float sparse weights (:class:`~tierlm.kernels.sparse.tensors.SparseTensor`).
 
-CPU: torch's CSR ``sparse.mm`` with int32 indices (MKL's sparse BLAS; int64 indices measured ~2x
+CPU: torch's CSR ``sparse.mm`` with int32 indices (MKL's sparse BLAS; int64 indices measured
 slower at batch 1). With 4-byte values plus 4-byte column indices and a gathering inner loop it
-only beats dense fp32 at high sparsity. Measured by bench/kernels_sparse.py (1 thread, Gemma 3
-270M shapes, against the faster of the two dense layouts): at batch 1 CSR wins from 90% sparsity
-(1.6-2.8x) and loses below (0.3x at 50%); at batch 8 it wins from ~70%. There is no CPU kernel
-for 2:4 in torch; at 50% (2:4 or unstructured) dense is faster. :data:`CSR_MAX_DENSITY` encodes
+only beats dense fp32 at high sparsity; bench/kernels_sparse.py measures where (its results:
+bench/results/kernels_sparse.json), and the batch-1 crossover sits near 90% sparsity. There is
+no CPU kernel for 2:4 in torch; at 50% (2:4 or unstructured) dense is faster. :data:`CSR_MAX_DENSITY` encodes
 the batch-1 (decode) crossover; above it :class:`DenseMatMul` (weights expanded once at load)
 is what :func:`cpu_sparse_kernel` picks.
 
@@ -15,10 +14,14 @@ tensor cores, float16), when the device and shape allow it (:func:`semi_structur
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import warnings
 
 import torch
-from tierlm.kernels.sparse.tensors import SparseTensor
+
+if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never the reverse
+    from tierlm.kernels.sparse.tensors import SparseTensor
 
 #: Highest density (kept fraction) at which CSR beat dense fp32 at batch 1 on every Gemma 3
 #: 270M shape benched (bench/results/kernels_sparse.json, "crossover").

@@ -1,44 +1,43 @@
 """The quantization interface: a ``Quantizer`` turns a dense weight into a ``QuantizedTensor``.
 
-Every method lives in its own module and registers itself here by name, so a recipe (or the
-compression pipeline) can say ``get_quantizer("gptq", bits=4, group_size=128)`` and ask the
-object which calibration statistics it needs (``Quantizer.needs``) before running any data.
+Every method lives in its own module; :data:`tierlm.kernels.methods.QUANTIZERS` names them, so a
+recipe (or the compression pipeline) can say ``QUANTIZERS.build("gptq", bits=4, group_size=128)``
+and ask the object which calibration statistics it needs (``Quantizer.needs``) before running
+any data.
 
 A ``QuantizedTensor`` stands for a 2-D weight ``[out_features, in_features]`` (the nn.Linear
-layout; an embedding table ``[vocab, hidden]`` is the same shape as its tied output layer). It
-knows how to dequantize itself (the reference every fast kernel is tested against) and how to
-store itself as plain tensors plus a small JSON-able metadata dict, so an artifact is a
-safetensors file plus ``tierlm_compression.json``.
+layout; an embedding table ``[vocab, hidden]`` is the same shape as its tied output layer). A
+stored format owns everything about itself: how to dequantize (the reference every fast kernel
+is tested against), how to store itself as plain tensors plus a small JSON-able metadata dict
+(an artifact is a safetensors file plus ``tierlm_compression.json``), its fast kernel per
+device (:meth:`QuantizedTensor.kernel`) and, where vLLM can run it, its compressed-tensors
+layout (:meth:`QuantizedTensor.to_compressed_tensors`). Adding a format adds one class here
+and one entry in :data:`tierlm.kernels.methods.FORMATS`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
 
 from tierlm.kernels.calibration import require_stats
+from tierlm.kernels.compressed_tensors import ExportError, Scheme
 
 if TYPE_CHECKING:
     from tierlm.kernels.calibration import LayerStats
 
-_FORMATS: dict[str, type["QuantizedTensor"]] = {}
-_QUANTIZERS: dict[str, type["Quantizer"]] = {}
+#: A fast matmul ``x [M, K] -> [M, N] float32`` built for one weight on one device.
+Kernel = Callable[[torch.Tensor], torch.Tensor]
 
 
 class QuantizedTensor(ABC):
     """A compressed stand-in for a dense ``[out_features, in_features]`` weight."""
 
-    #: Storage format name written into metadata; selects the class when loading.
+    #: Storage format name written into metadata; selects the class when loading (FORMATS).
     format: ClassVar[str]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "format" in cls.__dict__:
-            if cls.format in _FORMATS:
-                raise ValueError(f"quantized format {cls.format!r} registered twice")
-            _FORMATS[cls.format] = cls
 
     @property
     @abstractmethod
@@ -97,38 +96,36 @@ class QuantizedTensor(ABC):
         state = {f"{prefix}.{name}": t.contiguous() for name, t in self.tensors().items()}
         return state, {"format": self.format, **self.metadata()}
 
-    @staticmethod
-    def from_state_dict(
-        state: Mapping[str, torch.Tensor], prefix: str, meta: Mapping[str, Any]
-    ) -> "QuantizedTensor":
-        """Inverse of :meth:`to_state_dict`, dispatching on ``meta["format"]``."""
-        _register_all()
-        try:
-            cls = _FORMATS[meta["format"]]
-        except KeyError:
-            raise ValueError(
-                f"unknown quantized format {meta.get('format')!r}; known: {sorted(_FORMATS)}"
-            ) from None
-        head = f"{prefix}."
-        tensors = {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
-        return cls.from_parts(tensors, {k: v for k, v in meta.items() if k != "format"})
+    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
+        """This format's fast matmul on ``device``, or None where it has none (the module then
+        runs :meth:`linear_reference`). ``int4_accuracy_level`` is the int4 CPU kernels' knob,
+        see :class:`~tierlm.kernels.ops.ort_nbits.NBitsMatMul`."""
+        return None
+
+    def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:
+        """The compressed-tensors scheme and tensors (names without the module prefix) that
+        vLLM runs for this weight; :class:`ExportError` says why a format or setting cannot."""
+        raise ExportError(f"{name}: format {self.format!r} has no vLLM CPU kernel")
+
+    @classmethod
+    def reads_compressed_tensors(cls, group: Mapping[str, Any]) -> bool:
+        """Whether a compressed-tensors ``config_groups`` entry is this format's scheme."""
+        return False
+
+    @classmethod
+    def from_compressed_tensors(cls, parts: Mapping[str, torch.Tensor], group: Mapping[str, Any]) -> "QuantizedTensor":
+        """Inverse of :meth:`to_compressed_tensors` (for a group :meth:`reads_compressed_tensors`)."""
+        raise NotImplementedError(f"format {cls.format!r} reads no compressed-tensors scheme")
 
 
 class Quantizer(ABC):
     """One quantization method with its settings: ``quantize(weight, calib) -> QuantizedTensor``."""
 
-    #: Registry name used by recipes (``get_quantizer(name, **config)``).
+    #: Name used by recipes (:data:`tierlm.kernels.methods.QUANTIZERS`).
     name: ClassVar[str]
     #: Calibration statistics the method reads from :class:`~tierlm.kernels.calibration.LayerStats`
     #: (any of ``"hessian"``, ``"abs_mean"``, ``"abs_max"``, ``"samples"``); empty = data-free.
     needs: ClassVar[frozenset[str]] = frozenset()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            if cls.name in _QUANTIZERS:
-                raise ValueError(f"quantizer {cls.name!r} registered twice")
-            _QUANTIZERS[cls.name] = cls
 
     @abstractmethod
     def quantize(self, weight: torch.Tensor, calib: "LayerStats | None" = None) -> QuantizedTensor:
@@ -140,26 +137,3 @@ class Quantizer(ABC):
 
     def _require(self, calib: "LayerStats | None") -> "LayerStats":
         return require_stats(self.name, self.needs, calib)
-
-
-def _register_all() -> None:
-    """Import every module that registers a method or a stored format (a fresh process that only
-    loads an artifact has imported none of them)."""
-    import tierlm.kernels.composite  # noqa: F401  (composite, and the sparse and low-rank formats)
-    import tierlm.kernels.quant  # noqa: F401  (every quantization method and its format)
-
-
-def get_quantizer(name: str, **config: Any) -> Quantizer:
-    """Build a registered quantizer by name, e.g. ``get_quantizer("rtn", bits=4, group_size=128)``."""
-    _register_all()
-    try:
-        cls = _QUANTIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown quantizer {name!r}; known: {sorted(_QUANTIZERS)}") from None
-    return cls(**config)
-
-
-def quantizer_names() -> list[str]:
-    """Names of all registered quantization methods."""
-    _register_all()
-    return sorted(_QUANTIZERS)

@@ -19,7 +19,8 @@ from typing import Any, Mapping
 
 import torch
 from tierlm.kernels.packing import pack_int3, pack_int4, unpack_int3, unpack_int4
-from tierlm.kernels.quant.base import QuantizedTensor
+from tierlm.kernels.compressed_tensors import PACKED, ExportError, Scheme, int_args
+from tierlm.kernels.quant.base import Kernel, QuantizedTensor
 
 SUPPORTED_BITS = (3, 4)
 _RTN_CHUNK_ROWS = 16384
@@ -164,6 +165,62 @@ class GroupQuantTensor(QuantizedTensor):
     @property
     def shape(self) -> tuple[int, int]:
         return self.scales.shape[1], self.qweight.shape[0] * 32 // self.bits
+
+    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
+        """CPU: onnxruntime ``MatMulNBits`` (MLAS); CUDA: torch's tinygemm (bfloat16 activations)."""
+        if device.type == "cpu":
+            from tierlm.kernels.ops.ort_nbits import ORT_BLOCK_SIZES, NBitsMatMul, ort_available
+
+            if ort_available() and self.group_size in ORT_BLOCK_SIZES:
+                return NBitsMatMul(self, accuracy_level=int4_accuracy_level)
+        elif device.type == "cuda":
+            from tierlm.kernels.ops.cuda_int4 import TinyGemmMatMul, tinygemm_supports
+
+            if tinygemm_supports(self):
+                return TinyGemmMatMul(self, device)
+        return None
+
+    def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:
+        """``pack-quantized`` W4A16 with zero points, run by vLLM's ``CPUWNA16LinearKernel``: our
+        ``qweight [K/8, N]`` transposed is ``weight_packed [N, K/8]``, ``qzeros [G, N/8]``
+        transposed is ``weight_zero_point [N/8, G]``, ``scales [G, N]`` transposed is
+        ``weight_scale [N, G]``. Codes and zero points are both unsigned, so ``(q - z) · s`` is
+        the same product."""
+        if self.input_scale is not None:
+            raise ExportError(f"{name}: AWQ per-input-channel scales have no place in vLLM's fused linears")
+        if self.g_idx is not None:
+            raise ExportError(f"{name}: GPTQ act-order (g_idx) is not run by vLLM's CPU int4 kernel")
+        if self.bits != 4:
+            raise ExportError(f"{name}: {self.bits}-bit weights; vLLM's CPU kernel runs 4-bit only")
+        n, k = self.shape
+        scheme = Scheme(PACKED, int_args(4, False, "group", self.group_size))
+        return scheme, {
+            "weight_packed": self.qweight.t().contiguous(),
+            "weight_scale": self.scales.t().contiguous(),
+            "weight_zero_point": self.qzeros.t().contiguous(),
+            "weight_shape": torch.tensor([n, k], dtype=torch.int64),
+        }
+
+    @classmethod
+    def reads_compressed_tensors(cls, group: Mapping[str, Any]) -> bool:
+        weights = group["weights"]
+        return (
+            group.get("format") == PACKED
+            and weights["num_bits"] == 4
+            and weights["strategy"] == "group"
+            and not weights["symmetric"]
+        )
+
+    @classmethod
+    def from_compressed_tensors(cls, parts: Mapping[str, torch.Tensor], group: Mapping[str, Any]) -> "GroupQuantTensor":
+        return cls(
+            qweight=parts["weight_packed"].t().contiguous(),
+            qzeros=parts["weight_zero_point"].t().contiguous(),
+            scales=parts["weight_scale"].t().contiguous(),
+            bits=4,
+            group_size=int(group["weights"]["group_size"]),
+            symmetric=False,
+        )
 
     def codes(self) -> torch.Tensor:
         """Unpacked codes ``[N, K]`` (uint8)."""

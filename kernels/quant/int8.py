@@ -24,15 +24,10 @@ from typing import Any, Mapping
 
 import torch
 from tierlm.kernels.calibration import LayerStats
-from tierlm.kernels.quant.base import QuantizedTensor, Quantizer
+from tierlm.kernels.ops.int8_mm import QMAX, absmax_quantize
+from tierlm.kernels.compressed_tensors import INT_QUANTIZED, ExportError, Scheme, int_args
+from tierlm.kernels.quant.base import Kernel, QuantizedTensor, Quantizer
 
-QMAX = 127
-
-
-def absmax_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row of a 2-D tensor: ``(q int8, scale float32 [rows, 1])``, ``x ≈ q·scale``."""
-    scale = (x.abs().amax(-1, keepdim=True) / QMAX).clamp(min=1e-12)
-    return torch.round(x / scale).clamp(-QMAX, QMAX).to(torch.int8), scale
 
 
 @dataclass(eq=False)
@@ -96,6 +91,40 @@ class Int8Tensor(QuantizedTensor):
         w = self.qweight.to(torch.float32) * self.scale.unsqueeze(1)
         y = (q.to(torch.float32) * s) @ w.t() + self.outlier_product(outliers)
         return y.reshape(*shape[:-1], -1)
+
+    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
+        """``torch._int_mm`` on CPU (oneDNN, VNNI) and on CUDA where its shape rules allow."""
+        from tierlm.kernels.ops.int8_mm import Int8MatMul, cuda_supports
+
+        if device.type == "cpu" or (device.type == "cuda" and cuda_supports(self)):
+            return Int8MatMul(self, device)
+        return None
+
+    def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:
+        """``int-quantized`` W8A8: per-output-channel symmetric int8 weights, dynamic per-token
+        int8 activations, run by vLLM's ``CPUInt8ScaledMMLinearKernel`` (oneDNN). Our
+        ``qweight [N, K]`` is ``weight``, our ``scale [N]`` is ``weight_scale [N, 1]``."""
+        if self.smooth is not None:
+            raise ExportError(f"{name}: SmoothQuant scales have no place in vLLM's fused linears")
+        if self.outlier_idx is not None:
+            raise ExportError(f"{name}: LLM.int8() outlier columns have no vLLM kernel")
+        scheme = Scheme(INT_QUANTIZED, int_args(8, True, "channel"), int_args(8, True, "token", dynamic=True))
+        return scheme, {"weight": self.qweight.contiguous(), "weight_scale": self.scale.to(torch.float32).reshape(-1, 1)}
+
+    @classmethod
+    def reads_compressed_tensors(cls, group: Mapping[str, Any]) -> bool:
+        weights, acts = group["weights"], group.get("input_activations") or {}
+        return (
+            group.get("format") == INT_QUANTIZED
+            and weights["num_bits"] == 8
+            and weights["strategy"] == "channel"
+            and acts.get("strategy") == "token"
+            and bool(acts.get("dynamic"))
+        )
+
+    @classmethod
+    def from_compressed_tensors(cls, parts: Mapping[str, torch.Tensor], group: Mapping[str, Any]) -> "Int8Tensor":
+        return cls(qweight=parts["weight"], scale=parts["weight_scale"].reshape(-1).to(torch.float32))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"qweight": self.qweight, "scale": self.scale}

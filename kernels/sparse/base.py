@@ -1,8 +1,8 @@
 """The pruning interface: a ``Pruner`` turns a dense weight into a mask (and maybe new weights).
 
-Mirrors :mod:`tierlm.kernels.quant.base`: each method lives in its own module, registers itself
-by name, says which calibration statistics it reads (``Pruner.needs``), and is built with
-``get_pruner("wanda", pattern="2:4")``. The result is a :class:`PruneResult`; storing it is the
+Mirrors :mod:`tierlm.kernels.quant.base`: each method lives in its own module, is named in
+:data:`tierlm.kernels.sparse.PRUNERS`, says which calibration statistics it reads
+(``Pruner.needs``), and is built with ``PRUNERS.build("wanda", pattern="2:4")``. The result is a :class:`PruneResult`; storing it is the
 job of :mod:`tierlm.kernels.sparse.tensors` (``SparseTensor.from_pruned``).
 """
 
@@ -43,17 +43,10 @@ class PruneResult:
 class Pruner(ABC):
     """One pruning method with its pattern: ``prune(weight, calib) -> PruneResult``."""
 
-    #: Registry name used by recipes (``get_pruner(name, **config)``).
+    #: Name used by recipes (:data:`tierlm.kernels.sparse.PRUNERS`).
     name: ClassVar[str]
     #: Calibration statistics read from :class:`~tierlm.kernels.calibration.LayerStats`.
     needs: ClassVar[frozenset[str]] = frozenset()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            if cls.name in _PRUNERS:
-                raise ValueError(f"pruner {cls.name!r} registered twice")
-            _PRUNERS[cls.name] = cls
 
     def __init__(self, pattern: str = "unstructured", sparsity: float | None = None) -> None:
         # "N:M" fixes its own sparsity (a given one must agree); unstructured defaults to 50%.
@@ -71,21 +64,3 @@ class Pruner(ABC):
 
     def _require(self, calib: LayerStats | None) -> LayerStats:
         return require_stats(self.name, self.needs, calib)
-
-
-def get_pruner(name: str, **config: Any) -> Pruner:
-    """Build a registered pruner by name, e.g. ``get_pruner("sparsegpt", pattern="2:4")``."""
-    import tierlm.kernels.sparse  # noqa: F401  (importing the package registers every method)
-
-    try:
-        cls = _PRUNERS[name]
-    except KeyError:
-        raise ValueError(f"unknown pruner {name!r}; known: {sorted(_PRUNERS)}") from None
-    return cls(**config)
-
-
-def pruner_names() -> list[str]:
-    """Names of all registered pruning methods."""
-    import tierlm.kernels.sparse  # noqa: F401
-
-    return sorted(_PRUNERS)

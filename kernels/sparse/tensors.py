@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 from tierlm.kernels.packing import pack_bits, unpack_bits
-from tierlm.kernels.quant.base import QuantizedTensor
+from tierlm.kernels.quant.base import Kernel, QuantizedTensor
 from tierlm.kernels.quant.group import SCALE_DTYPES, GroupQuantTensor, _pack, _unpack
 from tierlm.kernels.sparse.pattern import SparsityPattern
 
@@ -225,6 +225,17 @@ class SparseTensor(QuantizedTensor):
     def shape(self) -> tuple[int, int]:
         return self.layout.shape
 
+    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
+        """CPU: CSR only where it beats dense (:func:`~tierlm.kernels.ops.sparse_mm.cpu_sparse_kernel`);
+        CUDA: 2:4 tensor cores where the pattern and shape allow."""
+        from tierlm.kernels.ops import sparse_mm
+
+        if device.type == "cpu":
+            return sparse_mm.cpu_sparse_kernel(self)
+        if sparse_mm.semi_structured_supports(self, device):
+            return sparse_mm.SemiStructuredMatMul(self, device)
+        return None
+
     def dequantize(self) -> torch.Tensor:
         return _scatter(self.values.to(torch.float32), self.layout.decode())
 
@@ -294,6 +305,11 @@ class SparseQuantTensor(QuantizedTensor):
     @property
     def shape(self) -> tuple[int, int]:
         return self.layout.shape
+
+    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
+        """The dense int4 kernels on the codes: a pruned code is its group's zero point, so the
+        product is exact."""
+        return self.to_group_quant().kernel(device, int4_accuracy_level)
 
     def zeros(self) -> torch.Tensor:
         """Zero points ``[G, N]`` (uint8)."""

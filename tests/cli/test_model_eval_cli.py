@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tierlm.commands import eval as eval_commands
-from tierlm.commands import model as model_commands
+from tierlm.app.commands import eval as eval_commands
+from tierlm.app.commands import model as model_commands
 
 runner = CliRunner()
 

@@ -25,7 +25,7 @@ def ray_processes() -> list[str]:
     return [line for line in listing if any(marker in line for marker in markers)]
 
 
-# Engine options per engine; vLLM runs fp32 so its greedy tokens equal the edge engine's.
+# DecoderEngine options per engine; vLLM runs fp32 so its greedy tokens equal the edge engine's.
 ENGINE_OPTIONS = {
     "torch": {"threads": 1, "max_batch": 8, "max_queue": 32},
     "vllm": {"dtype": "float32", "max_model_len": 256},
@@ -68,10 +68,10 @@ def stub(cloud):
 def direct_greedy(model_dir, prompt: str, max_tokens: int) -> str:
     import asyncio
 
-    from tierlm.edge.engine import Engine
+    from tierlm.edge.engine import DecoderEngine
     from tierlm.edge.requests import GenerationRequest
 
-    engine = Engine.from_pretrained(model_dir, max_batch=1, max_queue=1)
+    engine = DecoderEngine.from_pretrained(model_dir, max_batch=1, max_queue=1)
     try:
         return asyncio.run(engine.generate(GenerationRequest(prompt=prompt, max_tokens=max_tokens))).text
     finally:

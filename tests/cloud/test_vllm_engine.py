@@ -48,10 +48,10 @@ def model_dir(request, tmp_path_factory):
 def engines(model_dir, runner):
     """(vLLM engine, edge engine) on the same folder, both fp32."""
     from tierlm.cloud.engines.vllm_engine import VLLMTextEngine
-    from tierlm.edge.engine import Engine
+    from tierlm.edge.engine import DecoderEngine
 
     vllm_engine = VLLMTextEngine(model_dir, {"dtype": "float32", "max_model_len": MAX_LEN})
-    edge_engine = Engine.from_pretrained(model_dir, max_batch=4, max_queue=16, threads=1)
+    edge_engine = DecoderEngine.from_pretrained(model_dir, max_batch=4, max_queue=16, threads=1)
     yield vllm_engine, edge_engine
     edge_engine.close()
     runner.run(vllm_engine.aclose())

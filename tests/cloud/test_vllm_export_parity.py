@@ -40,10 +40,10 @@ def runner():
 def compare(exported: Path, runner: asyncio.Runner, max_model_len: int) -> list[tuple[str, tuple, tuple]]:
     """(prompt, vLLM tokens, our tokens) for every prompt, greedy, on the exported checkpoint."""
     from tierlm.cloud.engines.vllm_engine import VLLMTextEngine
-    from tierlm.edge.engine import Engine
+    from tierlm.edge.engine import DecoderEngine
 
     vllm_engine = VLLMTextEngine(exported, {"dtype": "float16", "max_model_len": max_model_len})
-    ours = Engine.from_pretrained(exported, max_batch=4, max_queue=32, threads=1)
+    ours = DecoderEngine.from_pretrained(exported, max_batch=4, max_queue=32, threads=1)
     try:
         out = []
         for prompt in PROMPTS:
@@ -61,7 +61,7 @@ def check_parity(exported: Path, results: list[tuple[str, tuple, tuple]]) -> flo
     """Assert every divergence is a near-tie for our runtime; return the exact match rate."""
     import torch
 
-    from tierlm.edge.model import CausalLM, load_model
+    from tierlm.edge.decoder import CausalLM, load_model
     from transformers import AutoTokenizer
 
     assert all(len(got) == NEW_TOKENS == len(want) for _, got, want in results)
@@ -84,10 +84,11 @@ def check_parity(exported: Path, results: list[tuple[str, tuple, tuple]]) -> flo
 def test_tiny_gptq_llama_matches_our_runtime(tmp_path, runner):
     from tierlm.edge.tiny import CORPUS, build_model
     from tierlm.kernels.artifact import save_artifact
-    from tierlm.kernels.pipeline import calibration_tokens, compress_model
+    from tierlm.edge.compress import calibration_tokens
+    from tierlm.kernels.pipeline import compress_model
     from tierlm.kernels.recipe import parse_recipe
-    from tierlm.kernels.vllm_export import export_for_vllm
-    from tierlm.edge.model import load_model
+    from tierlm.edge.compress import export_artifact_for_vllm
+    from tierlm.edge.decoder import load_model
     from transformers import AutoTokenizer
 
     # Hidden 128: vLLM's CPU attention takes head size 32, its int4 kernel widths in multiples of 32.
@@ -101,7 +102,7 @@ def test_tiny_gptq_llama_matches_our_runtime(tmp_path, runner):
     tokens = calibration_tokens(AutoTokenizer.from_pretrained(str(tmp_path / "src")), " ".join(CORPUS), 4, 32)
     compress_model(model, recipe, tokens)
     save_artifact(model, tmp_path / "artifact", tmp_path / "src")
-    export_for_vllm(tmp_path / "artifact", tmp_path / "vllm")
+    export_artifact_for_vllm(tmp_path / "artifact", tmp_path / "vllm")
 
     results = compare(tmp_path / "vllm", runner, max_model_len=256)
     assert check_parity(tmp_path / "vllm", results) >= 0.9
@@ -113,11 +114,11 @@ def test_smollm2_rtn_w4_matches_our_runtime(tmp_path, runner):
     vLLM refuses float16 for Gemma 3 (numerical instability), its int4/int8 CPU kernels have no
     float32 path, and bfloat16 needs AMX (SIGILL on this machine).
     """
-    from tierlm.kernels.vllm_export import export_for_vllm
+    from tierlm.edge.compress import export_artifact_for_vllm
 
     if not SMOLLM2_ARTIFACT.is_dir():
         pytest.skip(f"no {SMOLLM2_ARTIFACT}: tierlm compress --model smollm2-135m --recipe examples/recipes/rtn-w4g64.yaml ...")
-    export_for_vllm(SMOLLM2_ARTIFACT, tmp_path / "vllm")
+    export_artifact_for_vllm(SMOLLM2_ARTIFACT, tmp_path / "vllm")
     results = compare(tmp_path / "vllm", runner, max_model_len=512)
     rate = check_parity(tmp_path / "vllm", results)
     print(f"SmolLM2 135M rtn-w4g64: {rate:.0%} of {len(results)} prompts match exactly over {NEW_TOKENS} tokens")

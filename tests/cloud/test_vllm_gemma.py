@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from tierlm import models
+from tierlm.edge import catalog
 from tierlm.edge.requests import GenerationRequest
 
 pytest.importorskip("vllm", reason="needs vLLM (requirements/cloud-cpu.txt)")
@@ -37,9 +37,9 @@ def prompts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def gemma_folder():
-    if not models.MODELS[NAME].is_installed():
-        pytest.skip(models.MODELS[NAME].install)
-    return models.prepare(NAME)
+    if not catalog.MODELS[NAME].is_installed():
+        pytest.skip(catalog.MODELS[NAME].install)
+    return catalog.prepare(NAME)
 
 
 def test_greedy_tokens_match_transformers(gemma_folder):
@@ -47,7 +47,7 @@ def test_greedy_tokens_match_transformers(gemma_folder):
 
     from tierlm.cloud.engines.vllm_engine import VLLMTextEngine
 
-    model, tokenizer = models.load_folder(gemma_folder)
+    model, tokenizer = catalog.load_folder(gemma_folder)
     eos = model.generation_config.eos_token_id
     eos = set(eos) if isinstance(eos, list) else {eos}
     expected = []

@@ -11,7 +11,7 @@ import torch
 from tierlm.edge import (
     ChatMessage,
     Completion,
-    Engine,
+    DecoderEngine,
     EngineClosed,
     FinishReason,
     GenerationRequest,
@@ -42,7 +42,7 @@ def hf_model(model_dir):
 
 @pytest.fixture(scope="module")
 def engine(model_dir):
-    engine = Engine.from_pretrained(model_dir, max_batch=8, max_queue=4, max_seq_len=MAX_SEQ, prefill_chunk=8)
+    engine = DecoderEngine.from_pretrained(model_dir, max_batch=8, max_queue=4, max_seq_len=MAX_SEQ, prefill_chunk=8)
     yield engine
     engine.close()
 
@@ -51,7 +51,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def collect(engine: Engine, request: GenerationRequest) -> tuple[list[TokenDelta], Completion]:
+async def collect(engine: DecoderEngine, request: GenerationRequest) -> tuple[list[TokenDelta], Completion]:
     deltas = []
     async for event in engine.stream(request):
         if isinstance(event, TokenDelta):
@@ -191,12 +191,12 @@ def test_invalid_requests_are_rejected(engine, fields, message):
             engine.stream(GenerationRequest(**fields))
 
     run(submit())
-    assert engine.health().ok
+    assert run(engine.health()).ok
 
 
 @pytest.fixture
 def small_engine(llama_dir):
-    engine = Engine.from_pretrained(llama_dir, max_batch=1, max_queue=1, max_seq_len=MAX_SEQ, prefill_chunk=8)
+    engine = DecoderEngine.from_pretrained(llama_dir, max_batch=1, max_queue=1, max_seq_len=MAX_SEQ, prefill_chunk=8)
     yield engine
     engine.close(drain=False)
 
@@ -204,7 +204,7 @@ def small_engine(llama_dir):
 LONG = GenerationRequest(prompt="The market", max_tokens=MAX_SEQ)
 
 
-async def wait_idle(engine: Engine) -> int:
+async def wait_idle(engine: DecoderEngine) -> int:
     """Wait until no request is running or waiting; return the decode steps taken meanwhile."""
     steps = engine.stats().decode_steps
     for _ in range(500):
@@ -248,7 +248,7 @@ def test_overload_raises_queue_full(small_engine):
 
 
 def test_close_drains_then_refuses(llama_dir):
-    engine = Engine.from_pretrained(llama_dir, max_batch=2, max_queue=2, max_seq_len=MAX_SEQ)
+    engine = DecoderEngine.from_pretrained(llama_dir, max_batch=2, max_queue=2, max_seq_len=MAX_SEQ)
 
     async def scenario():
         pending = [
@@ -262,11 +262,11 @@ def test_close_drains_then_refuses(llama_dir):
 
     results = run(scenario())
     assert all(r.finish_reason in (FinishReason.LENGTH, FinishReason.EOS) for r in results)
-    assert not engine.health().ok
+    assert not run(engine.health()).ok
 
 
 def test_close_without_drain_cancels(llama_dir):
-    engine = Engine.from_pretrained(llama_dir, max_batch=1, max_queue=1, max_seq_len=MAX_SEQ)
+    engine = DecoderEngine.from_pretrained(llama_dir, max_batch=1, max_queue=1, max_seq_len=MAX_SEQ)
 
     async def scenario():
         pending = [asyncio.ensure_future(engine.generate(LONG)) for _ in range(2)]
@@ -326,7 +326,7 @@ def test_observer_hooks_and_stats(llama_dir):
             self.finished.append(completion.finish_reason)
 
     recorder = Recorder()
-    with Engine.from_pretrained(llama_dir, max_batch=1, max_queue=0, max_seq_len=MAX_SEQ, observer=recorder) as engine:
+    with DecoderEngine.from_pretrained(llama_dir, max_batch=1, max_queue=0, max_seq_len=MAX_SEQ, observer=recorder) as engine:
 
         async def scenario():
             first = asyncio.ensure_future(
@@ -370,7 +370,7 @@ def test_a_failing_step_fails_its_requests_and_the_engine_carries_on(small_engin
         return await small_engine.generate(GenerationRequest(prompt="Gold", max_tokens=3))
 
     assert run(scenario()).completion_tokens == 3
-    assert small_engine.health().ok and small_engine.stats().requests_failed == 1
+    assert run(small_engine.health()).ok and small_engine.stats().requests_failed == 1
 
 
 def test_generation_stops_when_the_context_is_full(small_engine):
@@ -397,7 +397,7 @@ def test_from_pretrained_loads_on_a_thread_that_has_exited(llama_dir, monkeypatc
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(engine_module, "load_model", recording_load)
-    with Engine.from_pretrained(llama_dir, max_batch=1, max_queue=0, max_seq_len=MAX_SEQ) as engine:
+    with DecoderEngine.from_pretrained(llama_dir, max_batch=1, max_queue=0, max_seq_len=MAX_SEQ) as engine:
         assert run(engine.generate(GenerationRequest(prompt="Gold", max_tokens=2))).finish_reason
     assert len(loaders) == 1
     assert loaders[0] is not threading.current_thread() and not loaders[0].is_alive()
@@ -405,4 +405,4 @@ def test_from_pretrained_loads_on_a_thread_that_has_exited(llama_dir, monkeypatc
 
 def test_a_failed_load_raises_on_the_callers_thread(tmp_path):
     with pytest.raises(FileNotFoundError):
-        Engine.from_pretrained(tmp_path, max_batch=1)
+        DecoderEngine.from_pretrained(tmp_path, max_batch=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tierlm.edge.config import ModelConfig
-from tierlm.edge.model import Transformer, load_model
+from tierlm.edge.decoder import Transformer, load_model
 
 SEQ = 40  # well past the tiny Gemma's sliding window of 6
 

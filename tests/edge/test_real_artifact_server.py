@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from tests.support.aio import BackgroundLoop
-from tierlm import models
+from tierlm.edge import catalog
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
 MODEL = "gemma-3-270m"
@@ -47,19 +47,19 @@ pytestmark = pytest.mark.slow
 
 
 def _artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cached = models.cache_root() / "artifacts" / MODEL / "gptq-w4g128"
+    cached = catalog.cache_root() / "artifacts" / MODEL / "gptq-w4g128"
     if (cached / "tierlm_compression.json").is_file():
         return cached
-    spec = models.get_spec(MODEL)
-    if not models.is_prepared(models.prepared_dir(MODEL)) and not spec.is_installed():
+    spec = catalog.get_spec(MODEL)
+    if not catalog.is_prepared(catalog.prepared_dir(MODEL)) and not spec.is_installed():
         pytest.skip(f"no cached {cached} and the model package is absent ({spec.install})")
-    from tierlm.kernels.pipeline import compress
+    from tierlm.edge.compress import compress
     from tierlm.kernels.recipe import load_recipe
-    from tierlm.perplexity import read_text
+    from tierlm.edge.perplexity import read_text
 
     out = tmp_path_factory.mktemp("artifact") / "rtn-w4g128"
     recipe = load_recipe(ROOT / "examples" / "recipes" / "rtn-w4g128.yaml")
-    compress(models.prepare(MODEL), recipe, read_text(ROOT / "data" / "text" / "python-docs" / "calib"), out)
+    compress(catalog.prepare(MODEL), recipe, read_text(ROOT / "data" / "text" / "python-docs" / "calib"), out)
     return out
 
 
@@ -91,7 +91,7 @@ def direct(artifact) -> dict[str, tuple[list[int], str, list[float], list[float]
     artifact run directly in our decoder."""
     from transformers import AutoTokenizer
 
-    from tierlm.edge.model import load_model
+    from tierlm.edge.decoder import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(artifact))
     model = load_model(artifact)

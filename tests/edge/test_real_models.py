@@ -40,11 +40,11 @@ pytestmark = [
 def real(request):
     from transformers import AutoModelForCausalLM
 
-    from tierlm.edge import Engine
+    from tierlm.edge import DecoderEngine
 
     torch.set_num_threads(2)
     hf = AutoModelForCausalLM.from_pretrained(request.param, dtype=torch.float32).eval()
-    engine = Engine.from_pretrained(request.param, max_batch=2, max_queue=0, max_seq_len=1024, prefill_chunk=128)
+    engine = DecoderEngine.from_pretrained(request.param, max_batch=2, max_queue=0, max_seq_len=1024, prefill_chunk=128)
     yield hf, engine
     engine.close()
 

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierlm import perplexity
-from tierlm.perplexity import Window, windows
+from tierlm.edge import perplexity
+from tierlm.edge.perplexity import Window, windows
 
 
 class Uniform(torch.nn.Module):
@@ -153,9 +153,9 @@ def test_read_text_joins_a_folder_in_name_order(tmp_path: Path) -> None:
 
 
 def test_evaluate_on_a_tokenizer_and_model_pair(tiny_folder: Path) -> None:
-    from tierlm import models
+    from tierlm.edge import catalog
 
-    model, tokenizer = models.load_folder(tiny_folder)
+    model, tokenizer = catalog.load_folder(tiny_folder)
     text = "the cat in a hat sat on the mat. " * 20
     result = perplexity.evaluate(model, tokenizer, text, context=64, stride=32, max_tokens=300)
     ids, bos = perplexity.encode(tokenizer, text, max_tokens=300)

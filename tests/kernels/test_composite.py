@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tierlm.kernels.composite import CompositeCompressor, CompositeTensor
 from tierlm.kernels.lowrank import LayerSpectrum, LowRankTensor, allocate_ranks
-from tierlm.kernels.quant import QuantizedTensor, get_quantizer
+from tierlm.kernels.methods import QUANTIZERS, read_quantized
+from tierlm.kernels.quant import QuantizedTensor
 from tierlm.kernels.sparse import SparseQuantTensor, SparseTensor
 
 BASE = {
@@ -24,11 +25,11 @@ def _output_error(w, qt, x):
 def test_composite_error_is_below_each_part(outlier_layer, lowrank):
     w, stats, held_out = outlier_layer
     rank = 16
-    composite = get_quantizer("composite", **BASE, lowrank={"method": lowrank, "rank": rank}).quantize(
+    composite = QUANTIZERS.build("composite", **BASE, lowrank={"method": lowrank, "rank": rank}).quantize(
         w, stats
     )
-    base_only = get_quantizer("composite", **BASE).quantize(w, stats)
-    lowrank_only = get_quantizer("composite", lowrank={"method": lowrank, "rank": rank}).quantize(w, stats)
+    base_only = QUANTIZERS.build("composite", **BASE).quantize(w, stats)
+    lowrank_only = QUANTIZERS.build("composite", lowrank={"method": lowrank, "rank": rank}).quantize(w, stats)
     assert isinstance(composite, CompositeTensor) and isinstance(base_only, SparseQuantTensor)
     assert isinstance(lowrank_only, LowRankTensor)
     e = {
@@ -45,7 +46,7 @@ def test_activation_aware_correction_beats_plain_on_output_error(outlier_layer):
     errs = {
         m: _output_error(
             w,
-            get_quantizer("composite", **BASE, lowrank={"method": m, "rank": 16}).quantize(w, stats),
+            QUANTIZERS.build("composite", **BASE, lowrank={"method": m, "rank": 16}).quantize(w, stats),
             held_out,
         )
         for m in ("svd", "asvd")
@@ -86,7 +87,7 @@ def test_float_sparse_base_without_quantization(outlier_layer):
 
 def test_round_trip_through_safetensors_with_layer_metadata(outlier_layer, tmp_path):
     w, stats, held_out = outlier_layer
-    compressor = get_quantizer("composite", **BASE, lowrank={"method": "asvd", "rank": 12})
+    compressor = QUANTIZERS.build("composite", **BASE, lowrank={"method": "asvd", "rank": 12})
     qt = compressor.quantize(w, stats)
     state, meta = qt.to_state_dict("model.layers.0.mlp.up_proj")
     save_file(state, tmp_path / "model.safetensors")
@@ -99,7 +100,7 @@ def test_round_trip_through_safetensors_with_layer_metadata(outlier_layer, tmp_p
         "group_size": 64,
         "rank": 12,
     }
-    back = QuantizedTensor.from_state_dict(
+    back = read_quantized(
         load_file(tmp_path / "model.safetensors"), "model.layers.0.mlp.up_proj", meta
     )
     assert torch.equal(back.dequantize(), qt.dequantize())

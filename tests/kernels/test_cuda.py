@@ -4,7 +4,7 @@ import pytest
 import torch
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear
-from tierlm.kernels.quant import get_quantizer
+from tierlm.kernels.methods import QUANTIZERS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -27,7 +27,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("batch", [1, 32])
 def test_cuda_int8_equals_reference(layer, config, batch):
     lin, stats, acts = layer
-    m = QuantLinear.from_linear(lin, get_quantizer("int8", **config), stats, backend="fast")
+    m = QuantLinear.from_linear(lin, QUANTIZERS.build("int8", **config), stats, backend="fast")
     x = acts.sample(batch).cuda()
     fast = m(x)
     assert fast.device.type == "cuda"
@@ -48,7 +48,7 @@ def test_cuda_int8_equals_reference(layer, config, batch):
 @pytest.mark.parametrize("batch", [1, 32])
 def test_cuda_int4_equals_reference(layer, name, config, batch):
     lin, stats, acts = layer
-    m = QuantLinear.from_linear(lin, get_quantizer(name, **config), stats, backend="fast")
+    m = QuantLinear.from_linear(lin, QUANTIZERS.build(name, **config), stats, backend="fast")
     x = acts.sample(batch).cuda()
     fast = m(x)
     m.backend = "reference"
@@ -59,8 +59,8 @@ def test_cuda_reference_paths_match_cpu(layer):
     lin, stats, acts = layer
     x = acts.sample(4)
     for name in ("nf4", "rtn", "int8"):
-        m = QuantLinear.from_linear(lin, get_quantizer(name), stats, backend="reference")
+        m = QuantLinear.from_linear(lin, QUANTIZERS.build(name), stats, backend="reference")
         assert torch.allclose(m(x.cuda()).cpu(), m(x), rtol=1e-4, atol=1e-4)
-    emb = QuantEmbedding.from_embedding(torch.nn.Embedding(300, 64), get_quantizer("nf4"))
+    emb = QuantEmbedding.from_embedding(torch.nn.Embedding(300, 64), QUANTIZERS.build("nf4"))
     ids = torch.tensor([[1, 299]])
     assert torch.equal(emb(ids.cuda()).cpu(), emb(ids))

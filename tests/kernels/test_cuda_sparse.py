@@ -4,7 +4,7 @@ import pytest
 import torch
 from tierlm.kernels.modules import QuantLinear
 from tierlm.kernels.ops.sparse_mm import SemiStructuredMatMul, semi_structured_supports
-from tierlm.kernels.quant import get_quantizer
+from tierlm.kernels.methods import QUANTIZERS
 from tierlm.kernels.sparse import SparseTensor, SparsityPattern, select_mask
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -45,7 +45,7 @@ def test_semi_structured_two_four_matches_dense(batch):
 def test_quant_linear_on_cuda_matches_reference(config):
     torch.manual_seed(0)
     lin = torch.nn.Linear(640, 256)
-    qt = get_quantizer("composite", **config).quantize(lin.weight.detach())
+    qt = QUANTIZERS.build("composite", **config).quantize(lin.weight.detach())
     fast = QuantLinear(qt, lin.bias, backend="auto")
     x = torch.randn(4, 640)
     y = fast(x.cuda())

@@ -11,7 +11,7 @@ from tierlm.kernels.lowrank import (
     LowRankTensor,
     allocate_ranks,
     budget_for_reduction,
-    get_factorizer,
+    FACTORIZERS,
 )
 
 
@@ -22,7 +22,7 @@ def _output_sq_error(w, w_hat, x):
 @pytest.mark.parametrize("name", ["svd", "asvd"])
 def test_full_rank_reconstructs_and_factors_chain(outlier_layer, name):
     w, stats, _ = outlier_layer
-    d = get_factorizer(name).decompose(w, stats)
+    d = FACTORIZERS.build(name).decompose(w, stats)
     full = d.truncate(min(w.shape), dtype="float32")
     assert torch.allclose(full.dequantize(), w, atol=2e-5)
     lr = d.truncate(8, dtype="float16")
@@ -32,7 +32,7 @@ def test_full_rank_reconstructs_and_factors_chain(outlier_layer, name):
 
 def test_svd_tail_energy_is_the_weight_error(outlier_layer):
     w, _, _ = outlier_layer
-    d = get_factorizer("svd").decompose(w)
+    d = FACTORIZERS.build("svd").decompose(w)
     for r in (4, 32, 100):
         err = float((w - d.truncate(r, "float32").dequantize()).double().pow(2).sum())
         assert err == pytest.approx(d.tail_energy(r), rel=1e-3)
@@ -47,7 +47,7 @@ def test_whitened_tail_energy_is_the_calibration_output_error(activations):
     stats = LayerStats(64, StatsSpec(hessian=True))
     stats.update(x)
     w = torch.randn(48, 64, generator=torch.Generator().manual_seed(0))
-    d = get_factorizer("asvd", percdamp=1e-6).decompose(w, stats)
+    d = FACTORIZERS.build("asvd", percdamp=1e-6).decompose(w, stats)
     for r in (4, 16):
         err = _output_sq_error(w, d.truncate(r, "float32").dequantize(), x)
         # H = 2XᵀX/n, so σ² measures 2/n times the summed squared output error.
@@ -59,7 +59,7 @@ def test_activation_aware_svd_beats_svd_at_equal_rank(outlier_layer, rank):
     w, stats, held_out = outlier_layer
     errs = {
         name: _output_sq_error(
-            w, get_factorizer(name).decompose(w, stats).truncate(rank).dequantize(), held_out
+            w, FACTORIZERS.build(name).decompose(w, stats).truncate(rank).dequantize(), held_out
         )
         for name in ("svd", "asvd")
     }
@@ -68,7 +68,7 @@ def test_activation_aware_svd_beats_svd_at_equal_rank(outlier_layer, rank):
 
 def test_lowrank_tensor_reference_uses_thin_products(outlier_layer):
     w, _, held_out = outlier_layer
-    lr = get_factorizer("svd").decompose(w).truncate(16, "float32")
+    lr = FACTORIZERS.build("svd").decompose(w).truncate(16, "float32")
     assert torch.allclose(lr.linear_reference(held_out), held_out @ lr.dequantize().t(), atol=1e-5)
     rows = torch.tensor([[0, 5], [127, 3]])
     assert torch.allclose(lr.dequantize_rows(rows), lr.dequantize()[rows], atol=1e-6)

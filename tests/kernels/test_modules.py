@@ -4,7 +4,7 @@ import pytest
 import torch
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear, quantize_linears
-from tierlm.kernels.quant import get_quantizer
+from tierlm.kernels.methods import QUANTIZERS
 
 needs_ort = pytest.mark.skipif(
     not __import__("tierlm.kernels.ops.ort_nbits", fromlist=["x"]).ort_available(),
@@ -38,7 +38,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("batch", [1, 32])
 def test_int8_fast_path_equals_reference(layer, config, batch):
     lin, stats, acts = layer
-    m = QuantLinear.from_linear(lin, get_quantizer("int8", **config), stats, backend="fast")
+    m = QuantLinear.from_linear(lin, QUANTIZERS.build("int8", **config), stats, backend="fast")
     x = acts.sample(batch)
     fast = m(x)
     m.backend = "reference"
@@ -62,7 +62,7 @@ def test_int4_kernel_layout_is_exact_with_float_activations(layer, name, config)
     from tierlm.kernels.ops.ort_nbits import NBitsMatMul
 
     lin, stats, acts = layer
-    qt = get_quantizer(name, **config).quantize(lin.weight, stats)
+    qt = QUANTIZERS.build(name, **config).quantize(lin.weight, stats)
     x = acts.sample(5)
     assert torch.allclose(NBitsMatMul(qt, accuracy_level=0)(x), qt.linear_reference(x), rtol=1e-5, atol=1e-4)
 
@@ -72,7 +72,7 @@ def test_int4_kernel_layout_is_exact_with_float_activations(layer, name, config)
 @pytest.mark.parametrize("batch", [1, 32])
 def test_int4_fast_path_equals_reference(layer, name, config, batch):
     lin, stats, acts = layer
-    m = QuantLinear.from_linear(lin, get_quantizer(name, **config), stats, backend="fast")
+    m = QuantLinear.from_linear(lin, QUANTIZERS.build(name, **config), stats, backend="fast")
     x = acts.sample(batch)
     fast = m(x)
     m.backend = "reference"
@@ -83,7 +83,7 @@ def test_int4_fast_path_equals_reference(layer, name, config, batch):
 
 def test_nf4_has_no_fast_path_and_uses_the_reference(layer):
     lin, stats, acts = layer
-    qt = get_quantizer("nf4").quantize(lin.weight)
+    qt = QUANTIZERS.build("nf4").quantize(lin.weight)
     m = QuantLinear(qt, lin.bias)
     with pytest.raises(RuntimeError):
         m.backend = "fast"
@@ -93,7 +93,7 @@ def test_nf4_has_no_fast_path_and_uses_the_reference(layer):
 
 def test_quant_linear_keeps_leading_dims_bias_and_dtype(layer):
     lin, stats, acts = layer
-    m = QuantLinear.from_linear(lin, get_quantizer("int8"))
+    m = QuantLinear.from_linear(lin, QUANTIZERS.build("int8"))
     x = acts.sample(6).reshape(2, 3, 256).to(torch.bfloat16)
     y = m(x)
     assert y.shape == (2, 3, 96) and y.dtype == torch.bfloat16
@@ -106,7 +106,7 @@ def test_quant_embedding_lookup_and_tied_output(name):
     torch.manual_seed(1)
     emb = torch.nn.Embedding(512, 128)
     emb.embed_scale = torch.tensor(128**0.5)  # as Gemma's scaled embedding carries it
-    qemb = QuantEmbedding.from_embedding(emb, get_quantizer(name))
+    qemb = QuantEmbedding.from_embedding(emb, QUANTIZERS.build(name))
     ids = torch.tensor([[3, 511, 3], [0, 7, 100]])
     table = qemb.qweight.dequantize()
     assert torch.allclose(qemb(ids), table[ids] * 128**0.5, rtol=1e-6)
@@ -123,7 +123,7 @@ def test_quantize_linears_swaps_chosen_layers(layer):
     ref = model(x)
 
     def choose(name, module):
-        return get_quantizer("int8") if name == "0" else None
+        return QUANTIZERS.build("int8") if name == "0" else None
 
     swapped = quantize_linears(model, choose)
     assert (

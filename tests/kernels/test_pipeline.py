@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from torch import nn
 from typer.testing import CliRunner
 
-from tierlm.edge.model import CausalLM, load_model
-from tierlm.kernels.artifact import MANIFEST, artifact_state, byte_breakdown, load_artifact, save_artifact
+from tierlm.edge.decoder import CausalLM, load_model
+from tierlm.kernels.artifact import MANIFEST, artifact_state, byte_breakdown, save_artifact
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear
-from tierlm.kernels.pipeline import calibration_tokens, compress_model
+from tierlm.edge.compress import calibration_tokens
+from tierlm.kernels.pipeline import compress_model
 from tierlm.kernels.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +67,7 @@ def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def test_artifact_reloads_with_identical_logits(model_dir: Path, tmp_path: Path, method: str) -> None:
     model = compressed(model_dir, recipe_text(method, METHODS[method]))
     save_artifact(model, tmp_path / "a", model_dir)
-    reloaded = load_artifact(tmp_path / "a")
+    reloaded = load_model(tmp_path / "a")
     ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     expected = logits(model, ids)
     assert torch.equal(logits(reloaded, ids), expected)
@@ -92,7 +94,7 @@ def test_manifest_describes_every_module_and_counts_bytes(llama_dir: Path, tmp_p
     assert (up["kind"], up["method"], up["bits"], up["group_size"]) == ("quantized_linear", "gptq", 4, 32)
     assert up["sparsity"] is None and up["rank"] is None and up["storage"]["format"]
     assert "layers.0.self_attn.q_proj" not in modules and "layers.0.mlp.up_proj" in modules
-    assert isinstance(load_artifact(tmp_path / "a").layers[0].self_attn.q_proj, nn.Linear)
+    assert isinstance(load_model(tmp_path / "a").layers[0].self_attn.q_proj, nn.Linear)
     assert modules["embed_tokens"]["method"] == "rtn"
     tensors, _, _ = artifact_state(load_model(llama_dir))
     dense = byte_breakdown(tensors)
@@ -112,9 +114,9 @@ def test_tied_model_rejects_a_separate_lm_head(gemma_dir: Path) -> None:
 def test_eval_ppl_and_engine_accept_an_artifact(gemma_dir: Path, tmp_path: Path) -> None:
     import asyncio
 
-    from tierlm import perplexity
-    from tierlm.commands import eval as eval_commands
-    from tierlm.edge import Engine, GenerationRequest
+    from tierlm.edge import perplexity
+    from tierlm.app.commands import eval as eval_commands
+    from tierlm.edge import DecoderEngine, GenerationRequest
 
     model = compressed(gemma_dir, recipe_text("rtn", "{bits: 4, group_size: 32}"))
     save_artifact(model, tmp_path / "a", gemma_dir)
@@ -130,7 +132,7 @@ def test_eval_ppl_and_engine_accept_an_artifact(gemma_dir: Path, tmp_path: Path)
     assert record["ppl"] == pytest.approx(expected.ppl, rel=1e-9)
     assert record["tokens"] == 80
 
-    engine = Engine.from_pretrained(tmp_path / "a", max_batch=1, max_seq_len=64, threads=1)
+    engine = DecoderEngine.from_pretrained(tmp_path / "a", max_batch=1, max_seq_len=64, threads=1)
     try:
         completion = asyncio.run(engine.generate(GenerationRequest(prompt="The json module", max_tokens=5, ignore_eos=True)))
     finally:
@@ -139,7 +141,7 @@ def test_eval_ppl_and_engine_accept_an_artifact(gemma_dir: Path, tmp_path: Path)
 
 
 def test_cli_compress_writes_an_artifact(llama_dir: Path, tmp_path: Path) -> None:
-    from tierlm.cli import app
+    from tierlm.app.cli import app
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(recipe_text("rtn", "{bits: 4, group_size: 32}"))
@@ -151,7 +153,7 @@ def test_cli_compress_writes_an_artifact(llama_dir: Path, tmp_path: Path) -> Non
 
 
 def test_cli_compress_reports_a_bad_recipe_with_its_line(llama_dir: Path, tmp_path: Path) -> None:
-    from tierlm.cli import app
+    from tierlm.app.cli import app
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: t\nrules:\n  - match: '*'\n    method: gptqq\n")
@@ -161,7 +163,7 @@ def test_cli_compress_reports_a_bad_recipe_with_its_line(llama_dir: Path, tmp_pa
 
 
 def test_cli_help() -> None:
-    from tierlm.cli import app
+    from tierlm.app.cli import app
 
     result = runner.invoke(app, ["compress", "--help"])
     assert result.exit_code == 0 and "--recipe" in result.output and "--calib" in result.output

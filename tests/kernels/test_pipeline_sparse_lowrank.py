@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from torch import nn
 
-from tierlm.edge.model import CausalLM, load_model
-from tierlm.kernels.artifact import load_artifact, read_manifest, save_artifact
+from tierlm.edge.decoder import CausalLM, load_model
+from tierlm.kernels.artifact import read_manifest, save_artifact
 from tierlm.kernels.composite import CompositeTensor
 from tierlm.kernels.lowrank.tensor import LowRankTensor
 from tierlm.kernels.modules import QuantLinear
-from tierlm.kernels.pipeline import calibration_tokens, compress_model
+from tierlm.edge.compress import calibration_tokens
+from tierlm.kernels.pipeline import compress_model
 from tierlm.kernels.recipe import Calibration, Recipe, RecipeError, parse_recipe
 from tierlm.kernels.sparse.tensors import SparseQuantTensor, SparseTensor
 
@@ -59,7 +61,7 @@ def test_shipped_recipe_artifact_reloads_with_identical_logits(llama_dir: Path, 
     recipe = shipped(name)
     model = compressed(llama_dir, recipe)
     save_artifact(model, tmp_path / "a", llama_dir, extra={"recipe": recipe.model_dump(mode="json")})
-    reloaded = load_artifact(tmp_path / "a")
+    reloaded = load_model(tmp_path / "a")
     ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     expected = logits(model, ids)
     assert torch.equal(logits(reloaded, ids), expected)
@@ -110,7 +112,7 @@ def test_rank_budget_keeps_the_parameter_fraction(llama_dir: Path, name: str) ->
 def test_asvd_has_lower_calibration_output_error_than_svd_at_the_same_ranks(llama_dir: Path) -> None:
     """Per layer, ASVD's whitened truncation beats plain SVD on the activations it calibrated on."""
     from tierlm.kernels.calibration import LayerStats, StatsSpec
-    from tierlm.kernels.lowrank.base import get_factorizer
+    from tierlm.kernels.lowrank import FACTORIZERS
 
     model = load_model(llama_dir)
     x = torch.randn(512, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
@@ -120,7 +122,7 @@ def test_asvd_has_lower_calibration_output_error_than_svd_at_the_same_ranks(llam
     weight = model.layers[0].mlp.up_proj.weight.detach()
     errors = {}
     for method in ("svd", "asvd"):
-        approx = get_factorizer(method).decompose(weight, stats).truncate(16, "float32").dequantize()
+        approx = FACTORIZERS.build(method).decompose(weight, stats).truncate(16, "float32").dequantize()
         errors[method] = float((x @ (weight - approx).t()).norm())
     assert errors["asvd"] < errors["svd"]
 
@@ -145,14 +147,14 @@ def test_eval_ppl_in_a_fresh_process_loads_a_composite_artifact(llama_dir: Path,
 
     from transformers import AutoTokenizer
 
-    from tierlm import perplexity
+    from tierlm.edge import perplexity
 
     model = compressed(llama_dir, shipped("composite"))
     save_artifact(model, tmp_path / "a", llama_dir)
     text = ROOT / "data" / "text" / "python-docs" / "eval" / "tutorial-appetite.txt"
     window = ["--max-tokens", "40", "--context", "16", "--stride", "8"]
     result = subprocess.run(
-        [sys.executable, "-m", "tierlm.cli", "eval", "ppl", "--model", str(tmp_path / "a"), "--text", str(text), *window, "--threads", "1", "--json"],
+        [sys.executable, "-m", "tierlm.app.cli", "eval", "ppl", "--model", str(tmp_path / "a"), "--text", str(text), *window, "--threads", "1", "--json"],
         capture_output=True,
         text=True,
         timeout=600,

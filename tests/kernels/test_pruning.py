@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.quant.group import GroupGrid
-from tierlm.kernels.sparse import SparsityPattern, get_pruner, pruner_names, select_mask
+from tierlm.kernels.sparse import PRUNERS, SparsityPattern, select_mask
 from tierlm.kernels.sparse.sparsegpt import sparsegpt_sweep
 
 
@@ -23,7 +23,7 @@ def calib(outlier_layer):
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
 def test_nm_masks_keep_exactly_n_of_every_m(outlier_layer, name, pattern):
     w, stats, _ = outlier_layer
-    result = get_pruner(name, pattern=pattern).prune(w, stats)
+    result = PRUNERS.build(name, pattern=pattern).prune(w, stats)
     n, m = (int(v) for v in pattern.split(":"))
     groups = result.mask.reshape(w.shape[0], -1, m)
     assert (groups.sum(-1) == n).all()
@@ -35,7 +35,7 @@ def test_nm_masks_keep_exactly_n_of_every_m(outlier_layer, name, pattern):
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
 def test_unstructured_levels_are_exact(outlier_layer, name, sparsity):
     w, stats, _ = outlier_layer
-    result = get_pruner(name, sparsity=sparsity).prune(w, stats)
+    result = PRUNERS.build(name, sparsity=sparsity).prune(w, stats)
     per_row = result.mask.shape[1] - result.mask.sum(1)
     if name == "wanda":  # Wanda compares within each output row
         assert (per_row == round(sparsity * w.shape[1])).all()
@@ -45,7 +45,7 @@ def test_unstructured_levels_are_exact(outlier_layer, name, sparsity):
 
 def test_sparsegpt_unstructured_level_is_exact_per_block(outlier_layer):
     w, stats, _ = outlier_layer
-    result = get_pruner("sparsegpt", sparsity=0.6, block_size=64).prune(w, stats)
+    result = PRUNERS.build("sparsegpt", sparsity=0.6, block_size=64).prune(w, stats)
     pruned_per_block = (~result.mask).reshape(w.shape[0], -1, 64).sum((0, 2))
     assert (pruned_per_block == round(0.6 * w.shape[0] * 64)).all()
 
@@ -90,7 +90,7 @@ def test_wanda_and_sparsegpt_beat_magnitude_in_layer_output_error(outlier_layer,
     w, stats, held_out = outlier_layer
     errors = {
         name: _output_error(
-            w, get_pruner(name, pattern=pattern, sparsity=0.5).prune(w, stats).weight, held_out
+            w, PRUNERS.build(name, pattern=pattern, sparsity=0.5).prune(w, stats).weight, held_out
         )
         for name in ("magnitude", "wanda", "sparsegpt")
     }
@@ -101,7 +101,7 @@ def test_wanda_and_sparsegpt_beat_magnitude_in_layer_output_error(outlier_layer,
 def test_sparsegpt_joint_quantization_keeps_pruned_at_exact_zero(outlier_layer):
     w, stats, held_out = outlier_layer
     grid = GroupGrid(bits=4, group_size=64)
-    sweep = get_pruner("sparsegpt", pattern="2:4").sweep(w, stats, grid)
+    sweep = PRUNERS.build("sparsegpt", pattern="2:4").sweep(w, stats, grid)
     assert sweep.codes is not None and sweep.codes.min() >= 0 and sweep.codes.max() <= 15
     g = torch.arange(w.shape[1]) // 64
     dequant = (sweep.codes - sweep.zeros[g].t()) * sweep.scales[g].t()
@@ -109,13 +109,13 @@ def test_sparsegpt_joint_quantization_keeps_pruned_at_exact_zero(outlier_layer):
     assert (dequant[~sweep.mask] == 0).all()
     assert (sweep.mask.reshape(w.shape[0], -1, 4).sum(-1) == 2).all()
     # Quantizing on top of pruning costs something, but far less than the pruning itself.
-    pruned_only = get_pruner("sparsegpt", pattern="2:4").prune(w, stats).weight
+    pruned_only = PRUNERS.build("sparsegpt", pattern="2:4").prune(w, stats).weight
     assert _output_error(w, dequant, held_out) < 1.5 * _output_error(w, pruned_only, held_out)
 
 
 def test_fixed_mask_sweep_never_refills_pruned_weights(outlier_layer):
     w, stats, held_out = outlier_layer
-    mask = get_pruner("wanda", pattern="4:8").prune(w, stats).mask
+    mask = PRUNERS.build("wanda", pattern="4:8").prune(w, stats).mask
     sweep = sparsegpt_sweep(w, stats.hessian(), mask=mask)
     assert torch.equal(sweep.mask, mask)
     assert (sweep.weight[~mask] == 0).all()
@@ -125,20 +125,20 @@ def test_fixed_mask_sweep_never_refills_pruned_weights(outlier_layer):
 
 def test_registry_and_calibration_requirements(outlier_layer):
     w, _, _ = outlier_layer
-    assert set(pruner_names()) >= {"magnitude", "wanda", "sparsegpt"}
+    assert set(PRUNERS.names()) >= {"magnitude", "wanda", "sparsegpt"}
     with pytest.raises(ValueError, match="calibration"):
-        get_pruner("wanda").prune(w)
+        PRUNERS.build("wanda").prune(w)
     with pytest.raises(ValueError, match="calibration statistics"):
-        get_pruner("sparsegpt").prune(w, LayerStats(w.shape[1], StatsSpec()))
+        PRUNERS.build("sparsegpt").prune(w, LayerStats(w.shape[1], StatsSpec()))
     with pytest.raises(ValueError, match="multiple of M"):
-        get_pruner("magnitude", pattern="2:4").prune(torch.randn(4, 6))
+        PRUNERS.build("magnitude", pattern="2:4").prune(torch.randn(4, 6))
     with pytest.raises(ValueError):
         SparsityPattern.parse("2:4", 0.75)
     with pytest.raises(ValueError, match="fixes sparsity"):
-        get_pruner("wanda", pattern="2:4", sparsity=0.6)  # never silently ignored
-    assert get_pruner("magnitude", pattern="1:4").pattern.sparsity == 0.75
-    assert get_pruner("magnitude").pattern.sparsity == 0.5
-    assert get_pruner("wanda", pattern="2:4").config() == {
+        PRUNERS.build("wanda", pattern="2:4", sparsity=0.6)  # never silently ignored
+    assert PRUNERS.build("magnitude", pattern="1:4").pattern.sparsity == 0.75
+    assert PRUNERS.build("magnitude").pattern.sparsity == 0.5
+    assert PRUNERS.build("wanda", pattern="2:4").config() == {
         "method": "wanda",
         "pattern": "2:4",
         "sparsity": 0.5,

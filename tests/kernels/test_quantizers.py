@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tierlm.kernels.calibration import LayerStats, StatsSpec
-from tierlm.kernels.quant import QuantizedTensor, get_quantizer, quantizer_names
+from tierlm.kernels.methods import QUANTIZERS, read_quantized
+from tierlm.kernels.quant import QuantizedTensor
 from tierlm.kernels.quant.group import GroupQuantTensor
 from tierlm.kernels.quant.nf4 import NF4_MAX_HALF_GAP
 
@@ -24,7 +25,7 @@ def _scale_per_element(qt: GroupQuantTensor) -> torch.Tensor:
 )
 def test_rtn_error_is_at_most_half_a_step(make_weight, dist, bits, group_size, symmetric):
     w = make_weight(dist, 64, 256, seed=bits * group_size)
-    qt = get_quantizer("rtn", bits=bits, group_size=group_size, symmetric=symmetric).quantize(w)
+    qt = QUANTIZERS.build("rtn", bits=bits, group_size=group_size, symmetric=symmetric).quantize(w)
     step = _scale_per_element(qt)
     assert ((qt.dequantize() - w).abs() <= step * (0.5 + REL) + 1e-9).all()
     assert qt.nbytes < w.numel() * bits / 8 * 1.2  # packed: codes plus small per-group metadata
@@ -33,7 +34,7 @@ def test_rtn_error_is_at_most_half_a_step(make_weight, dist, bits, group_size, s
 @pytest.mark.parametrize("dist", ["gaussian", "heavy_tailed"])
 def test_int8_error_is_at_most_half_a_step_per_row(make_weight, dist):
     w = make_weight(dist, 64, 256, seed=7)
-    qt = get_quantizer("int8").quantize(w)
+    qt = QUANTIZERS.build("int8").quantize(w)
     assert ((qt.dequantize() - w).abs() <= qt.scale.unsqueeze(1) * (0.5 + REL)).all()
 
 
@@ -43,7 +44,7 @@ def test_smoothquant_bound_holds_in_smoothed_coordinates_and_outliers_stay_float
     stats = LayerStats(k)
     stats.update(acts.sample(256))
     w = make_weight("gaussian", 32, k, 2)
-    qt = get_quantizer("int8", smoothquant_alpha=0.5, outlier_threshold=8.0).quantize(w, stats)
+    qt = QUANTIZERS.build("int8", smoothquant_alpha=0.5, outlier_threshold=8.0).quantize(w, stats)
     assert set(qt.outlier_idx.tolist()) == set(acts.outliers.tolist())
     err = (qt.dequantize() - w) * qt.smooth  # back in the coordinates that were quantized
     inlier = torch.ones(k, dtype=torch.bool)
@@ -69,20 +70,20 @@ def test_smoothquant_alpha_search_picks_the_grid_point_with_least_output_error(m
     def error(qt) -> float:
         return float((qt.linear_reference(x) - x @ w.t()).pow(2).sum())
 
-    fixed = {a: error(get_quantizer("int8", smoothquant_alpha=a).quantize(w, stats)) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
-    searched = get_quantizer("int8", alpha_grid=5).quantize(w, stats)
+    fixed = {a: error(QUANTIZERS.build("int8", smoothquant_alpha=a).quantize(w, stats)) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    searched = QUANTIZERS.build("int8", alpha_grid=5).quantize(w, stats)
     assert error(searched) == pytest.approx(min(fixed.values()), rel=1e-6)
     # On outlier-heavy inputs smoothing pays: the best alpha beats none at all.
-    assert error(searched) < error(get_quantizer("int8").quantize(w, stats))
+    assert error(searched) < error(QUANTIZERS.build("int8").quantize(w, stats))
     with pytest.raises(ValueError, match="alpha_grid"):
-        get_quantizer("int8", alpha_grid=5, smoothquant_alpha=0.5)
+        QUANTIZERS.build("int8", alpha_grid=5, smoothquant_alpha=0.5)
 
 
 @pytest.mark.parametrize("dist", ["gaussian", "heavy_tailed"])
 @pytest.mark.parametrize("double_quant", [True, False])
 def test_nf4_error_within_half_the_widest_level_gap(make_weight, dist, double_quant):
     w = make_weight(dist, 64, 256, seed=11)
-    qt = get_quantizer("nf4", double_quant=double_quant).quantize(w)
+    qt = QUANTIZERS.build("nf4", double_quant=double_quant).quantize(w)
     absmax = qt.block_absmax().reshape(64, -1, 1)
     blocks = w.reshape(64, -1, qt.block_size)
     clipped = (blocks.abs() - absmax).clamp(min=0)  # only if double quant shrank the absmax
@@ -103,8 +104,8 @@ def test_gptq_with_uncorrelated_inputs_is_rtn(make_weight):
     stats = LayerStats(256, StatsSpec(hessian=True))
     stats.xtx = torch.diag(torch.rand(256) + 0.5)
     stats.n_rows = 2
-    gptq = get_quantizer("gptq", bits=4, group_size=64).quantize(w, stats)
-    rtn = get_quantizer("rtn", bits=4, group_size=64).quantize(w)
+    gptq = QUANTIZERS.build("gptq", bits=4, group_size=64).quantize(w, stats)
+    rtn = QUANTIZERS.build("rtn", bits=4, group_size=64).quantize(w)
     assert torch.equal(gptq.qweight, rtn.qweight) and torch.equal(gptq.scales, rtn.scales)
 
 
@@ -116,32 +117,32 @@ def _out_err(qt: QuantizedTensor, w: torch.Tensor, x: torch.Tensor) -> float:
 @pytest.mark.parametrize("bits", [4, 3])
 def test_gptq_and_awq_beat_rtn_on_held_out_inputs(outlier_layer, bits):
     w, stats, held_out = outlier_layer
-    rtn = _out_err(get_quantizer("rtn", bits=bits).quantize(w), w, held_out)
-    gptq = _out_err(get_quantizer("gptq", bits=bits).quantize(w, stats), w, held_out)
-    gptq_ao = _out_err(get_quantizer("gptq", bits=bits, act_order=True).quantize(w, stats), w, held_out)
-    awq = _out_err(get_quantizer("awq", bits=bits, n_grid=10).quantize(w, stats), w, held_out)
+    rtn = _out_err(QUANTIZERS.build("rtn", bits=bits).quantize(w), w, held_out)
+    gptq = _out_err(QUANTIZERS.build("gptq", bits=bits).quantize(w, stats), w, held_out)
+    gptq_ao = _out_err(QUANTIZERS.build("gptq", bits=bits, act_order=True).quantize(w, stats), w, held_out)
+    awq = _out_err(QUANTIZERS.build("awq", bits=bits, n_grid=10).quantize(w, stats), w, held_out)
     assert gptq < 0.6 * rtn and gptq_ao < 0.6 * rtn
     assert awq < 0.85 * rtn
 
 
 def test_awq_clip_search_lowers_held_out_error(outlier_layer):
     w, stats, held_out = outlier_layer
-    clipped = _out_err(get_quantizer("awq", n_grid=10).quantize(w, stats), w, held_out)
-    unclipped = _out_err(get_quantizer("awq", n_grid=10, clip_search=False).quantize(w, stats), w, held_out)
+    clipped = _out_err(QUANTIZERS.build("awq", n_grid=10).quantize(w, stats), w, held_out)
+    unclipped = _out_err(QUANTIZERS.build("awq", n_grid=10, clip_search=False).quantize(w, stats), w, held_out)
     assert clipped < 0.97 * unclipped
 
 
 def test_awq_never_loses_to_rtn_on_its_own_samples(outlier_layer):
     w, stats, _ = outlier_layer
     x = stats.samples
-    rtn = _out_err(get_quantizer("rtn").quantize(w), w, x)
-    awq = _out_err(get_quantizer("awq", n_grid=5, clip_search=False).quantize(w, stats), w, x)
+    rtn = _out_err(QUANTIZERS.build("rtn").quantize(w), w, x)
+    awq = _out_err(QUANTIZERS.build("awq", n_grid=5, clip_search=False).quantize(w, stats), w, x)
     assert awq <= rtn
 
 
 def test_gptq_act_order_records_groups_of_equal_size(outlier_layer):
     w, stats, _ = outlier_layer
-    qt = get_quantizer("gptq", act_order=True).quantize(w, stats)
+    qt = QUANTIZERS.build("gptq", act_order=True).quantize(w, stats)
     assert torch.equal(torch.bincount(qt.g_idx.long()), torch.full((w.shape[1] // 128,), 128))
 
 
@@ -160,13 +161,13 @@ ALL_CONFIGS = [
 @pytest.mark.parametrize("name,config", ALL_CONFIGS)
 def test_artifact_round_trip_through_safetensors(tmp_path, outlier_layer, name, config):
     w, stats, _ = outlier_layer
-    quantizer = get_quantizer(name, **config)
+    quantizer = QUANTIZERS.build(name, **config)
     qt = quantizer.quantize(w, stats)
     state, meta = qt.to_state_dict("model.layers.0.mlp.up_proj")
     save_file(state, tmp_path / "m.safetensors")
     meta = json.loads(json.dumps(meta))
     json.dumps(quantizer.config())
-    back = QuantizedTensor.from_state_dict(
+    back = read_quantized(
         load_file(tmp_path / "m.safetensors"), "model.layers.0.mlp.up_proj", meta
     )
     assert type(back) is type(qt) and back.shape == qt.shape == tuple(w.shape)
@@ -177,14 +178,14 @@ def test_artifact_round_trip_through_safetensors(tmp_path, outlier_layer, name, 
 
 
 def test_registry_and_calibration_requirements(make_weight):
-    assert set(quantizer_names()) >= {"int8", "rtn", "nf4", "awq", "gptq"}
+    assert set(QUANTIZERS.names()) >= {"int8", "rtn", "nf4", "awq", "gptq"}
     with pytest.raises(ValueError, match="unknown quantizer"):
-        get_quantizer("int5")
+        QUANTIZERS.build("int5")
     with pytest.raises(ValueError, match="hessian"):
-        get_quantizer("gptq").quantize(make_weight("gaussian", 8, 128, 0))
+        QUANTIZERS.build("gptq").quantize(make_weight("gaussian", 8, 128, 0))
     with pytest.raises(ValueError, match="not collected"):
         stats = LayerStats(128)  # channel stats only
         stats.update(torch.randn(4, 128))
-        get_quantizer("awq").quantize(make_weight("gaussian", 8, 128, 0), stats)
+        QUANTIZERS.build("awq").quantize(make_weight("gaussian", 8, 128, 0), stats)
     with pytest.raises(ValueError):
-        get_quantizer("rtn", group_size=48)
+        QUANTIZERS.build("rtn", group_size=48)

@@ -5,7 +5,7 @@ import torch
 from tierlm.kernels.modules import QuantLinear
 from tierlm.kernels.ops.lowrank_mm import LowRankMatMul
 from tierlm.kernels.ops.sparse_mm import CSR_MAX_DENSITY, CSRMatMul, DenseMatMul, cpu_sparse_kernel
-from tierlm.kernels.quant import get_quantizer
+from tierlm.kernels.methods import QUANTIZERS
 from tierlm.kernels.sparse import SparseTensor, SparsityPattern, select_mask
 
 
@@ -42,7 +42,7 @@ def test_cpu_kernel_choice_follows_the_measured_crossover(make_weight):
 
 
 def test_lowrank_kernel_matches_reference(activations):
-    lr = get_quantizer("composite", lowrank={"method": "svd", "rank": 8}).quantize(torch.randn(64, 128))
+    lr = QUANTIZERS.build("composite", lowrank={"method": "svd", "rank": 8}).quantize(torch.randn(64, 128))
     x = activations(128).sample(5)
     assert torch.allclose(LowRankMatMul(lr)(x), lr.linear_reference(x), rtol=1e-4, atol=1e-4)
 
@@ -75,7 +75,7 @@ CONFIGS = {
 @pytest.mark.parametrize("batch", [1, 8])
 def test_quant_linear_fast_path_equals_reference(outlier_layer, name, batch):
     w, stats, held_out = outlier_layer
-    qt = get_quantizer("composite", **CONFIGS[name]).quantize(w, stats)
+    qt = QUANTIZERS.build("composite", **CONFIGS[name]).quantize(w, stats)
     bias = torch.linspace(-1, 1, w.shape[0])
     # accuracy level 0: the int4 kernel keeps float activations, so it matches the reference.
     fast = QuantLinear(qt, bias, backend="fast", int4_accuracy_level=0)

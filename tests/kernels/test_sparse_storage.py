@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from tierlm.kernels.packing import pack_bits, unpack_bits
+from tierlm.kernels.methods import read_quantized
 from tierlm.kernels.quant import QuantizedTensor
 from tierlm.kernels.quant.group import group_rtn
 from tierlm.kernels.sparse import SparseLayout, SparseQuantTensor, SparseTensor, SparsityPattern, select_mask
@@ -81,7 +82,7 @@ def test_nm_encoding_rejects_a_mask_that_breaks_the_pattern():
 def _save_load(qt, tmp_path):
     state, meta = qt.to_state_dict("layer")
     save_file(state, tmp_path / "w.safetensors")
-    return QuantizedTensor.from_state_dict(load_file(tmp_path / "w.safetensors"), "layer", meta)
+    return read_quantized(load_file(tmp_path / "w.safetensors"), "layer", meta)
 
 
 @pytest.mark.parametrize(

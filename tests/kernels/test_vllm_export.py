@@ -13,18 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tierlm.cli import app
-from tierlm.edge.model import CausalLM, load_model
-from tierlm.kernels.artifact import load_artifact, save_artifact
+from tierlm.app.cli import app
+from tierlm.edge.decoder import CausalLM, load_model
+from tierlm.kernels.artifact import save_artifact
 from tierlm.kernels.modules import QuantLinear
-from tierlm.kernels.pipeline import calibration_tokens, compress_model
+from tierlm.edge.compress import calibration_tokens
+from tierlm.kernels.pipeline import compress_model
 from tierlm.kernels.quant.group import GroupQuantTensor
 from tierlm.kernels.quant.int8 import Int8Tensor
 from tierlm.kernels.recipe import parse_recipe
-from tierlm.kernels.vllm_export import ExportError, export_for_vllm, is_exported
+from tierlm.edge.compress import export_artifact_for_vllm
+from tierlm.kernels.vllm_export import ExportError, is_exported
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "data" / "text" / "python-docs" / "calib" / "library-json.txt"
@@ -84,14 +87,14 @@ def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("method", sorted(EXPORTABLE))
 def test_export_carries_the_packed_tensors_and_is_the_same_model(model_dir: Path, tmp_path: Path, method: str) -> None:
     source = artifact(model_dir, tmp_path / "artifact", method, EXPORTABLE[method])
-    summary = export_for_vllm(source, tmp_path / "vllm")
+    summary = export_artifact_for_vllm(source, tmp_path / "vllm")
     assert is_exported(tmp_path / "vllm")
 
     config = json.loads((tmp_path / "vllm" / "config.json").read_text())
     q = config["quantization_config"]
     assert q["quant_method"] == "compressed-tensors" and q["ignore"] == ["lm_head"]
     (group,) = q["config_groups"].values()
-    linears = [n for n, m in load_artifact(source).named_modules() if isinstance(m, QuantLinear) and n != "lm_head"]
+    linears = [n for n, m in load_model(source).named_modules() if isinstance(m, QuantLinear) and n != "lm_head"]
     assert sorted(group["targets"]) == sorted(f"model.{n}" for n in linears)
     assert summary.schemes == {group["format"]: len(linears)} and summary.dequantized == ["embed_tokens"]
 
@@ -116,11 +119,11 @@ def test_export_carries_the_packed_tensors_and_is_the_same_model(model_dir: Path
         kind = Int8Tensor if method == "int8" else GroupQuantTensor
         assert isinstance(reloaded.get_submodule(name).qweight, kind), name
     ids = torch.randint(0, reloaded.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
-    want = logits(float_output_layer(reference(load_artifact(source))), ids)
+    want = logits(float_output_layer(reference(load_model(source))), ids)
     torch.testing.assert_close(logits(reference(load_model(tmp_path / "vllm")), ids), want, rtol=1e-4, atol=1e-4)
     # ...and on the fast kernels: int8 runs the artifact's own kernel; int4 keeps activations in
     # float (W4A16, onnxruntime accuracy level 0), so it agrees with the float reference.
-    fast_want = logits(float_output_layer(load_artifact(source)), ids) if method == "int8" else want
+    fast_want = logits(float_output_layer(load_model(source)), ids) if method == "int8" else want
     torch.testing.assert_close(logits(reloaded, ids), fast_want, rtol=1e-4, atol=1e-3)
 
 
@@ -129,7 +132,7 @@ def test_export_refuses_what_vllm_cannot_run_and_writes_nothing(llama_dir: Path,
     options, reason = REFUSED[method]
     source = artifact(llama_dir, tmp_path / "artifact", method, options)
     with pytest.raises(ExportError, match=reason):
-        export_for_vllm(source, tmp_path / "vllm")
+        export_artifact_for_vllm(source, tmp_path / "vllm")
     assert not (tmp_path / "vllm").exists()
 
 
@@ -143,8 +146,10 @@ def test_cli_exports_and_reports_refusals(llama_dir: Path, tmp_path: Path) -> No
     result = runner.invoke(app, ["export", "vllm", "--artifact", str(bad), "--out", str(tmp_path / "out2")])
     assert result.exit_code == 1 and not (tmp_path / "out2").exists()
 
-    result = runner.invoke(app, ["export", "vllm", "--artifact", str(llama_dir), "--out", str(tmp_path / "out3")])
-    assert result.exit_code != 0 and "not a tierlm artifact" in result.output
+    result = runner.invoke(app, ["export", "vllm", "--artifact", str(llama_dir), "--out", str(tmp_path / "out3")], terminal_width=40)
+    error = result.output.splitlines()[-1]  # one line, however narrow the terminal or long the path
+    assert result.exit_code == 2 and error.startswith("Error: Invalid value for") and "--artifact" in error
+    assert error.endswith(f"{llama_dir}: not a tierlm artifact (no tierlm_compression.json)")
 
 
 def test_the_vllm_engine_points_at_the_export_not_the_artifact(llama_dir: Path, tmp_path: Path) -> None:

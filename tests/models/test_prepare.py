@@ -1,4 +1,4 @@
-"""`tierlm.models.prepare`: GGUF -> cached HF folder, on a tiny GGUF built in the test."""
+"""`tierlm.edge.catalog.prepare`: GGUF -> cached HF folder, on a tiny GGUF built in the test."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tierlm import models
+from tierlm.edge import catalog
 
 
 @pytest.fixture
-def tiny_spec(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> models.ModelSpec:
-    spec = models.ModelSpec(
+def tiny_spec(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> catalog.ModelSpec:
+    spec = catalog.ModelSpec(
         name="tiny-llama",
         description="test model",
         family="llama",
@@ -24,18 +24,18 @@ def tiny_spec(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> models.ModelS
         gguf_name=tiny_gguf.name,
         locate=lambda spec, cache_dir: tiny_gguf,
     )
-    monkeypatch.setitem(models.MODELS, spec.name, spec)
+    monkeypatch.setitem(catalog.MODELS, spec.name, spec)
     return spec
 
 
-def test_prepare_writes_a_loadable_hf_folder(tiny_spec: models.ModelSpec, tiny_gguf: Path, tmp_path: Path) -> None:
+def test_prepare_writes_a_loadable_hf_folder(tiny_spec: catalog.ModelSpec, tiny_gguf: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = models.prepare(tiny_spec.name, tmp_path)
+    folder = catalog.prepare(tiny_spec.name, tmp_path)
 
     assert folder == tmp_path / "models" / "tiny-llama"
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", models.MARKER} <= names
+    assert {"config.json", "model.safetensors", "generation_config.json", catalog.MARKER} <= names
     assert "tokenizer.json" in names or "tokenizer.model" in names
     assert not any(".partial-" in p.name for p in tmp_path.joinpath("models").iterdir())
 
@@ -48,7 +48,7 @@ def test_prepare_writes_a_loadable_hf_folder(tiny_spec: models.ModelSpec, tiny_g
         assert tensors.metadata() == {"format": "pt"}
     assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys
 
-    reference, tokenizer = models.load_gguf(tiny_gguf)
+    reference, tokenizer = catalog.load_gguf(tiny_gguf)
     reloaded = AutoModelForCausalLM.from_pretrained(folder)
     assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
     ids = AutoTokenizer.from_pretrained(folder)("the cat in a hat", return_tensors="pt").input_ids
@@ -58,27 +58,27 @@ def test_prepare_writes_a_loadable_hf_folder(tiny_spec: models.ModelSpec, tiny_g
 
 
 def test_prepare_is_idempotent_and_redoes_interrupted_runs(
-    tiny_spec: models.ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_spec: catalog.ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = models.prepare(tiny_spec.name, tmp_path, verify=False)
+    folder = catalog.prepare(tiny_spec.name, tmp_path, verify=False)
     calls: list[Path] = []
-    real_load = models.load_gguf
-    monkeypatch.setattr(models, "load_gguf", lambda path, report: calls.append(path) or real_load(path, report))
+    real_load = catalog.load_gguf
+    monkeypatch.setattr(catalog, "load_gguf", lambda path, report: calls.append(path) or real_load(path, report))
 
-    assert models.prepare(tiny_spec.name, tmp_path, verify=False) == folder
+    assert catalog.prepare(tiny_spec.name, tmp_path, verify=False) == folder
     assert calls == []  # already prepared: nothing converted
 
-    (folder / models.MARKER).unlink()  # as if the run died before its last write
-    assert not models.is_prepared(folder)
-    assert models.prepare(tiny_spec.name, tmp_path, verify=False) == folder
-    assert len(calls) == 1 and models.is_prepared(folder)
+    (folder / catalog.MARKER).unlink()  # as if the run died before its last write
+    assert not catalog.is_prepared(folder)
+    assert catalog.prepare(tiny_spec.name, tmp_path, verify=False) == folder
+    assert len(calls) == 1 and catalog.is_prepared(folder)
 
 
 def test_verify_folder_catches_a_wrong_weight(tiny_gguf: Path, tiny_folder: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    reference, tokenizer = models.load_gguf(tiny_gguf)
-    assert models.verify_folder(tiny_folder, reference, tokenizer) <= 1e-5
+    reference, tokenizer = catalog.load_gguf(tiny_gguf)
+    assert catalog.verify_folder(tiny_folder, reference, tokenizer) <= 1e-5
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -88,21 +88,21 @@ def test_verify_folder_catches_a_wrong_weight(tiny_gguf: Path, tiny_folder: Path
     state["model.norm.weight"] = state["model.norm.weight"] * 2
     save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="logits differ"):
-        models.verify_folder(broken, reference, tokenizer)
+        catalog.verify_folder(broken, reference, tokenizer)
 
 
 def test_cache_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERLM_CACHE", str(tmp_path / "env"))
-    assert models.cache_root() == tmp_path / "env"
-    assert models.cache_root(tmp_path / "arg") == tmp_path / "arg"
+    assert catalog.cache_root() == tmp_path / "env"
+    assert catalog.cache_root(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("TIERLM_CACHE")
-    assert models.cache_root() == Path.home() / ".cache" / "tierlm"
+    assert catalog.cache_root() == Path.home() / ".cache" / "tierlm"
 
 
 def test_unknown_and_missing_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(KeyError, match="gemma-3-270m"):
-        models.prepare("no-such-model", tmp_path)
-    spec = models.ModelSpec(
+        catalog.prepare("no-such-model", tmp_path)
+    spec = catalog.ModelSpec(
         name="absent",
         description="",
         family="llama",
@@ -110,22 +110,22 @@ def test_unknown_and_missing_models(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         install="pip install absent",
         module="tierlm_absent_package",
         gguf_name="absent.gguf",
-        locate=models.MODELS["smollm2-135m"].locate,
+        locate=catalog.MODELS["smollm2-135m"].locate,
     )
-    monkeypatch.setitem(models.MODELS, spec.name, spec)
+    monkeypatch.setitem(catalog.MODELS, spec.name, spec)
     assert not spec.is_installed()
-    with pytest.raises(models.ModelNotInstalled, match="pip install absent"):
-        models.prepare("absent", tmp_path)
+    with pytest.raises(catalog.ModelNotInstalled, match="pip install absent"):
+        catalog.prepare("absent", tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", sorted(catalog.MODELS))
 def test_real_models_prepare_and_reload(name: str) -> None:
     """The real packages: minutes on the first run, seconds once the default cache is warm."""
-    if not models.MODELS[name].is_installed():
-        pytest.skip(models.MODELS[name].install)
-    folder = models.prepare(name)
-    model, tokenizer = models.load_folder(folder)
+    if not catalog.MODELS[name].is_installed():
+        pytest.skip(catalog.MODELS[name].install)
+    folder = catalog.prepare(name)
+    model, tokenizer = catalog.load_folder(folder)
     config = model.config
     if name == "gemma-3-270m":
         assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (640, 18, 4)

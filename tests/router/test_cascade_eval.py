@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tierlm.router.cascade_eval import (
+from tierlm.router.learn.cascade_eval import (
     CascadeData,
     CascadePolicy,
     TierOutcomes,

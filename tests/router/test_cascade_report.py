@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from tierlm.router.cascade_eval import CascadeData, CascadePolicy, TierOutcomes, evaluate_cascade
-from tierlm.router.cascade_report import bootstrap_interval, frontier_on, routing_rows
-from tierlm.router.optimizer import InfeasibleBudgetError, fit_frontier
+from tierlm.router.learn.cascade_eval import CascadeData, CascadePolicy, TierOutcomes, evaluate_cascade
+from tierlm.router.study.cascade_report import bootstrap_interval, frontier_on, routing_rows
+from tierlm.router.learn.optimizer import InfeasibleBudgetError, fit_frontier
 
 
 def split(seed: int, n: int = 200) -> CascadeData:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tierlm.router.cascade_eval import CascadeData, TierOutcomes, evaluate_oracle, evaluate_single_tiers
-from tierlm.router.frontier_plot import plot_cost_accuracy
-from tierlm.router.optimizer import fit_frontier
+from tierlm.router.learn.cascade_eval import CascadeData, TierOutcomes, evaluate_oracle, evaluate_single_tiers
+from tierlm.router.study.frontier_plot import plot_cost_accuracy
+from tierlm.router.learn.optimizer import fit_frontier
 
 
 @pytest.mark.parametrize("log_x", [False, True])

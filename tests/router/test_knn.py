@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tierlm.router.knn import KnnVote
+from tierlm.router.nollm.knn import KnnVote
 
 
 def unit(*angles_deg: float) -> np.ndarray:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from tierlm.router.cascade_eval import CascadeData, TierOutcomes
-from tierlm.router.metrics import auroc, brier, ece, score_metrics, tier_score_metrics
+from tierlm.router.learn.cascade_eval import CascadeData, TierOutcomes
+from tierlm.router.learn.quality import auroc, brier, ece, score_metrics, tier_score_metrics
 
 CORRECT = np.array([True, False, True, False])
 SCORE = np.array([0.9, 0.8, 0.3, 0.1])

@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tierlm.router.datasets import LABELS
-from tierlm.router.offline import cascade_data, common_queries, fit_scores
-from tierlm.router.records import AnswerRecord
-from tierlm.router.scorer import Scorer, train
+from tierlm.router.learn.offline import cascade_data, common_queries, fit_scores
+from tierlm.router.learn.records import AnswerRecord
+from tierlm.router.learn.scorer import Scorer, train
+
+from tests.support.workloads import LABELS
 
 
 def records(n: int, seed: int) -> list[AnswerRecord]:

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from tierlm.router.cascade_eval import CascadeData, CascadePolicy, TierOutcomes, evaluate_cascade
-from tierlm.router.optimizer import COST_RTOL, InfeasibleBudgetError, fit_frontier, optimize
+from tierlm.router.learn.cascade_eval import CascadeData, CascadePolicy, TierOutcomes, evaluate_cascade
+from tierlm.router.learn.optimizer import COST_RTOL, InfeasibleBudgetError, fit_frontier, optimize
 
 
 def random_split(seed: int, n: int = 9, tiers: int = 3, dyadic: bool = True, tied: bool = True) -> CascadeData:

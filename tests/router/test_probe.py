@@ -9,29 +9,30 @@ import numpy as np
 import pytest
 
 from tierlm.errors import GenerationError
-from tierlm.router.datasets import Example
-from tierlm.router.probe import LinearProbe
-from tierlm.router.probe_tier import ProbeGenerator
-from tierlm.router.tier_setup import no_llm_models
+from tierlm.router.nollm.probe import LinearProbe
+from tierlm.router.nollm.probe_tier import ProbeGenerator
+from tierlm.router.study.tier_setup import NO_LLM_MODELS
 from tierlm.v1 import generator_pb2
+
+from tests.support.workloads import row
 
 CHOICES = [" up", " down", " neutral", " none"]
 WORDS = {"up": ["rises", "climbs", "gains"], "down": ["falls", "slips", "drops"],
          "neutral": ["steady", "flat", "unchanged"], "none": ["reviews", "duty", "mining"]}
 
 
-def pool(per_label: int = 8) -> list[Example]:
+def pool(per_label: int = 8):
     rows = []
     for label, words in WORDS.items():
         for i in range(per_label):
-            rows.append(Example(f"{label}{i}", f"gold {words[i % 3]} item{label}{i}", label))
+            rows.append(row(f"{label}{i}", f"gold {words[i % 3]} item{label}{i}", label))
     return rows
 
 
 def test_probabilities_follow_the_label_order_and_learn_the_signal(hashing_encoder) -> None:
     rows = pool()
     labels = ("none", "up", "down", "neutral")
-    probe = LinearProbe(hashing_encoder.encode([e.headline for e in rows]), [e.label for e in rows], labels=labels)
+    probe = LinearProbe(hashing_encoder.encode([e.query for e in rows]), [e.label for e in rows], labels=labels)
     probs = probe.probabilities(hashing_encoder.encode(["gold climbs higher", "gold drops again"]))
     assert probs.shape == (2, 4) and np.allclose(probs.sum(axis=1), 1.0)
     assert labels[probs[0].argmax()] == "up" and labels[probs[1].argmax()] == "down"
@@ -58,7 +59,7 @@ def test_too_few_rows_per_label_is_refused() -> None:
 
 def test_the_tier_answers_label_choices_with_log_probabilities(hashing_encoder) -> None:
     tier = ProbeGenerator(hashing_encoder, pool(), tier_name="probe")
-    reply = asyncio.run(tier.generate(generator_pb2.GenerateRequest(prompt="Q: gold rises, climbs, gains\nA:", choices=CHOICES)))
+    reply = asyncio.run(tier.generate(generator_pb2.GenerateRequest(prompt="gold rises, climbs, gains", choices=CHOICES)))
     scores = {c.choice: c.logprob for c in reply.choice_logprobs}
     assert reply.text == " up" == max(scores, key=scores.get)
     assert reply.model == "minilm-probe" and reply.tier == "probe"
@@ -69,4 +70,4 @@ def test_the_tier_answers_label_choices_with_log_probabilities(hashing_encoder) 
 
 
 def test_policies_name_both_no_llm_tiers() -> None:
-    assert set(no_llm_models()) == {"knn-vote", "minilm-probe"}
+    assert set(NO_LLM_MODELS) == {"knn-vote", "minilm-probe"}

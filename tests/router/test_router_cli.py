@@ -15,7 +15,7 @@ import yaml
 from tests.router.test_router_service import KEYS, write_policy
 
 REPO = Path(__file__).resolve().parents[2]
-TIERLM = [sys.executable, "-m", "tierlm.cli"]
+TIERLM = [sys.executable, "-m", "tierlm.app.cli"]
 
 
 def _spawn(args: list[str]) -> tuple[subprocess.Popen, int]:

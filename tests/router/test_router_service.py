@@ -19,8 +19,8 @@ from tierlm.auth import hash_key
 from tierlm.client import (
     AsyncClient, Client, InvalidArgument, PermissionDenied, ResourceExhausted, RetryPolicy, Unauthenticated,
 )
-from tierlm.router.ledger import Ledger
-from tierlm.router.server import start_router
+from tierlm.router.serve.ledger import Ledger
+from tierlm.router.serve.server import start_router
 from tierlm.serving import ServerConfig
 from tierlm.v1 import router_pb2
 
@@ -319,7 +319,7 @@ def test_response_cache_answers_repeats_without_calling_tiers(loop, tiers, tmp_p
 def test_router_metrics(loop, tiers, tmp_path):
     import urllib.request
 
-    from tierlm.router.server import RouterService  # noqa: F401 - metrics register on import
+    from tierlm.router.serve.server import RouterService  # noqa: F401 - metrics register on import
 
     router = Stack(loop, tmp_path, tiers["edge"][0].port, tiers["cloud"][0].port)
     try:

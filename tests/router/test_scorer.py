@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from tierlm.router.datasets import LABELS
-from tierlm.router.records import AnswerRecord, read_records, write_records
-from tierlm.router.scorer import Scorer, train
+from tierlm.router.learn.records import AnswerRecord, read_records, write_records
+from tierlm.router.learn.scorer import Scorer, train
+
+from tests.support.workloads import LABELS
 
 TOPICS = ["futures", "rally", "demand", "jewellery", "imports", "mining", "reserves", "ounce"]
 

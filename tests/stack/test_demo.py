@@ -9,8 +9,10 @@ import sys
 import pytest
 import yaml
 
-from tierlm.demo import ModeResult, ensure_models
+from tierlm.app.demo_steps import ModeResult, ensure_models
 from tierlm.config import parse_policy
+
+from tests.support.workloads import LABELS
 
 
 def test_mode_result_row_counts_failures_as_wrong():
@@ -34,13 +36,13 @@ def test_a_missing_artifact_that_cannot_be_built_is_named(tmp_path):
 def test_demo_routes_dev_queries_and_writes_its_table_and_plot(tmp_path, llama_dir, gemma_dir):
     def tier(name: str, model, cost: float) -> dict:
         return {"name": name, "address": "127.0.0.1:1", "model": str(model), "cost": {"per_input_token": cost},
-                "prompt": {"selection": "fixed", "k": 0}, "launch": {"runtime": "edge", "max_batch": 4}}
+                "prompt": {"selection": "fixed", "k": 0, "labels": list(LABELS)}, "launch": {"runtime": "edge", "max_batch": 4}}
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({"tiers": [tier("edge", llama_dir, 1e-9), tier("cloud", gemma_dir, 1e-7)],
                                       "cascade": {"order": ["edge", "cloud"], "thresholds": {"edge": 0.5}}}))
     out = tmp_path / "results"
-    demo = subprocess.run([sys.executable, "-m", "tierlm.cli", "demo", "--policy", str(policy), "--queries", "12",
+    demo = subprocess.run([sys.executable, "-m", "tierlm.app.cli", "demo", "--policy", str(policy), "--queries", "12",
                            "--concurrency", "4", "--out-dir", str(out), "--run-dir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=600)
     assert demo.returncode == 0, demo.stderr[-3000:]

@@ -15,11 +15,14 @@ import yaml
 
 from tierlm.client import Client, RetryPolicy, Unavailable
 from tierlm.config import PolicyError, parse_policy
-from tierlm.stack import LocalStack, Service, StackError, plan_stack
+from tierlm.app.stack import LocalStack, Service, StackError, plan_stack
+from tierlm.router.workload import write_workload
+
+from tests.support.workloads import headlines
 
 
-def write_policy(path: Path, tiers: list[dict], order: list[str], thresholds: dict | None = None) -> Path:
-    path.write_text(yaml.safe_dump({"tiers": tiers, "cascade": {"order": order, "thresholds": thresholds or {}}}))
+def write_policy(path: Path, tiers: list[dict], order: list[str], thresholds: dict | None = None, **extra) -> Path:
+    path.write_text(yaml.safe_dump({"tiers": tiers, "cascade": {"order": order, "thresholds": thresholds or {}}, **extra}))
     return path
 
 
@@ -122,7 +125,7 @@ def test_children_die_with_the_launcher(tmp_path):
     script = f"""
 import sys, time
 from pathlib import Path
-from tierlm.stack import Service
+from tierlm.app.stack import Service
 s = Service("sleeper", "edge", [sys.executable, "-c", "import time; time.sleep(600)"], 1, Path({str(tmp_path / 's.log')!r}))
 s.start()
 print(s.process.pid, flush=True)
@@ -137,7 +140,7 @@ time.sleep(600)
 
 
 def test_lifeline_becomes_the_command_in_the_same_process():
-    from tierlm import lifeline
+    from tierlm.app import lifeline
 
     child = subprocess.Popen(lifeline.command(os.getpid(), [sys.executable, "-c", "import os; print(os.getpid())"]),
                              stdout=subprocess.PIPE, text=True)
@@ -147,9 +150,9 @@ def test_lifeline_becomes_the_command_in_the_same_process():
 
 def test_lifeline_refuses_to_start_when_the_launcher_is_already_gone():
     # Its parent is this test, not pid 1: as if the launcher had died before the child started.
-    result = subprocess.run([sys.executable, "-m", "tierlm.lifeline", "1", "--", "true"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "tierlm.app.lifeline", "1", "--", "true"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "launcher 1 exited" in result.stderr
-    usage = subprocess.run([sys.executable, "-m", "tierlm.lifeline", "true"], capture_output=True, text=True, timeout=60)
+    usage = subprocess.run([sys.executable, "-m", "tierlm.app.lifeline", "true"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 1 and "usage" in usage.stderr
 
 
@@ -160,7 +163,7 @@ def test_launch_needs_a_model_for_edge_and_cloud():
 
 
 def test_tierlm_up_serves_until_ctrl_c(two_edge_policy, tmp_path):
-    up = subprocess.Popen([sys.executable, "-m", "tierlm.cli", "up", "--policy", str(two_edge_policy), "--port", "0",
+    up = subprocess.Popen([sys.executable, "-m", "tierlm.app.cli", "up", "--policy", str(two_edge_policy), "--port", "0",
                            "--free-ports", "--run-dir", str(tmp_path / "run")],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -168,7 +171,7 @@ def test_tierlm_up_serves_until_ctrl_c(two_edge_policy, tmp_path):
         assert line.startswith("ROUTER "), up.stderr.read() if up.poll() is not None else line
         address = line.split()[1]
         processes = family([up.pid])
-        ask = subprocess.run([sys.executable, "-m", "tierlm.cli", "ask", "--router", address, "--max-tokens", "3",
+        ask = subprocess.run([sys.executable, "-m", "tierlm.app.cli", "ask", "--router", address, "--max-tokens", "3",
                               "--force-tier", "big", "The market rose"], capture_output=True, text=True, timeout=120)
         assert ask.returncode == 0, ask.stderr
         assert "tier big" in ask.stderr
@@ -187,12 +190,14 @@ def test_knn_edge_and_ray_serve_cloud_tiers_start_answer_and_stop(tmp_path, llam
 
     cloud_model = tmp_path / "cloud-llama"
     build_model(cloud_model, "llama", hidden_size=128)
+    pool = tmp_path / "pool.jsonl"  # a small labelled pool: the knn tier embeds it at start
+    write_workload([row.model_dump() for row in list(headlines("train"))[:40]], pool)
     policy = write_policy(tmp_path / "policy.yaml", [
         {"name": "knn", "address": "127.0.0.1:1", "model": "knn-vote", "cost": {"per_call": 1e-8}, "launch": {"runtime": "knn"}},
         edge_tier("edge", llama_dir, 1e-7),
         {"name": "cloud", "address": "127.0.0.1:1", "model": str(cloud_model), "cost": {"per_output_token": 1e-5},
          "launch": {"runtime": "cloud", "threads": 1, "num_cpus": 2}},
-    ], ["knn", "edge", "cloud"], {"knn": 0.9, "edge": 0.5})
+    ], ["knn", "edge", "cloud"], {"knn": 0.9, "edge": 0.5}, pool=str(pool))
     plan = plan_stack(policy, tmp_path / "run", router_port=0, free_ports=True)
     assert [s.kind for s in plan.services] == ["knn", "edge", "cloud", "router"]
     with LocalStack(plan) as stack:
@@ -200,7 +205,7 @@ def test_knn_edge_and_ray_serve_cloud_tiers_start_answer_and_stop(tmp_path, llam
         # Ray's own processes run under the cloud service: they must go when it goes.
         assert any("raylet" in " ".join(p.cmdline()) for p in processes if p.is_running())
         with Client(stack.router_address) as client:
-            vote = client.complete("Q: gold rises on weak dollar\nA:", choices=[" up", " down"], force_tier="knn")
+            vote = client.complete("gold rises on weak dollar", choices=[" up", " down"], force_tier="knn")
             assert vote.tier == "knn" and vote.text in (" up", " down")
             assert client.complete("The market rose", max_tokens=4, force_tier="cloud").tier == "cloud"
             assert client.complete("The market rose", max_tokens=4, force_tier="edge").tier == "edge"

@@ -1,0 +1,88 @@
+"""Compressing a model folder with our decoder: load, tokenize calibration text, compress, save.
+
+The kernels compress any :class:`~tierlm.kernels.decoder.CompressibleDecoder` in place
+(:func:`~tierlm.kernels.pipeline.compress_model`); this module supplies the decoder and the
+tokens, and writes the artifact the edge runtime loads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tierlm.edge.decoder import load_model
+from tierlm.edge.perplexity import encode
+from tierlm.kernels.artifact import save_artifact
+from tierlm.kernels.pipeline import Progress, compress_model
+from tierlm.kernels.recipe import Recipe
+from tierlm.kernels.vllm_export import ExportSummary, export_for_vllm
+
+
+@dataclass
+class CompressionResult:
+    """What :func:`compress` did: timings, calibration size, per-module notes, the manifest."""
+
+    seconds: float
+    calibration_sequences: int
+    calibration_tokens: int
+    layer_seconds: list[float] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def calibration_tokens(tokenizer: Any, text: str, sequences: int, seq_len: int) -> torch.Tensor:
+    """``[n, seq_len]`` token ids: consecutive disjoint chunks of ``text``, at most ``sequences``.
+
+    Each row starts with the BOS token when the tokenizer starts sequences with one (Gemma),
+    so calibration sees inputs shaped like real prompts. Fewer rows come back when the text is
+    short; the caller reports how many.
+    """
+    ids, bos = encode(tokenizer, text)
+    span = seq_len - (bos is not None)
+    n = min(sequences, len(ids) // span)
+    if n == 0:
+        raise ValueError(f"calibration text has {len(ids)} tokens, fewer than one sequence of {seq_len}")
+    rows = torch.tensor(ids[: n * span], dtype=torch.long).reshape(n, span)
+    if bos is not None:
+        rows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), rows], dim=1)
+    return rows
+
+
+def compress(
+    model_path: str | Path,
+    recipe: Recipe,
+    calib_text: str,
+    out: str | Path,
+    progress: Progress | None = None,
+) -> CompressionResult:
+    """Load an HF folder with our decoder, compress it by ``recipe``, write the artifact to ``out``."""
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    model_path = Path(model_path)
+    model = load_model(model_path, torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    cal = recipe.calibration
+    tokens = calibration_tokens(tokenizer, calib_text, cal.sequences, cal.seq_len)
+    layer_seconds = compress_model(model, recipe, tokens, progress)
+    seconds = time.perf_counter() - start
+    manifest = save_artifact(
+        model,
+        out,
+        model_path,
+        extra={
+            "recipe": recipe.model_dump(mode="json"),
+            "calibration": {"sequences": int(tokens.shape[0]), "seq_len": int(tokens.shape[1])},
+            "compress_seconds": round(seconds, 1),
+        },
+    )
+    return CompressionResult(seconds, int(tokens.shape[0]), int(tokens.numel()), layer_seconds, manifest)
+
+
+def export_artifact_for_vllm(artifact: str | Path, out: str | Path) -> ExportSummary:
+    """Write the artifact at ``artifact`` as the compressed-tensors checkpoint vLLM loads
+    (:func:`~tierlm.kernels.vllm_export.export_for_vllm` on the artifact's decoder)."""
+    return export_for_vllm(load_model(artifact), artifact, out)

@@ -1,0 +1,74 @@
+"""Prompt adaptation at serve time: each tier with a prompt strategy gets a prompt of its own.
+
+The client sends the bare query (or one already wrapped in a strategy's query block, which is
+unwrapped); for a tier with a strategy, the router renders the tier's instruction and
+demonstrations around it and asks for label-choice scoring (or a bounded generation), exactly
+as collection did when the tier's answers were measured. Retrieval reads the request's shared
+query embedding (:class:`~tierlm.router.serve.query.RequestQuery`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import nullcontext
+
+from tierlm.config import Policy
+from tierlm.router.embeddings import Encoder
+from tierlm.router.prompting import PromptBuilder, query_pattern, request_query
+from tierlm.router.serve.query import RequestQuery
+from tierlm.router.workload import load_workload
+from tierlm.v1 import generator_pb2
+
+
+def needs_encoder(policy: Policy) -> bool:
+    """Whether serving the policy embeds queries (a learned scorer or a retrieved prompt)."""
+    return policy.scorer is not None or any(t.prompt and t.prompt.selection == "retrieved" for t in policy.tiers)
+
+
+class TierPrompts:
+    """Per-tier request rewriting for the tiers whose policy entry has a `prompt` strategy."""
+
+    def __init__(self, builders: Mapping[str, PromptBuilder]):
+        self._builders = dict(builders)
+        self._wrappers = list(dict.fromkeys(query_pattern(b.strategy.template) for b in self._builders.values()))
+
+    @classmethod
+    def from_policy(cls, policy: Policy, encoder: Encoder | None) -> TierPrompts:
+        strategies = {t.name: t.prompt for t in policy.tiers if t.prompt is not None}
+        pool = list(load_workload(policy.pool)) if policy.pool is not None else []
+        # The pool's embeddings come from the disk cache after the first start (a 5,000-row
+        # pool takes minutes to embed on one core); queries never touch it.
+        with encoder.caching() if encoder is not None else nullcontext():
+            builders = {name: PromptBuilder(strategy, pool, encoder=encoder) for name, strategy in strategies.items()}
+        return cls(builders)
+
+    def query_text(self, request: generator_pb2.GenerateRequest) -> str:
+        """The query a strategy wraps: the prompt without a strategy's query block around it, or
+        the chat's last user turn."""
+        query = request_query(request)
+        for wrapper in self._wrappers if request.WhichOneof("input") == "prompt" else ():
+            match = wrapper.fullmatch(query)
+            if match:
+                return match.group(1)
+        return query
+
+    def rewrite(
+        self, tier: str, request: generator_pb2.GenerateRequest, query: RequestQuery
+    ) -> generator_pb2.GenerateRequest:
+        builder = self._builders.get(tier)
+        if builder is None or request.WhichOneof("input") != "prompt":
+            return request
+        strategy = builder.strategy
+        rewritten = generator_pb2.GenerateRequest()
+        rewritten.CopyFrom(request)
+        embedding = query.embedding() if strategy.selection == "retrieved" else None
+        rewritten.prompt = builder.build_prompt(query.text, query_embedding=embedding)
+        if strategy.labels:
+            del rewritten.choices[:]
+            rewritten.choices.extend(strategy.label_continuations)
+            rewritten.max_tokens = max(rewritten.max_tokens, 1)
+        elif not rewritten.choices:
+            rewritten.max_tokens = rewritten.max_tokens or strategy.max_tokens
+            if not rewritten.stop:
+                rewritten.stop.extend(strategy.stop)
+        return rewritten

@@ -1,0 +1,93 @@
+"""Calling one tier: the :class:`Tier` protocol the cascade runs on, and its gRPC client.
+
+The cascade needs two calls of a tier, each bounded by the time the request has left, and one
+failure type; :class:`TierClient` provides them over the Generator contract with the tier's
+deadline, TLS and key. Tests and in-process tiers provide the same two calls directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+
+from tierlm.config import TierConfig
+from tierlm.v1 import generator_pb2, generator_pb2_grpc
+
+
+class TierFailure(Exception):
+    """A tier did not answer; `code` is the gRPC status the router saw (UNAVAILABLE, ...)."""
+
+    def __init__(self, tier: str, code: grpc.StatusCode, details: str):
+        self.tier = tier
+        self.code = code
+        self.details = details
+        super().__init__(f"{code.name}: {details}")
+
+
+class Tier(Protocol):
+    """One tier as the cascade calls it; every failure is raised as :class:`TierFailure`."""
+
+    async def generate(
+        self, request: generator_pb2.GenerateRequest, remaining_s: float | None
+    ) -> generator_pb2.GenerateResponse:
+        """The tier's whole answer, within ``remaining_s`` seconds (None: the tier's own timeout)."""
+
+    def stream(
+        self, request: generator_pb2.GenerateRequest, remaining_s: float | None
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        """The answer's chunks as they come, the last one final (``is_final``) with usage."""
+
+
+# gRPC's own reconnect backoff grows from 1 s to 120 s, so a tier that restarted (an edge node
+# killed and brought back) would stay unreachable for up to two minutes after it is healthy,
+# and the breaker's probe would fail fast against the backoff, not the tier.
+CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
+
+
+class TierClient:
+    """A :class:`Tier` over gRPC: an async Generator client. Create and use it inside the
+    router's event loop."""
+
+    def __init__(self, config: TierConfig):
+        self.config = config
+        if config.tls is None:
+            self._channel = grpc.aio.insecure_channel(config.address, CHANNEL_OPTIONS)
+        else:
+            root = config.tls.ca_file.read_bytes() if config.tls.ca_file else None
+            options = list(CHANNEL_OPTIONS)
+            if config.tls.server_name:
+                options.append(("grpc.ssl_target_name_override", config.tls.server_name))
+            self._channel = grpc.aio.secure_channel(config.address, grpc.ssl_channel_credentials(root), options)
+        self._stub = generator_pb2_grpc.GeneratorStub(self._channel)
+        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        self._metadata = (("x-api-key", key),) if key else ()
+
+    def timeout(self, remaining_s: float | None) -> float:
+        """The call's deadline: the tier's own timeout, or less if the caller has less left."""
+        return self.config.timeout_s if remaining_s is None else max(0.0, min(remaining_s, self.config.timeout_s))
+
+    async def generate(
+        self, request: generator_pb2.GenerateRequest, remaining_s: float | None
+    ) -> generator_pb2.GenerateResponse:
+        try:
+            return await self._stub.Generate(request, timeout=self.timeout(remaining_s), metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
+
+    async def stream(
+        self, request: generator_pb2.GenerateRequest, remaining_s: float | None
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
+        call = self._stub.GenerateStream(request, timeout=self.timeout(remaining_s), metadata=self._metadata)
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,1 @@
+"""The routing study: labelled datasets, answer collection, the routing table and its plot."""

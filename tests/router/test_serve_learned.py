@@ -1,0 +1,131 @@
+"""The learned serving path with the real MiniLM encoder: a scorer trained here, retrieved prompts
+from the policy's pool, one encoder per router and one query embedding per request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tierlm.config import load_policy
+from tierlm.router.learn.records import AnswerRecord
+from tierlm.router.learn.scorer import Scorer, train
+from tierlm.router.serve.cascade import CascadeRunner, plan
+from tierlm.router.serve.breaker import CircuitBreaker
+from tierlm.router.serve.prompts import TierPrompts
+from tierlm.router.serve.query import RequestQuery
+from tierlm.router.serve.scoring import LearnedScorer, load_scorer
+from tierlm.router.workload import write_workload
+from tierlm.v1 import generator_pb2, router_pb2
+
+from tests.support.workloads import LABELS, headlines
+
+pytestmark = pytest.mark.slow  # MiniLM embeds a few hundred texts and the scorer cross-validates: ~30 s
+
+
+class Counting:
+    """Counts the encoder's calls, passing them through to the real one."""
+
+    def __init__(self, encoder):
+        self._encoder = encoder
+        self.model_id = encoder.model_id
+        self.texts: list[str] = []
+
+    def encode(self, texts):
+        self.texts += list(texts)
+        return self._encoder.encode(texts)
+
+    def caching(self, cache=None):
+        return self._encoder.caching(cache)
+
+
+def records(rows, rng) -> list[AnswerRecord]:
+    out = []
+    for row in rows:
+        for tier, skill in (("edge", 0.6), ("cloud", 0.9)):
+            right = rng.random() < skill
+            answer = row.label if right else LABELS[(LABELS.index(row.label) + 1) % 4]
+            logprobs = {label: (-0.2 if label == answer else -2.0) for label in LABELS}
+            out.append(AnswerRecord(row.query, answer, tier, (), logprobs, right, row.id, 1e-6))
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, minilm):
+    folder = tmp_path_factory.mktemp("learned")
+    rows = list(headlines("train"))
+    write_workload([r.model_dump() for r in rows[:60]], folder / "pool.jsonl")
+    scorer = train(records(rows[60:120], np.random.default_rng(0)), minilm, split="train")
+    scorer.save(folder / "scorer")
+    prompt = {"selection": "retrieved", "k": 3, "instruction": "Direction?", "labels": list(LABELS)}
+    tiers = [{"name": n, "address": "127.0.0.1:1", "prompt": prompt} for n in ("edge", "cloud")]
+    (folder / "policy.yaml").write_text(yaml.safe_dump({
+        "tiers": tiers, "pool": str(folder / "pool.jsonl"), "scorer": {"path": str(folder / "scorer")},
+        "cascade": {"order": ["edge", "cloud"], "thresholds": {"edge": 0.99}},
+    }))
+    return folder
+
+
+def test_the_learned_scorer_scores_like_the_trained_model(setup, minilm) -> None:
+    policy = load_policy(setup / "policy.yaml")
+    served = load_scorer(policy, minilm)
+    assert isinstance(served, LearnedScorer)
+    answer = generator_pb2.GenerateResponse(
+        text=" up", choice_logprobs=[generator_pb2.ChoiceLogprob(choice=f" {label}", logprob=-0.2 if label == "up" else -2.0)
+                                     for label in LABELS])
+    query = RequestQuery("gold climbs on a weaker dollar", minilm)
+    expected = Scorer.load(setup / "scorer", minilm).score(query.text, "up", "edge", (), {label: -0.2 if label == "up" else -2.0 for label in LABELS})
+    assert served.score(query, answer, "edge") == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="encoder"):
+        load_scorer(policy, None)
+
+
+def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm) -> None:
+    policy = load_policy(setup / "policy.yaml")
+    encoder = Counting(minilm)
+    prompts = TierPrompts.from_policy(policy, encoder)
+    scorer = load_scorer(policy, encoder)
+    pool_texts = len(encoder.texts)
+
+    class Echo:
+        def __init__(self):
+            self.prompts: list[str] = []
+
+        async def generate(self, request, remaining_s):
+            self.prompts.append(request.prompt)
+            return generator_pb2.GenerateResponse(
+                text=request.choices[0], is_final=True, usage=generator_pb2.Usage(prompt_tokens=9, completion_tokens=1),
+                choice_logprobs=[generator_pb2.ChoiceLogprob(choice=c, logprob=-1.0) for c in request.choices])
+
+    edge, cloud = Echo(), Echo()
+    runner = CascadeRunner(
+        {"edge": edge, "cloud": cloud}, {"edge": CircuitBreaker(5, 1.0), "cloud": CircuitBreaker(5, 1.0)}, scorer,
+        rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), encoder),
+    )
+    request = generator_pb2.GenerateRequest(prompt="Q: gold climbs on a weaker dollar\nA:", max_tokens=1)
+    final, trace = asyncio.run(runner.complete(request, plan(policy, router_pb2.RoutingOptions(), None), None))
+    assert [a.tier for a in trace.attempts] == ["edge", "cloud"]  # edge scored below 0.99: escalated
+    embedded = encoder.texts[pool_texts:]  # the query, unwrapped, once; and the answer's text, once
+    assert embedded.count("gold climbs on a weaker dollar") == 1 and len(embedded) == 2
+    assert edge.prompts[0].startswith("Direction?\n\nQ: ") and edge.prompts[0].endswith("Q: gold climbs on a weaker dollar\nA:")
+    assert edge.prompts[0].count("\nA: ") == 3  # three retrieved demonstrations
+
+
+def test_a_router_builds_one_encoder_for_retrieval_and_scoring(setup, monkeypatch, tmp_path) -> None:
+    from tierlm.router.serve import server
+    from tierlm.router.serve.ledger import Ledger
+
+    built = []
+    real = server.Encoder
+    monkeypatch.setattr(server, "Encoder", lambda **kwargs: built.append(kwargs) or real(**kwargs))
+
+    async def start() -> None:
+        service = server.RouterService(setup / "policy.yaml", Ledger(tmp_path / "ledger.sqlite"))
+        assert service.reload()  # a reload reuses the router's encoder
+        service.ledger.close()
+
+    asyncio.run(start())
+    assert len(built) == 1

@@ -1,0 +1,20 @@
+"""Workload rows for tests: the shipped HEADLINES workload and small labelled pools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tierlm.router.workload import Workload, WorkloadRow, load_workload
+
+HEADLINES = Path(__file__).resolve().parents[2] / "data" / "workloads" / "headlines"
+LABELS = ("up", "down", "neutral", "none")
+
+
+def headlines(split: str) -> Workload:
+    """HEADLINES ``train`` or ``dev``."""
+    return load_workload(HEADLINES / f"{split}.jsonl")
+
+
+def row(id: str, text: str, label: str, choices: tuple[str, ...] | None = LABELS) -> WorkloadRow:
+    """A label-choice row (choices: the HEADLINES labels unless given)."""
+    return WorkloadRow(id=id, prompt=text, reference=(label,), choices=choices)

@@ -1,0 +1,110 @@
+"""`tierlm demo`: start every tier locally and route real HEADLINES queries end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import typer
+
+DEFAULT_POLICY = Path("examples/demo/policy.yaml")
+HEADLINES = Path("data/workloads/headlines")
+
+
+def _interrupt(*_: object) -> None:
+    # SIGTERM ends the demo like Ctrl-C does: the stack's `finally` stops every child.
+    raise KeyboardInterrupt
+
+
+def demo(
+    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", exists=True, dir_okay=False, help="The demo stack's policy (tiers with `launch` blocks)."),
+    queries: int = typer.Option(200, "--queries", min=1, help="HEADLINES dev rows to send (the first N)."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight from the SDK."),
+    single: list[str] = typer.Option(["edge", "cloud"], "--single", help="Tiers to also measure alone (force_tier), repeatable."),
+    out_dir: Path = typer.Option(Path("bench/results"), "--out-dir", help="Where demo.json and demo_cost_accuracy.png go."),
+    refit: bool = typer.Option(False, "--refit", help="Re-run collect -> train -> fit on HEADLINES train (out-of-fold scores) and rewrite the policy's scorer and cascade."),
+    fit_rows: int = typer.Option(300, "--fit-rows", min=10, help="Train rows for --refit."),
+    budget_share: float = typer.Option(0.25, "--budget-share", min=0.0, help="--refit: mean-cost budget as a share of the dearest tier's."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Logs and ledger of the stack (default: a new folder in the cache)."),
+) -> None:
+    """Prepare models, start knn + edge + cloud (Ray Serve) + router on 127.0.0.1, route dev
+    queries as edge only and cloud only (side by side), then the fitted cascade; print the
+    table, write the plot."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from tierlm.app import demo_steps as steps
+    from tierlm.app.commands.up import default_run_dir
+    from tierlm.config import load_policy
+    from tierlm.edge.catalog import cache_root
+    from tierlm.results import write_results
+    from tierlm.app.stack import LocalStack, StackError, plan_stack
+    from tierlm.router.workload import load_workload
+
+    console = Console(stderr=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.perf_counter()
+    parsed = load_policy(policy)
+    unknown = [name for name in single if name not in {t.name for t in parsed.tiers}]
+    if unknown:
+        raise typer.BadParameter(f"no tiers {unknown} in {policy}", param_hint="--single")
+    steps.ensure_models(parsed)
+    if refit:
+        cascade = steps.fit_policy(policy, HEADLINES / "train.jsonl", cache_root() / "demo" / "answers.sqlite", fit_rows,
+                                   budget_share, policy.parent / "scorer")
+        console.print(f"fitted on train: {cascade}")
+    dev = load_workload(HEADLINES / "dev.jsonl")
+    rows = list(dev)[:queries]
+    plan = plan_stack(policy, run_dir or default_run_dir(), router_port=0, free_ports=True)
+    stack = LocalStack(plan)
+    try:
+        with console.status(f"starting {', '.join(s.name for s in plan.services)} (logs: {plan.run_dir / 'logs'})"):
+            stack.start()
+        ready_s = time.perf_counter() - started
+        console.print(f"stack up in {ready_s:.0f} s: " + ", ".join(f"{s.name} {s.address}" for s in plan.services))
+
+        async def measure():
+            with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console) as progress:
+                # Each forced tier loads only its own process (one core each here), so the
+                # single-tier passes run side by side; the cascade then has the stack to itself.
+                alone = await asyncio.gather(*(
+                    steps.run_mode(stack.router_address, f"{name}-only", dev, rows, concurrency, progress, force_tier=name)
+                    for name in single))
+                return [*alone, await steps.run_mode(stack.router_address, "cascade", dev, rows, concurrency, progress)]
+
+        results = asyncio.run(measure())
+    except StackError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(1) from None
+    finally:
+        with console.status("stopping the stack"):
+            stack.stop()
+    table = Table(title=f"HEADLINES dev, first {len(rows)} queries, through the router ({concurrency} in flight)")
+    for column in ("route", "accuracy", "mean cost / query", "answered by", "p50 ms", "p95 ms", "failed"):
+        table.add_column(column, justify="left" if column in ("route", "answered by") else "right")
+    report = [r.row() for r in results]
+    for row in report:
+        table.add_row(row["name"], f"{row['accuracy']:.3f}", f"{row['cost_per_query']:.3g}",
+                      ", ".join(f"{t} {s:.0%}" for t, s in row["answered"].items()),
+                      f"{row['latency_ms_p50']:.0f}", f"{row['latency_ms_p95']:.0f}", str(row["failed"]))
+    Console().print(table)
+    cascade, cloud = report[-1], next((r for r in report if r["name"] == "cloud-only"), None)
+    if cloud is not None:
+        Console().print(f"cascade: {cascade['cost_per_query'] / cloud['cost_per_query']:.0%} of cloud-only's cost, "
+                        f"accuracy {100 * (cascade['accuracy'] - cloud['accuracy']):+.1f} points")
+    from tierlm.router.study.frontier_plot import plot_cost_accuracy
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_cost_accuracy(
+        out_dir / "demo_cost_accuracy.png", frontier=[(cascade["cost_per_query"], cascade["accuracy"])],
+        frontier_label="cascade (live)", single_tiers={r["name"]: (r["cost_per_query"], r["accuracy"]) for r in report[:-1]},
+        log_x=True, title=f"tierlm demo: HEADLINES dev, {len(rows)} queries",
+    )
+    path = write_results("demo", report, folder=out_dir, queries=len(rows), concurrency=concurrency,
+                         policy=str(policy), stack_ready_s=round(ready_s, 1))
+    total_s = time.perf_counter() - started
+    Console().print(f"wrote {path} and {plot}; total {total_s / 60:.1f} min (stack ready after {ready_s:.0f} s)")

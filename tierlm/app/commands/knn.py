@@ -1,0 +1,56 @@
+"""`tierlm knn serve`: the no-LLM knn-vote tier as a Generator server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+from tierlm.app.commands import server_options as opt
+
+app = typer.Typer(help="Run a no-LLM tier (knn-vote or the MiniLM probe) over a labelled pool.", no_args_is_help=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Run a no-LLM tier."""
+    # A callback keeps `knn` a command group while it has a single command.
+
+
+@app.command()
+def serve(
+    pool: Path = typer.Option(..., "--pool", exists=True, dir_okay=False, help="Workload file of labelled rows the tier learns from (a train split)."),
+    model: str = typer.Option("knn-vote", "--model", help="knn-vote or minilm-probe."),
+    port: int = typer.Option(50081, "--port", help="gRPC port."),
+    tier_name: str = typer.Option("knn", "--tier-name", help="Tier name put on answers."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads of the sentence encoder."),
+    host: str = opt.HOST,
+    metrics_port: int | None = opt.METRICS_PORT,
+    drain_s: float = opt.DRAIN_S,
+) -> None:
+    """Serve tierlm.v1.Generator answering label choices from the query's embedding (no LLM)."""
+    from tierlm.router.embeddings import Encoder
+    from tierlm.router.study.tier_setup import NO_LLM_MODELS
+    from tierlm.router.workload import load_workload
+    from tierlm.serving import GrpcServer
+    from tierlm.v1 import generator_pb2, generator_pb2_grpc
+
+    if model not in NO_LLM_MODELS:
+        raise typer.BadParameter(f"{model!r} is not one of {sorted(NO_LLM_MODELS)}", param_hint="--model")
+    config = opt.server_config(host, port, metrics_port, None, None, None, opt.MAX_REQUEST_BYTES.default, drain_s)
+    rows = list(load_workload(pool))
+    encoder = Encoder(threads=threads)
+    with encoder.caching():  # the pool's embeddings: from disk after the first start
+        knn = NO_LLM_MODELS[model](encoder, rows, tier_name=tier_name)
+
+    async def run() -> None:
+        server = GrpcServer(config)
+        await server.start(
+            [lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(knn, s)],
+            service_names=[generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
+        )
+        typer.echo(f"KNN_PORT {server.port}")
+        await server.run_until_signal()
+
+    asyncio.run(run())

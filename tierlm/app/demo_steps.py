@@ -1,0 +1,126 @@
+"""`tierlm demo`: every tier started on this machine and real HEADLINES queries routed end to end.
+
+Steps: prepare the real models (cached), build the compressed edge artifact once (cached),
+start the stack the demo policy launches (knn tier, edge node, Ray Serve cloud tier, router),
+send dev queries through the SDK three ways (edge only and cloud only with `force_tier`,
+then the fitted cascade), print one table and write the cost-accuracy plot. The policy's
+scorer and thresholds were fitted on HEADLINES *train* answers (`fit_policy`), never on dev.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tierlm.config import Policy, load_policy
+from tierlm.router.workload import Workload, WorkloadRow
+
+RECIPE = Path("examples/recipes/w8a8.yaml")
+CALIB = Path("data/text/python-docs/calib")
+
+
+@dataclass
+class ModeResult:
+    """What one way of routing (a forced tier, or the cascade) did on the queries."""
+
+    name: str
+    correct: int = 0
+    failed: int = 0
+    costs: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    tiers: Counter = field(default_factory=Counter)
+    wall_s: float = 0.0
+
+    @property
+    def answered(self) -> int:
+        return len(self.costs)
+
+    def row(self) -> dict:
+        n = self.answered + self.failed
+        p50, p95 = np.percentile(self.latencies_ms, [50, 95]) if self.latencies_ms else (float("nan"),) * 2
+        return {
+            "name": self.name, "queries": n, "failed": self.failed,
+            "accuracy": self.correct / n if n else float("nan"),
+            "cost_per_query": float(np.mean(self.costs)) if self.costs else float("nan"),
+            "answered": {t: c / n for t, c in self.tiers.most_common()},
+            "latency_ms_p50": float(p50), "latency_ms_p95": float(p95), "wall_s": self.wall_s,
+        }
+
+
+def run_cli(*args: str) -> None:
+    """A tierlm command in a child process (its progress bars go to this terminal)."""
+    subprocess.run([sys.executable, "-m", "tierlm.app.cli", *args], check=True)
+
+
+def ensure_models(policy: Policy) -> None:
+    """Prepare every registered model the policy's tiers name, and build the edge artifact
+    if a tier names a missing one under the cache's artifacts (cached for later runs)."""
+    from tierlm.edge import catalog
+
+    for tier in policy.tiers:
+        if tier.model in catalog.MODELS:
+            catalog.prepare(tier.model)
+            continue
+        if tier.model is None or tier.launch is None or tier.launch.runtime == "knn":
+            continue
+        folder = Path(tier.model).expanduser()
+        if (folder / "tierlm_compression.json").is_file() or (folder / "config.json").is_file():
+            continue
+        # <cache>/artifacts/<model>/<recipe>: compress <model> with examples/recipes/<recipe>.yaml.
+        base = folder.parent.name
+        recipe = RECIPE.parent / f"{folder.name.removeprefix('demo-')}.yaml"
+        if base not in catalog.MODELS or not recipe.is_file():
+            raise ValueError(f"tier {tier.name!r}: {folder} is missing and is not <cache>/artifacts/<model>/<recipe> to build")
+        print(f"building the {tier.name} artifact {folder} (once; {recipe}) ...", flush=True)
+        partial = folder.with_name(folder.name + ".partial")
+        run_cli("compress", "--model", base, "--recipe", str(recipe), "--calib", str(CALIB), "--out", str(partial))
+        partial.rename(folder)
+
+
+async def run_mode(address: str, name: str, workload: Workload, rows: Sequence[WorkloadRow], concurrency: int, progress,
+                   **routing) -> ModeResult:
+    """Send every row's query through the SDK (at most `concurrency` in flight); its judge scores the answer."""
+    from tierlm.app.loadgen import send_all
+    from tierlm.client import AsyncClient, TierlmError
+
+    task = progress.add_task(name, total=len(rows))
+    started = time.perf_counter()
+    async with AsyncClient(address, timeout_s=300.0) as client:
+        outcomes = await send_all(
+            client, [row.query for row in rows], concurrency=concurrency,
+            on_done=lambda: progress.advance(task), max_tokens=1, **routing,
+        )  # fmt: skip
+    result = ModeResult(name, wall_s=time.perf_counter() - started)
+    for row, outcome in zip(rows, outcomes):
+        if outcome.error is not None:
+            if not isinstance(outcome.error, TierlmError):
+                raise outcome.error  # a bug, not a routing failure: the demo stops and shows it
+            result.failed += 1
+            continue
+        answer = outcome.completion
+        result.latencies_ms.append(outcome.latency_ms)
+        result.costs.append(answer.cost)
+        result.tiers[answer.tier] += 1
+        result.correct += workload.judge_for(row).correct(answer.text, row.reference)
+    return result
+
+
+def fit_policy(policy_path: Path, workload: Path, answers: Path, rows: int, budget_share: float, scorer_dir: Path) -> dict:
+    """The router-brain loop on the workload's train split only: collect every tier's answers on
+    its first `rows` rows (resumable, cached in `answers`), train the scorer, fit the cascade
+    with the most accuracy at a mean cost <= `budget_share` x the dearest single tier's on the
+    scorer's out-of-fold scores, and write scorer and cascade into the policy. Returns the fit."""
+    run_cli("router", "collect", "--policy", str(policy_path), "--workload", str(workload), "--limit", str(rows),
+            "--out", str(answers))
+    run_cli("router", "train", "--answers", str(answers), "--out", str(scorer_dir), "--report-split", "none")
+    scorer = scorer_dir.resolve().relative_to(Path.cwd()) if scorer_dir.resolve().is_relative_to(Path.cwd()) else scorer_dir
+    run_cli("router", "fit", "--policy", str(policy_path), "--answers", str(answers), "--scorer", str(scorer),
+            "--budget-share", str(budget_share), "--out", str(policy_path))
+    return load_policy(policy_path).cascade.model_dump()
