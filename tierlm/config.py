@@ -166,6 +166,9 @@ class TenantConfig(_Strict):
 class LimitsConfig(_Strict):
     max_request_bytes: Annotated[int, Field(gt=0)] = 1 << 20
     max_concurrent_requests: Annotated[int, Field(gt=0)] = 256
+    # The largest max_tokens and the most label choices a request may ask for.
+    max_tokens: Annotated[int, Field(gt=0)] = 4096
+    max_choices: Annotated[int, Field(gt=0)] = 64
 
 
 class BreakerConfig(_Strict):

@@ -40,6 +40,8 @@ def load_yaml(text: str, source: str = "<string>") -> YamlDocument:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise YamlSyntaxError(f"{source}: not a configuration file: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -54,9 +56,21 @@ def load_yaml(text: str, source: str = "<string>") -> YamlDocument:
     return YamlDocument(data=data, lines=lines, source=source)
 
 
+#: Larger files are refused before parsing: no policy, tenants or recipe file comes near it, and a
+#: server reloading files at run time must not parse whatever lands in its config folder.
+MAX_FILE_BYTES = 4 << 20
+
+
 def load_yaml_file(path: str | Path) -> YamlDocument:
     path = Path(path)
-    return load_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise YamlSyntaxError(f"{path}: {size} bytes, more than a configuration file may hold ({MAX_FILE_BYTES})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise YamlSyntaxError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return load_yaml(text, source=str(path))
 
 
 def _record_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> None:

@@ -16,7 +16,8 @@ class BreakerState(str, Enum):
 class CircuitBreaker:
     """Opens after `failures_to_open` consecutive failures; after `cooldown_s` lets one probe through.
 
-    A successful probe closes the breaker; a failed one re-opens it for another cool-down.
+    A successful probe closes the breaker; a failed one re-opens it for another cool-down; a
+    probe that ends with no verdict (:meth:`release`) lets the next call probe.
     Single-threaded by design: the router calls it from its event loop only.
     """
 
@@ -49,6 +50,12 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self._failures = 0
         self._opened_at = None
+        self._probing = False
+
+    def release(self) -> None:
+        """End a call that says nothing about the tier's health (the client cancelled, its own
+        deadline ran out, the request was bad): a claimed probe is handed back, so the next
+        call probes instead of the breaker staying half-open for good."""
         self._probing = False
 
     def record_failure(self) -> None:

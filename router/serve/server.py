@@ -11,23 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from tierlm.auth import KeyRing
-from tierlm.config import Policy, TenantConfig, load_policy, load_tenants
+from tierlm.config import LimitsConfig, Policy, TenantConfig, load_policy, load_tenants
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
-from tierlm.router.serve.budgets import BudgetExceeded, Reservation, TenantBudgets
 from tierlm.router.embeddings import Encoder
-from tierlm.router.serve.cascade import CascadeError, CascadeRunner, plan
+from tierlm.router.serve.budgets import BudgetExceeded, Reservation, TenantBudgets
+from tierlm.router.serve.cascade import CascadeError, CascadePlan, CascadeRunner, plan
 from tierlm.router.serve.ledger import Ledger, LedgerRow
 from tierlm.router.serve.prompts import TierPrompts, needs_encoder
 from tierlm.router.serve.query import RequestQuery
@@ -132,10 +133,13 @@ class RouterService(router_pb2_grpc.RouterServicer):
             asyncio.get_event_loop().call_later(grace, lambda: [asyncio.ensure_future(c.close()) for c in retired])
 
     def reload(self) -> bool:
-        """Re-read the policy (and tenants) file; keep the running policy if the new one is bad."""
+        """Re-read the policy (and tenants) file; keep the running policy if the new one is bad.
+
+        Whatever goes wrong (a bad field, unreadable or hostile files, a scorer that fails to
+        load) is logged and counted, never raised: the router keeps serving the last good policy."""
         try:
             self._apply(*self._read_files())
-        except (ValueError, OSError) as exc:  # PolicyError and YamlSyntaxError are ValueErrors
+        except Exception as exc:  # noqa: BLE001 - any failure of a reload leaves the running policy
             telemetry.POLICY_RELOADS.labels("rejected").inc()
             log.error("policy reload rejected, keeping the last good policy:\n%s", exc)
             return False
@@ -157,28 +161,20 @@ class RouterService(router_pb2_grpc.RouterServicer):
     def on_keys_changed(self, listener: Callable[[KeyRing | None], None]) -> None:
         self._on_keys_changed.append(listener)
 
-    async def watch_files(self, interval_s: float = 1.0) -> None:
-        """Reload when the policy or tenants file changes on disk (Kubernetes swaps ConfigMap
-        files by symlink, so compare the resolved file's identity and mtime, not just mtime)."""
+    def file_watch(self) -> _FileWatch:
+        """A watch on the policy and tenants files, as they are now (take it before the router
+        announces it is ready, so no change made after that can go unseen)."""
+        return _FileWatch([p for p in (self.policy_path, self.tenants_path) if p is not None])
 
-        def stamp() -> tuple:
-            stamps = []
-            for path in (self.policy_path, self.tenants_path):
-                if path is not None:
-                    try:
-                        st = os.stat(path)
-                        stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
-                    except OSError:
-                        stamps.append(None)
-            return tuple(stamps)
-
-        last = stamp()
+    async def watch_files(self, watch: _FileWatch, interval_s: float = 1.0) -> None:
+        """Reload whenever a watched file changes; nothing a file does ends the watch."""
         while True:
             await asyncio.sleep(interval_s)
-            current = stamp()
-            if current != last:
-                last = current
-                self.reload()
+            try:
+                if watch.changed():
+                    self.reload()
+            except Exception:  # the watcher must outlive anything a file can do to it
+                log.exception("policy watcher: checking %s failed; still watching", self.policy_path)
 
     def _observe_tier(self, tier: str, seconds: float, ok: bool) -> None:
         telemetry.TIER_SECONDS.labels(tier, str(ok).lower()).observe(seconds)
@@ -223,88 +219,96 @@ class RouterService(router_pb2_grpc.RouterServicer):
         inner.CopyFrom(request.request)
         inner.tenant = tenant
         inner.request_id = inner.request_id or uuid.uuid4().hex
-        trace = router_pb2.RoutingTrace()
-        answer: generator_pb2.GenerateResponse | None = None
-        code = grpc.StatusCode.OK
-        reservation = None
-        limit = generation.policy.limits.max_concurrent_requests
-        if self._inflight >= limit:
-            telemetry.REQUESTS.labels("RESOURCE_EXHAUSTED").inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"router is at max_concurrent_requests {limit}; retry shortly",
-                trailing_metadata=(("retry-after-s", "1"),),
-            )
+        # What the ledger row says, however the request ends: the trace fills in as tiers are
+        # tried (the runner writes into it), so a cancelled request still names what it used.
+        book = _Booking(tenant, inner, started)
         self._inflight += 1
         try:
-            try:
-                cascade_plan = plan(generation.policy, request.routing, self._budgets.per_query_limit(tenant))
-            except ValueError as exc:
-                code = grpc.StatusCode.INVALID_ARGUMENT
-                await context.abort(code, str(exc))
+            self._admit(generation, request)
+            cascade_plan = self._plan(generation, request, tenant)
             key = cache_key(tenant, request) if generation.cache is not None else None
             cached = generation.cache.get(key) if key is not None else None
             if cached is not None:
                 telemetry.CACHE_HITS.inc()
-                answer = cached
-                trace.accepted_tier = cached.tier
-                trace.attempts.add(tier=cached.tier, outcome=router_pb2.TIER_OUTCOME_ACCEPTED, reason="response cache hit")
-                yield router_pb2.CompleteResponse(answer=cached, trace=trace)
+                book.answer = cached
+                book.trace.accepted_tier = cached.tier
+                book.trace.attempts.add(tier=cached.tier, outcome=router_pb2.TIER_OUTCOME_ACCEPTED, reason="response cache hit")
+                yield router_pb2.CompleteResponse(answer=cached, trace=book.trace)
                 return
-            try:
-                reservation = self._budgets.reserve(tenant, cascade_plan.worst_case_cost(inner))
-            except BudgetExceeded as exc:
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                seconds_left = _SECONDS_PER_DAY - time.time() % _SECONDS_PER_DAY
-                await context.abort(code, str(exc), trailing_metadata=(("retry-after-s", f"{seconds_left:.0f}"),))
+            routed = generation.runner.prepare(inner, cascade_plan)
+            book.trace = routed.trace
+            book.reservation = self._reserve(tenant, routed.worst_case_cost(cascade_plan))
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             if stream:
-                async for chunk, trace in generation.runner.stream(inner, cascade_plan, deadline):
+                async for chunk in generation.runner.stream(routed, cascade_plan, deadline):
                     if chunk.is_final:
-                        answer = chunk
-                        yield router_pb2.CompleteResponse(answer=chunk, trace=trace)
+                        book.answer = chunk
+                        yield router_pb2.CompleteResponse(answer=chunk, trace=routed.trace)
                     else:
                         yield router_pb2.CompleteResponse(answer=chunk)
             else:
-                answer, trace = await generation.runner.complete(inner, cascade_plan, deadline)
+                book.answer = await generation.runner.complete(routed, cascade_plan, deadline)
                 if key is not None:
-                    generation.cache.put(key, answer)
+                    generation.cache.put(key, book.answer)
                 # Complete() takes this reply and closes the generator: nothing may follow the yield.
-                yield router_pb2.CompleteResponse(answer=answer, trace=trace)
+                yield router_pb2.CompleteResponse(answer=book.answer, trace=routed.trace)
+        except _Refused as refusal:
+            book.code = refusal.code
+            await context.abort(refusal.code, str(refusal), trailing_metadata=refusal.metadata)
         except CascadeError as exc:
-            trace = exc.trace
-            code = exc.code
-            await context.abort(code, str(exc))
+            book.code = exc.code
+            await context.abort(exc.code, str(exc))
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            book.code = grpc.StatusCode.CANCELLED
+            raise
+        except GeneratorExit:
+            # The caller stopped reading: after the final answer (Complete() always does) that is
+            # the end of a routed request; before it, the client went away mid-stream.
+            if book.answer is None:
+                book.code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
             raise
         except Exception:
-            code = grpc.StatusCode.INTERNAL
+            book.code = grpc.StatusCode.INTERNAL
             log.exception("routing request %s failed", inner.request_id)
             raise
         finally:
             self._inflight -= 1
-            self._book(tenant, inner, trace, answer, code, reservation, started)
+            self._book(book)
 
-    def _book(
-        self,
-        tenant: str,
-        inner: generator_pb2.GenerateRequest,
-        trace: router_pb2.RoutingTrace,
-        answer: generator_pb2.GenerateResponse | None,
-        code: grpc.StatusCode,
-        reservation: Reservation | None,
-        started: float,
-    ) -> None:
+    def _admit(self, generation: _Generation, request: router_pb2.CompleteRequest) -> None:
+        """Refuse a request the router will not route: over capacity, or invalid."""
+        limit = generation.policy.limits.max_concurrent_requests
+        if self._inflight > limit:
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"router is at max_concurrent_requests {limit}; retry shortly",
+                           (("retry-after-s", "1"),))
+        problem = request_problem(request, generation.policy.limits)
+        if problem is not None:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    def _plan(self, generation: _Generation, request: router_pb2.CompleteRequest, tenant: str) -> CascadePlan:
+        try:
+            return plan(generation.policy, request.routing, self._budgets.per_query_limit(tenant))
+        except ValueError as exc:  # a routing option the policy cannot apply
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+    def _reserve(self, tenant: str, worst_case: float) -> Reservation:
+        try:
+            return self._budgets.reserve(tenant, worst_case)
+        except BudgetExceeded as exc:
+            seconds_left = _SECONDS_PER_DAY - time.time() % _SECONDS_PER_DAY
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), (("retry-after-s", f"{seconds_left:.0f}"),)) from None
+
+    def _book(self, book: _Booking) -> None:
         """Settle the budget, count metrics and write the request's one ledger row."""
+        trace, answer, code = book.trace, book.answer, book.code
         cost = trace.total_cost
-        if reservation is not None:
-            self._budgets.settle(reservation, cost)
+        if book.reservation is not None:
+            self._budgets.settle(book.reservation, cost)
         telemetry.REQUESTS.labels(code.name).inc()
-        telemetry.TENANT_COST.labels(tenant).inc(cost)
+        telemetry.TENANT_COST.labels(book.tenant).inc(cost)
         called = [a.tier for a in trace.attempts if a.outcome != router_pb2.TIER_OUTCOME_SKIPPED]
         for before, after in zip(called, called[1:]):
             telemetry.ESCALATIONS.labels(before, after).inc()
@@ -313,11 +317,80 @@ class RouterService(router_pb2_grpc.RouterServicer):
         usage = answer.usage if answer is not None else generator_pb2.Usage()
         self.ledger.record(
             LedgerRow(
-                request_id=inner.request_id, tenant=tenant, tiers=called, accepted_tier=trace.accepted_tier,
+                request_id=book.request.request_id, tenant=book.tenant, tiers=called, accepted_tier=trace.accepted_tier,
                 prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost=cost,
-                latency_ms=(time.perf_counter() - started) * 1e3, outcome=code.name,
+                latency_ms=(time.perf_counter() - book.started) * 1e3, outcome=code.name,
             )
         )
+
+
+class _FileWatch:
+    """Which files changed since the last look. Kubernetes swaps ConfigMap files by symlink, so the
+    resolved file's identity, mtime and size are compared, not the mtime alone."""
+
+    def __init__(self, paths: list[Path]):
+        self._paths = paths
+        self._last = self._stamp()
+
+    def _stamp(self) -> tuple:
+        stamps = []
+        for path in self._paths:
+            try:
+                st = os.stat(path)
+                stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def changed(self) -> bool:
+        current = self._stamp()
+        changed, self._last = current != self._last, current
+        return changed
+
+
+class _Refused(Exception):
+    """The router will not route this request; the client gets ``code`` and the message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, metadata: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.code = code
+        self.metadata = metadata
+
+
+@dataclass
+class _Booking:
+    """What one request's ledger row and budget settlement are made of."""
+
+    tenant: str
+    request: generator_pb2.GenerateRequest
+    started: float
+    trace: router_pb2.RoutingTrace = field(default_factory=router_pb2.RoutingTrace)
+    answer: generator_pb2.GenerateResponse | None = None
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    reservation: Reservation | None = None
+
+
+def request_problem(request: router_pb2.CompleteRequest, limits: LimitsConfig) -> str | None:
+    """What is wrong with a request the router must refuse as INVALID_ARGUMENT, or None.
+
+    Checked here, at the router, so a bad request never reaches (or is retried against) a tier."""
+    inner, routing = request.request, request.routing
+    which = inner.WhichOneof("input")
+    if which is None or (which == "prompt" and not inner.prompt.strip()) or (
+        which == "messages" and not any(m.content.strip() for m in inner.messages.messages)
+    ):
+        return "the request has no prompt (or no non-empty chat message)"
+    if not 0 <= inner.max_tokens <= limits.max_tokens:
+        return f"max_tokens must be in 0..{limits.max_tokens} (0: the tier's default), got {inner.max_tokens}"
+    if not (math.isfinite(inner.temperature) and 0.0 <= inner.temperature <= 2.0):
+        return f"temperature must be in [0, 2], got {inner.temperature}"
+    if inner.HasField("top_p") and not (math.isfinite(inner.top_p) and 0.0 < inner.top_p <= 1.0):
+        return f"top_p must be in (0, 1], got {inner.top_p}"
+    if len(inner.choices) > limits.max_choices:
+        return f"at most {limits.max_choices} choices, got {len(inner.choices)}"
+    if routing.HasField("budget_per_query") and not (math.isfinite(routing.budget_per_query) and routing.budget_per_query >= 0):
+        return f"budget_per_query must be a number >= 0, got {routing.budget_per_query}"
+    return None
 
 
 async def start_router(
@@ -358,7 +431,7 @@ async def serve(
         http = await serve_http(app, config.host, http_port)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, service.reload)
-    watcher = asyncio.create_task(service.watch_files())
+    watcher = asyncio.create_task(service.watch_files(service.file_watch()))
     if ready is not None:
         ready(server, http.servers[0].sockets[0].getsockname()[1] if http else None)
     try:

@@ -92,9 +92,10 @@ def route(cascade: CascadeRunner, routing: router_pb2.RoutingOptions | None = No
     cascade_plan = plan(policy, routing or router_pb2.RoutingOptions(), None)
 
     async def go():
+        routed = cascade.prepare(request, cascade_plan)
         if not stream:
-            return [await cascade.complete(request, cascade_plan, None)]
-        return [item async for item in cascade.stream(request, cascade_plan, None)]
+            return [(await cascade.complete(routed, cascade_plan, None), routed.trace)]
+        return [(chunk, routed.trace) async for chunk in cascade.stream(routed, cascade_plan, None)]
 
     return asyncio.run(go())
 

@@ -106,7 +106,10 @@ def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm)
         rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), encoder),
     )
     request = generator_pb2.GenerateRequest(prompt="Q: gold climbs on a weaker dollar\nA:", max_tokens=1)
-    final, trace = asyncio.run(runner.complete(request, plan(policy, router_pb2.RoutingOptions(), None), None))
+    cascade_plan = plan(policy, router_pb2.RoutingOptions(), None)
+    routed = runner.prepare(request, cascade_plan)
+    asyncio.run(runner.complete(routed, cascade_plan, None))
+    trace = routed.trace
     assert [a.tier for a in trace.attempts] == ["edge", "cloud"]  # edge scored below 0.99: escalated
     embedded = encoder.texts[pool_texts:]  # the query, unwrapped, once; and the answer's text, once
     assert embedded.count("gold climbs on a weaker dollar") == 1 and len(embedded) == 2

@@ -61,6 +61,37 @@ class ScriptedGenerator(EchoGenerator):
         )
 
 
+class ControlledGenerator(ScriptedGenerator):
+    """A scripted tier the prompt steers, by the tier's name: ``<name>-fail`` answers UNAVAILABLE,
+    ``<name>-slow`` waits ``slow_s`` first; every call's prompt is kept. Streams report the
+    words they streamed as completion tokens."""
+
+    def __init__(self, delay_s: float = 0.0, name: str = "controlled", slow_s: float = 3.0):
+        super().__init__(delay_s, name)
+        self.slow_s = slow_s
+        self.prompts: list[str] = []
+
+    async def _steer(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        self.prompts.append(request.prompt)
+        if f"{self.name}-fail" in request.prompt:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted failure")
+        if f"{self.name}-slow" in request.prompt:
+            await asyncio.sleep(self.slow_s)
+
+    async def Generate(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        await self._steer(request, context)
+        return await super().Generate(request, context)
+
+    async def GenerateStream(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        await self._steer(request, context)
+        streamed = 0
+        async for chunk in super().GenerateStream(request, context):
+            if chunk.is_final:
+                chunk.usage.completion_tokens = streamed
+            streamed += 1
+            yield chunk
+
+
 async def start_generator(config: ServerConfig, servicer: generator_pb2_grpc.GeneratorServicer) -> GrpcServer:
     server = GrpcServer(config)
     await server.start(
