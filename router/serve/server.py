@@ -2,9 +2,10 @@
 
 Per request: authenticate (the shared plumbing maps the API key to a tenant), plan the
 cascade from the policy and the request's routing options, reserve the tenant's worst-case
-cost, run the cascade, settle the actual cost, and write exactly one ledger row, whatever
-the outcome. The policy reloads on SIGHUP and on file change; a bad file is logged and the
-last good policy stays.
+cost in the store, run the cascade, then settle the actual cost and write exactly one ledger
+row, whatever the outcome. An answer is only returned once its row is written; a request that
+fails or is cancelled is booked in the background. The policy reloads on SIGHUP and on file
+change; a bad file is logged and the last good policy stays.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,13 +29,14 @@ from tierlm.config import LimitsConfig, Policy, TenantConfig, load_policy, load_
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
 from tierlm.router.embeddings import Encoder
-from tierlm.router.serve.budgets import BudgetExceeded, Reservation, TenantBudgets
 from tierlm.router.serve.cascade import CascadeError, CascadePlan, CascadeRunner, plan
-from tierlm.router.serve.ledger import Ledger, LedgerRow
 from tierlm.router.serve.prompts import TierPrompts, needs_encoder
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.response_cache import ResponseCache, cache_key
 from tierlm.router.serve.scoring import AnswerScorer, load_scorer
+from tierlm.router.serve.store import (
+    BudgetExceeded, DuplicateRequest, LedgerRow, Reservation, Store, StoreUnavailable, open_store,
+)
 from tierlm.router.serve.tiers import TierClient
 from tierlm.serving import GrpcServer, ServerConfig, current_tenant
 from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
@@ -43,6 +46,12 @@ log = logging.getLogger(__name__)
 # Tenant name for calls when the policy defines no tenants (auth off).
 ANONYMOUS = "anonymous"
 _SECONDS_PER_DAY = 86_400
+#: Which replica wrote a ledger row.
+ROUTER_ID = f"{socket.gethostname()}:{os.getpid()}"
+#: How often each router sweeps for holds whose lease ran out (at most: see sweep_expired).
+LEASE_SWEEP_S = 5.0
+#: Pauses between attempts to book a request that ended without an answer while the store is down.
+LATE_BOOKING_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -67,13 +76,14 @@ class _TimedScorer:
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
-    def __init__(self, policy_path: Path, ledger: Ledger, tenants_path: Path | None = None):
+    def __init__(self, policy_path: Path, store: Store, tenants_path: Path | None = None):
         self.policy_path = policy_path
         self.tenants_path = tenants_path
-        self.ledger = ledger
+        self.store = store
         self._clients: dict[str, TierClient] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._budgets = TenantBudgets({}, ledger.spent_since)
+        # Bookings of requests that ended without an answer, written after the handler returns.
+        self._late_bookings: set[asyncio.Task] = set()
         self._generation: _Generation | None = None
         self._inflight = 0
         # One sentence encoder per router, built when a policy first needs one and shared by
@@ -124,7 +134,6 @@ class RouterService(router_pb2_grpc.RouterServicer):
         )
         cache = ResponseCache(policy.cache.max_entries, policy.cache.ttl_s) if policy.cache.enabled else None
         self._generation = _Generation(policy, tenants, runner, cache)
-        self._budgets.update_tenants(tenants)
         for listener in self._on_keys_changed:
             listener(self.key_ring())
         if retired:
@@ -201,7 +210,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
         tenant = request.tenant or caller
         if tenant != caller:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"tenant {caller!r} may not read tenant {tenant!r}'s usage")
-        summary = self.ledger.summarize(tenant, request.since_unix_s)
+        try:
+            summary = await self.store.summarize(tenant, request.since_unix_s)
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the ledger is unavailable: {exc}")
         return router_pb2.UsageResponse(
             tenant=tenant, requests=summary.requests, answered=summary.ok, cost=summary.cost,
             prompt_tokens=summary.prompt_tokens, completion_tokens=summary.completion_tokens,
@@ -213,7 +225,6 @@ class RouterService(router_pb2_grpc.RouterServicer):
     ) -> AsyncIterator[router_pb2.CompleteResponse]:
         generation = self._generation
         assert generation is not None
-        started = time.perf_counter()
         tenant = current_tenant.get() or ANONYMOUS
         inner = generator_pb2.GenerateRequest()
         inner.CopyFrom(request.request)
@@ -221,7 +232,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         inner.request_id = inner.request_id or uuid.uuid4().hex
         # What the ledger row says, however the request ends: the trace fills in as tiers are
         # tried (the runner writes into it), so a cancelled request still names what it used.
-        book = _Booking(tenant, inner, started)
+        book = _Booking(tenant, inner, time.perf_counter())
         self._inflight += 1
         try:
             self._admit(generation, request)
@@ -233,22 +244,25 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 book.answer = cached
                 book.trace.accepted_tier = cached.tier
                 book.trace.attempts.add(tier=cached.tier, outcome=router_pb2.TIER_OUTCOME_ACCEPTED, reason="response cache hit")
+                await self._finish(book)
                 yield router_pb2.CompleteResponse(answer=cached, trace=book.trace)
                 return
             routed = generation.runner.prepare(inner, cascade_plan)
             book.trace = routed.trace
-            book.reservation = self._reserve(tenant, routed.worst_case_cost(cascade_plan))
+            book.reservation = await self._reserve(generation, book, routed.worst_case_cost(cascade_plan), cascade_plan)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             if stream:
                 async for chunk in generation.runner.stream(routed, cascade_plan, deadline):
                     if chunk.is_final:
                         book.answer = chunk
+                        await self._finish(book)
                         yield router_pb2.CompleteResponse(answer=chunk, trace=routed.trace)
                     else:
                         yield router_pb2.CompleteResponse(answer=chunk)
             else:
                 book.answer = await generation.runner.complete(routed, cascade_plan, deadline)
+                await self._finish(book)
                 if key is not None:
                     generation.cache.put(key, book.answer)
                 # Complete() takes this reply and closes the generator: nothing may follow the yield.
@@ -276,7 +290,8 @@ class RouterService(router_pb2_grpc.RouterServicer):
             raise
         finally:
             self._inflight -= 1
-            self._book(book)
+            if not book.finished:
+                self._finish_later(book)
 
     def _admit(self, generation: _Generation, request: router_pb2.CompleteRequest) -> None:
         """Refuse a request the router will not route: over capacity, or invalid."""
@@ -288,40 +303,108 @@ class RouterService(router_pb2_grpc.RouterServicer):
         if problem is not None:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
+    def refused_key(self, method: str, request: object) -> None:
+        """A call refused for its key: a Complete that names a known tenant gets that tenant's
+        ledger row (a leaked or rotated key shows up in its owner's usage); others only count."""
+        telemetry.AUTH_FAILURES.inc()
+        generation = self._generation
+        if not isinstance(request, router_pb2.CompleteRequest) or generation is None:
+            return
+        tenant = request.request.tenant
+        if tenant in generation.tenants:
+            inner = generator_pb2.GenerateRequest()
+            inner.CopyFrom(request.request)
+            inner.request_id = inner.request_id or uuid.uuid4().hex
+            self._finish_later(_Booking(tenant, inner, time.perf_counter(), code=grpc.StatusCode.UNAUTHENTICATED))
+
     def _plan(self, generation: _Generation, request: router_pb2.CompleteRequest, tenant: str) -> CascadePlan:
+        config = generation.tenants.get(tenant)
         try:
-            return plan(generation.policy, request.routing, self._budgets.per_query_limit(tenant))
+            return plan(generation.policy, request.routing, config.budget_per_query if config else None)
         except ValueError as exc:  # a routing option the policy cannot apply
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
-    def _reserve(self, tenant: str, worst_case: float) -> Reservation:
+    async def _reserve(
+        self, generation: _Generation, book: _Booking, worst_case: float, cascade_plan: CascadePlan
+    ) -> Reservation | None:
+        """Hold the request's worst-case cost under its tenant's daily budget (if it has one)."""
+        config = generation.tenants.get(book.tenant)
+        if config is None or config.budget_per_day is None:
+            return None
+        # The hold outlives every tier the request may call, then any router's sweep frees it.
+        lease_s = sum(tier.timeout_s for tier in cascade_plan.tiers) + generation.policy.limits.lease_margin_s
         try:
-            return self._budgets.reserve(tenant, worst_case)
+            return await self.store.reserve(book.request.request_id, book.tenant, worst_case, config.budget_per_day, lease_s)
         except BudgetExceeded as exc:
             seconds_left = _SECONDS_PER_DAY - time.time() % _SECONDS_PER_DAY
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), (("retry-after-s", f"{seconds_left:.0f}"),)) from None
+        except DuplicateRequest as exc:
+            raise _Refused(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        except StoreUnavailable as exc:
+            raise _Refused(grpc.StatusCode.UNAVAILABLE, f"the budget store is unavailable: {exc}") from None
 
-    def _book(self, book: _Booking) -> None:
-        """Settle the budget, count metrics and write the request's one ledger row."""
+    async def _finish(self, book: _Booking) -> None:
+        """Settle the budget and write the request's one ledger row, then count it; an answer
+        whose row cannot be written is not returned."""
         trace, answer, code = book.trace, book.answer, book.code
-        cost = trace.total_cost
-        if book.reservation is not None:
-            self._budgets.settle(book.reservation, cost)
-        telemetry.REQUESTS.labels(code.name).inc()
-        telemetry.TENANT_COST.labels(book.tenant).inc(cost)
         called = [a.tier for a in trace.attempts if a.outcome != router_pb2.TIER_OUTCOME_SKIPPED]
+        usage = answer.usage if answer is not None and code is grpc.StatusCode.OK else generator_pb2.Usage()
+        row = LedgerRow(
+            request_id=book.request.request_id, tenant=book.tenant, tiers=called, accepted_tier=trace.accepted_tier,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost=trace.total_cost,
+            latency_ms=(time.perf_counter() - book.started) * 1e3, outcome=code.name, router=ROUTER_ID,
+        )
+        try:
+            await self.store.finish(row, book.reservation)
+        except StoreUnavailable as exc:
+            if code is grpc.StatusCode.OK:  # not answered yet: the client is told, and no row is owed
+                book.code = grpc.StatusCode.UNAVAILABLE
+                raise _Refused(grpc.StatusCode.UNAVAILABLE, f"the answer could not be ledgered: {exc}") from None
+            raise
+        book.finished = True
+        telemetry.REQUESTS.labels(code.name).inc()
+        telemetry.TENANT_COST.labels(book.tenant).inc(row.cost)
         for before, after in zip(called, called[1:]):
             telemetry.ESCALATIONS.labels(before, after).inc()
-        if answer is not None and code is grpc.StatusCode.OK:
+        if code is grpc.StatusCode.OK:
             telemetry.ANSWERS.labels(trace.accepted_tier).inc()
-        usage = answer.usage if answer is not None else generator_pb2.Usage()
-        self.ledger.record(
-            LedgerRow(
-                request_id=book.request.request_id, tenant=book.tenant, tiers=called, accepted_tier=trace.accepted_tier,
-                prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost=cost,
-                latency_ms=(time.perf_counter() - book.started) * 1e3, outcome=code.name,
-            )
-        )
+
+    def _finish_later(self, book: _Booking) -> None:
+        """Book a request that ended without an answer, outside its (possibly cancelled)
+        handler; a store that is down is retried for a while before the row is given up."""
+
+        async def finish() -> None:
+            for delay in LATE_BOOKING_RETRIES_S:
+                try:
+                    await self._finish(book)
+                    return
+                except StoreUnavailable:
+                    await asyncio.sleep(delay)
+                except Exception:  # noqa: BLE001 - a booking failure must not vanish silently
+                    break
+            telemetry.LEDGER_WRITES_LOST.inc()
+            log.error("request %s (tenant %s, %s) could not be ledgered", book.request.request_id, book.tenant, book.code.name)
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._late_bookings.add(task)
+        task.add_done_callback(self._late_bookings.discard)
+
+    async def drain_bookings(self, timeout_s: float = 10.0) -> None:
+        """Wait (a bounded time) for bookings still being written."""
+        if self._late_bookings:
+            await asyncio.wait(set(self._late_bookings), timeout=timeout_s)
+
+    async def sweep_expired(self) -> None:
+        """Release holds whose router died (their lease ran out), forever: at least once per
+        lease margin, so a hold outlives its lease by no more than that."""
+        while True:
+            await asyncio.sleep(min(LEASE_SWEEP_S, self.policy.limits.lease_margin_s))
+            try:
+                released = await self.store.release_expired()
+                if released:
+                    log.warning("released %d budget holds whose lease ran out (a router died mid-request?)", released)
+            except StoreUnavailable as exc:
+                log.warning("lease sweep skipped: %s", exc)
 
 
 class _FileWatch:
@@ -368,6 +451,7 @@ class _Booking:
     answer: generator_pb2.GenerateResponse | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     reservation: Reservation | None = None
+    finished: bool = False
 
 
 def request_problem(request: router_pb2.CompleteRequest, limits: LimitsConfig) -> str | None:
@@ -394,12 +478,18 @@ def request_problem(request: router_pb2.CompleteRequest, limits: LimitsConfig) -
 
 
 async def start_router(
-    policy_path: Path, config: ServerConfig, ledger_path: Path, tenants_path: Path | None = None
+    policy_path: Path, config: ServerConfig, store: str | Path, tenants_path: Path | None = None
 ) -> tuple[GrpcServer, RouterService]:
-    """Start the Router service on the shared plumbing; the caller owns stopping it."""
-    ledger = Ledger(ledger_path)
-    service = RouterService(policy_path, ledger, tenants_path)
+    """Start the Router service on the shared plumbing with its store (a SQLite path or a
+    PostgreSQL DSN); the caller owns stopping it (:func:`stop_router`)."""
+    opened = await open_store(store)
+    try:
+        service = RouterService(policy_path, opened, tenants_path)
+    except BaseException:
+        await opened.close()
+        raise
     config.keys = service.key_ring()
+    config.on_auth_failure = service.refused_key
     server = GrpcServer(config)
     service.on_keys_changed(lambda keys: setattr(server.config, "keys", keys))
     await server.start(
@@ -409,10 +499,17 @@ async def start_router(
     return server, service
 
 
+async def stop_router(server: GrpcServer, service: RouterService, grace_s: float = 1.0) -> None:
+    """Stop serving, write the bookings still pending, close the store."""
+    await server.stop(grace_s=grace_s)
+    await service.drain_bookings()
+    await service.store.close()
+
+
 async def serve(
     policy_path: Path,
     config: ServerConfig,
-    ledger_path: Path,
+    store: str | Path,
     tenants_path: Path | None = None,
     ready: Callable[[GrpcServer, int | None], None] | None = None,
     http_port: int | None = None,
@@ -422,7 +519,7 @@ async def serve(
     With `http_port`, an OpenAI-compatible HTTP API is served too (router/openai_http.py)."""
     if http_port is not None and config.tls is not None:
         raise ValueError("the OpenAI HTTP endpoint talks to the router over loopback without TLS; run it without --tls-cert")
-    server, service = await start_router(policy_path, config, ledger_path, tenants_path)
+    server, service = await start_router(policy_path, config, store, tenants_path)
     http = None
     if http_port is not None:
         from tierlm.router.serve.openai_http import build_app, serve_http
@@ -431,7 +528,7 @@ async def serve(
         http = await serve_http(app, config.host, http_port)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, service.reload)
-    watcher = asyncio.create_task(service.watch_files(service.file_watch()))
+    background = [asyncio.create_task(service.watch_files(service.file_watch())), asyncio.create_task(service.sweep_expired())]
     if ready is not None:
         ready(server, http.servers[0].sockets[0].getsockname()[1] if http else None)
     try:
@@ -440,6 +537,8 @@ async def serve(
         if http is not None:
             http.should_exit = True
             await http.task
-        watcher.cancel()
+        for task in background:
+            task.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
-        service.ledger.close()
+        await service.drain_bookings()
+        await service.store.close()

@@ -19,3 +19,7 @@ TENANT_COST = Counter("tierlm_router_tenant_cost_total", "Cost booked per tenant
 BREAKER_OPEN = Gauge("tierlm_router_breaker_open", "1 while a tier's circuit breaker is open or half-open", ["tier"])
 CACHE_HITS = Counter("tierlm_router_cache_hits_total", "Requests answered from the response cache")
 POLICY_RELOADS = Counter("tierlm_router_policy_reloads_total", "Policy reload attempts", ["result"])
+LEDGER_WRITES_LOST = Counter(
+    "tierlm_router_ledger_writes_lost_total", "Requests that ended without an answer and could not be ledgered (store down)"
+)
+AUTH_FAILURES = Counter("tierlm_router_auth_failures_total", "Calls refused for a missing or unknown API key")

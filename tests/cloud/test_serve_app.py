@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -18,11 +19,24 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["The market rose today", "Gold prices fell sharply after", "Oil futures", "Headlines: stocks up"]
 
 
-def ray_processes() -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    # VLLM:: names vLLM's engine-core and worker processes, which a vLLM replica starts.
+@dataclass(frozen=True)
+class RunningCloud:
+    grpc_address: str
+    processes: list[psutil.Process]
+
+
+def ray_processes() -> list[psutil.Process]:
+    """Ray's and vLLM's processes that this test process started (VLLM:: names vLLM's engine-core
+    and worker processes, which a vLLM replica starts); other users' on the machine do not count."""
     markers = ("ray::", "raylet", "gcs_server", "VLLM::")
-    return [line for line in listing if any(marker in line for marker in markers)]
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any(marker in " ".join(process.cmdline()) for marker in markers):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 # DecoderEngine options per engine; vLLM runs fp32 so its greedy tokens equal the edge engine's.
@@ -55,7 +69,8 @@ def cloud(request, serve_model_dir):
         grpc_port=free_port(), http_port=free_port(),
     )
     endpoints = start_cloud(config, num_cpus=2)
-    yield endpoints
+    # Taken while they run: once stopped, a leaked process would be re-parented and lost from view.
+    yield RunningCloud(endpoints.grpc_address, ray_processes())
     stop_cloud()
 
 
@@ -132,8 +147,14 @@ def test_shutdown_leaves_no_ray_processes(cloud):
     # Runs last in this module (pytest keeps file order): stop the cluster and look.
     from tierlm.cloud.runner import stop_cloud
 
+    started = cloud.processes
+    assert started, "the cluster's processes were not found"
     stop_cloud()
     deadline = time.monotonic() + 30
-    while ray_processes() and time.monotonic() < deadline:
+
+    def alive() -> list[str]:
+        return [f"{p.pid} {' '.join(p.cmdline())}" for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    while alive() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert ray_processes() == []
+    assert alive() == []

@@ -33,7 +33,7 @@ def test_serve_ask_reload_ledger(tmp_path):
         policy, ledger = tmp_path / "policy.yaml", tmp_path / "ledger.sqlite"
         write_policy(policy, processes[0][1], processes[1][1])
         router = subprocess.Popen(
-            [*TIERLM, "router", "serve", "--policy", str(policy), "--port", "0", "--ledger", str(ledger),
+            [*TIERLM, "router", "serve", "--policy", str(policy), "--port", "0", "--store", str(ledger),
              "--http-port", "0"],
             cwd=REPO, stdout=subprocess.PIPE, text=True,
         )
@@ -77,7 +77,7 @@ def test_serve_ask_reload_ledger(tmp_path):
 
         router.send_signal(signal.SIGTERM)
         assert router.wait(timeout=30) == 0
-        summary = subprocess.run([*TIERLM, "router", "ledger", "--tenant", "acme", "--ledger", str(ledger)],
+        summary = subprocess.run([*TIERLM, "router", "ledger", "--tenant", "acme", "--store", str(ledger)],
                                  cwd=REPO, capture_output=True, text=True, timeout=60)
         assert summary.returncode == 0, summary.stderr
         # 2 via gRPC, 3 via HTTP; unauthenticated calls never reach the ledger (no tenant to book them to).

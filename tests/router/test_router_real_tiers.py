@@ -12,7 +12,7 @@ from tierlm.client import Client
 from tierlm.edge.server import load_generator, start_edge
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.scoring import ConfidenceScorer
-from tierlm.router.serve.server import start_router
+from tierlm.router.serve.server import start_router, stop_router
 from tierlm.serving import ServerConfig
 from tierlm.v1 import generator_pb2, router_pb2
 
@@ -39,8 +39,7 @@ def stack(llama_dir, gemma_dir, tmp_path_factory):
     }))
     router, service = loop.run(start_router(policy, ServerConfig(), work / "ledger.sqlite"))
     yield router, threshold
-    loop.run(router.stop(grace_s=0))
-    service.ledger.close()
+    loop.run(stop_router(router, service, grace_s=0))
     for server in servers.values():
         loop.run(server.stop(grace_s=0))
     for generator in generators.values():

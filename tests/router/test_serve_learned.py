@@ -119,16 +119,16 @@ def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm)
 
 def test_a_router_builds_one_encoder_for_retrieval_and_scoring(setup, monkeypatch, tmp_path) -> None:
     from tierlm.router.serve import server
-    from tierlm.router.serve.ledger import Ledger
+    from tierlm.router.serve.store.sqlite import SqliteStore
 
     built = []
     real = server.Encoder
     monkeypatch.setattr(server, "Encoder", lambda **kwargs: built.append(kwargs) or real(**kwargs))
 
     async def start() -> None:
-        service = server.RouterService(setup / "policy.yaml", Ledger(tmp_path / "ledger.sqlite"))
+        service = server.RouterService(setup / "policy.yaml", SqliteStore(tmp_path / "ledger.sqlite"))
         assert service.reload()  # a reload reuses the router's encoder
-        service.ledger.close()
+        await service.store.close()
 
     asyncio.run(start())
     assert len(built) == 1

@@ -1,17 +1,12 @@
-"""The router's per-process state, without a server: circuit breaker, tenant budgets, response cache."""
+"""The router's per-process state, without a server: circuit breaker and response cache."""
 
 from __future__ import annotations
 
 import pytest
 
-from tierlm.config import TenantConfig
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
-from tierlm.router.serve.budgets import BudgetExceeded, TenantBudgets
 from tierlm.router.serve.response_cache import ResponseCache, cache_key
 from tierlm.v1 import generator_pb2, router_pb2
-
-KEY = "0" * 64
-
 
 class Clock:
     def __init__(self, now: float = 1_000_000.0):
@@ -45,36 +40,6 @@ def test_breaker_lets_one_probe_through_after_the_cooldown() -> None:
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED and breaker.allow() and breaker.allow()
-
-
-def tenants(per_day: float | None = 1.0, per_query: float | None = None) -> dict[str, TenantConfig]:
-    return {"acme": TenantConfig(key_sha256=KEY, budget_per_day=per_day, budget_per_query=per_query)}
-
-
-def test_reservations_hold_the_worst_case_until_settled() -> None:
-    budgets = TenantBudgets(tenants(1.0), spent_since=lambda tenant, since: 0.2, clock=Clock())
-    first = budgets.reserve("acme", 0.5)
-    with pytest.raises(BudgetExceeded, match="0.5 held by requests in flight"):
-        budgets.reserve("acme", 0.4)  # 0.2 spent + 0.5 held + 0.4 > 1.0
-    budgets.settle(first, 0.1)  # the request cost less than its worst case
-    budgets.reserve("acme", 0.6)  # 0.3 spent + 0.6 = 0.9
-
-
-def test_spend_is_per_day_and_starts_from_the_ledger() -> None:
-    clock = Clock(86_400.0 * 100 + 10)
-    seen = []
-    budgets = TenantBudgets(tenants(1.0), spent_since=lambda tenant, since: seen.append(since) or 0.9, clock=clock)
-    with pytest.raises(BudgetExceeded):
-        budgets.reserve("acme", 0.2)
-    assert seen == [86_400.0 * 100]
-    clock.now += 86_400.0  # a new day: yesterday's spend no longer counts against today's budget
-    budgets.reserve("acme", 0.05)
-
-
-def test_tenants_without_a_daily_budget_and_per_query_limits() -> None:
-    budgets = TenantBudgets(tenants(None, per_query=0.01), spent_since=lambda tenant, since: 0.0)
-    assert budgets.reserve("acme", 1e9).amount == 0.0
-    assert budgets.per_query_limit("acme") == 0.01 and budgets.per_query_limit("nobody") is None
 
 
 def request(prompt: str, temperature: float = 0.0, seed: int | None = None) -> router_pb2.CompleteRequest:

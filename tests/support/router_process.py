@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from tierlm.router.serve.ledger import LedgerRow
+from tierlm.router.serve.store import LedgerRow, open_store
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class RouterProcess:
-    """`tierlm router serve --policy POLICY` on 127.0.0.1 with its own ledger; a context manager."""
+    """`tierlm router serve --policy POLICY --store STORE` on 127.0.0.1; a context manager."""
 
-    def __init__(self, policy: Path, ledger: Path, *extra: str):
-        self.policy, self.ledger_path = policy, ledger
+    def __init__(self, policy: Path, store: str | Path, *extra: str):
+        self.policy, self.store = policy, store
         self.log: str | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tierlm.app.cli", "router", "serve", "--policy", str(policy), "--port", "0",
-             "--ledger", str(ledger), *extra],
+             "--store", str(store), *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.process.stdout.readline()
@@ -39,13 +38,16 @@ class RouterProcess:
         return self.process.poll() is None
 
     def rows(self) -> list[LedgerRow]:
-        """The ledger's rows, oldest first, read with plain SQL through a second connection."""
-        with contextlib.closing(sqlite3.connect(self.ledger_path)) as db:
-            found = db.execute(
-                "SELECT request_id, tenant, tiers, accepted_tier, prompt_tokens, completion_tokens, cost, latency_ms, outcome"
-                " FROM requests ORDER BY id"
-            ).fetchall()
-        return [LedgerRow(r[0], r[1], r[2].split(",") if r[2] else [], *r[3:]) for r in found]
+        """The ledger's rows, oldest first, read through a store of its own."""
+
+        async def read() -> list[LedgerRow]:
+            store = await open_store(self.store)
+            try:
+                return await store.rows()
+            finally:
+                await store.close()
+
+        return asyncio.run(read())
 
     def stop(self) -> str:
         """Stop the router (SIGTERM, then SIGKILL) and return what it logged (also on later calls)."""

@@ -26,6 +26,7 @@ import yaml
 
 from tierlm.app import lifeline
 from tierlm.config import Policy, TierConfig, load_policy
+from tierlm.router.serve.store import is_postgres
 
 log = logging.getLogger(__name__)
 
@@ -160,15 +161,19 @@ def _kill_tree(process: subprocess.Popen, family: list, settle_s: float = 0.0) -
 
 @dataclass
 class StackPlan:
-    """What `LocalStack` starts: services in start order, the router last."""
+    """What `LocalStack` starts: services in start order, the routers last."""
 
     services: list[Service]
     policy_path: Path  # the policy the router reads: the given one with launched tiers' addresses
     run_dir: Path
 
     @property
+    def routers(self) -> list[Service]:
+        return [s for s in self.services if s.kind == "router"]
+
+    @property
     def router(self) -> Service:
-        return self.services[-1]
+        return self.routers[0]
 
     def service(self, name: str) -> Service:
         return next(s for s in self.services if s.name == name)
@@ -214,9 +219,12 @@ def _tier_service(tier: TierConfig, host: str, port: int, run_dir: Path, pool: P
 
 def plan_stack(
     policy_path: Path, run_dir: Path, *, router_port: int = 50051, free_ports: bool = False,
-    ledger: Path | None = None, tenants: Path | None = None, http_port: int | None = None,
+    store: str | Path | None = None, tenants: Path | None = None, http_port: int | None = None, routers: int = 1,
 ) -> StackPlan:
-    """Services for every tier of the policy with a `launch` block, and the router.
+    """Services for every tier of the policy with a `launch` block, and the router(s).
+
+    Several `routers` (replicas on free ports, the first on `router_port` if it is given) share
+    one `store`: a PostgreSQL DSN for more than one (default: a SQLite ledger in `run_dir`).
 
     With `free_ports`, launched tiers (and the router, when `router_port` is 0) get free ports
     instead of the policy's; the router then reads a copy of the policy with those addresses,
@@ -240,14 +248,18 @@ def plan_stack(
         document["scorer"]["path"] = str(Path(policy.scorer.path).resolve())
     derived = run_dir / "policy.yaml"
     derived.write_text(yaml.safe_dump(document, sort_keys=False))
-    router_port = router_port or free_port()
-    argv = _cli("router", "serve", "--policy", str(derived), "--port", str(router_port),
-                "--ledger", str(ledger or run_dir / "ledger.sqlite"))
-    if tenants is not None:
-        argv += ["--tenants", str(tenants)]
-    if http_port is not None:
-        argv += ["--http-port", str(http_port)]
-    services.append(Service("router", "router", argv, router_port, run_dir / "logs" / "router.log"))
+    if routers > 1 and (store is None or not is_postgres(str(store))):
+        raise StackError("router replicas share their ledger and budgets through PostgreSQL: give a PostgreSQL store")
+    for replica in range(routers):
+        port = router_port if replica == 0 and router_port else free_port()
+        argv = _cli("router", "serve", "--policy", str(derived), "--port", str(port),
+                    "--store", str(store or run_dir / "ledger.sqlite"))
+        if tenants is not None:
+            argv += ["--tenants", str(tenants)]
+        if http_port is not None and replica == 0:
+            argv += ["--http-port", str(http_port)]
+        name = "router" if replica == 0 else f"router-{replica}"
+        services.append(Service(name, "router", argv, port, run_dir / "logs" / f"{name}.log"))
     return StackPlan(services, derived, run_dir)
 
 
@@ -264,6 +276,10 @@ class LocalStack:
     @property
     def router_address(self) -> str:
         return self.plan.router.address
+
+    @property
+    def router_addresses(self) -> list[str]:
+        return [router.address for router in self.plan.routers]
 
     def start(self) -> None:
         try:

@@ -13,7 +13,9 @@ from tierlm.app.commands import server_options as opt
 
 app = typer.Typer(help="Run the cascade router and read its cost ledger.", no_args_is_help=True)
 
-DEFAULT_LEDGER = Path("tierlm-ledger.sqlite")
+DEFAULT_STORE = "tierlm-ledger.sqlite"
+STORE_HELP = ("Ledger and budgets: a SQLite file (one router, or workers on one machine) or a PostgreSQL URL / "
+              "connection string (replicas); read from $TIERLM_STORE if unset.")
 
 
 @app.command()
@@ -22,7 +24,7 @@ def serve(
     tenants: Path | None = typer.Option(None, "--tenants", exists=True, dir_okay=False, help="Extra tenants file: name -> key_sha256 and budgets."),
     port: int = typer.Option(50051, "--port", help="gRPC port of the Router service."),
     http_port: int | None = typer.Option(None, "--http-port", help="Also serve an OpenAI-compatible HTTP API on this port."),
-    ledger: Path = typer.Option(DEFAULT_LEDGER, "--ledger", help="SQLite cost ledger (created if missing)."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", envvar="TIERLM_STORE", help=STORE_HELP),
     host: str = opt.HOST,
     metrics_port: int | None = opt.METRICS_PORT,
     tls_cert: Path | None = opt.TLS_CERT,
@@ -42,17 +44,17 @@ def serve(
         typer.echo(f"router listening on {host}:{server.port}" + "".join(f", {e}" for e in extras), err=True)
         typer.echo(f"ROUTER_PORT {server.port}" + (f" HTTP_PORT {bound_http_port}" if bound_http_port else ""))
 
-    asyncio.run(run(policy, config, ledger, tenants, ready, http_port))
+    asyncio.run(run(policy, config, store, tenants, ready, http_port))
 
 
 @app.command("ledger")
 def ledger_summary(
     tenant: str = typer.Option(..., "--tenant", help="Tenant to summarize."),
     since: str = typer.Option("", "--since", help="ISO date or datetime (UTC), e.g. 2026-11-01; default: everything."),
-    ledger: Path = typer.Option(DEFAULT_LEDGER, "--ledger", exists=True, dir_okay=False, help="The router's SQLite ledger."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", envvar="TIERLM_STORE", help=STORE_HELP),
 ) -> None:
     """Summarize one tenant's requests, answers per tier and cost."""
-    from tierlm.router.serve.ledger import Ledger
+    from tierlm.router.serve.store import is_postgres, open_store
 
     since_ts = 0.0
     if since:
@@ -61,9 +63,17 @@ def ledger_summary(
         except ValueError:
             raise typer.BadParameter(f"not an ISO date or datetime: {since!r}", param_hint="--since") from None
         since_ts = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-    book = Ledger(ledger)
-    summary = book.summarize(tenant, since_ts)
-    book.close()
+    if not is_postgres(store) and not Path(store).is_file():
+        raise typer.BadParameter(f"no ledger at {store}", param_hint="--store")
+
+    async def read():
+        opened = await open_store(store)
+        try:
+            return await opened.summarize(tenant, since_ts)
+        finally:
+            await opened.close()
+
+    summary = asyncio.run(read())
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ts)) if since_ts else "the beginning"
     typer.echo(f"tenant {summary.tenant} since {when} UTC: {summary.requests} requests, {summary.ok} answered, "
                f"cost {summary.cost:.6g}, tokens {summary.prompt_tokens} in / {summary.completion_tokens} out")
