@@ -87,7 +87,7 @@ async def send(addresses: list[str], rows, ids: list[str], concurrency: int, pro
 
 def ledger_counts(store: str, prefix: str) -> tuple[int, int]:
     """(rows, distinct request ids) in the routers' ledger for ids starting with `prefix`."""
-    from tierlm.router.serve.store import open_store
+    from tierlm.router.store import open_store
 
     async def read():
         opened = await open_store(store)

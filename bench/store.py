@@ -32,7 +32,7 @@ from tierlm.auth import hash_key  # noqa: E402
 from tierlm.client import AsyncClient  # noqa: E402
 from tierlm.results import write_results  # noqa: E402
 from tierlm.router.serve.server import start_router, stop_router  # noqa: E402
-from tierlm.router.serve.store import LedgerRow, open_store  # noqa: E402
+from tierlm.router.store import LedgerRow, open_store  # noqa: E402
 from tierlm.serving import ServerConfig  # noqa: E402
 
 KEY = "bench-key"

@@ -5,6 +5,7 @@
 - ``study/``: labelled datasets, answer collection and the routing table.
 - ``nollm/``: tiers that answer without a language model.
 
-``embeddings`` (the MiniLM sentence encoder) and ``prompting`` (tier prompt strategies) are
-shared by all four.
+Shared by all four: ``embeddings`` (the MiniLM sentence encoder), ``prompting`` (tier prompt
+strategies), ``workload`` and ``judges`` (labelled data and what counts as correct),
+``decision`` (the acceptance rule) and ``store`` (ledger, budgets and recorded traffic).
 """

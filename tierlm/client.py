@@ -76,7 +76,14 @@ class DeadlineExceeded(TierlmError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-_ERRORS = {cls.code: cls for cls in (InvalidArgument, Unauthenticated, PermissionDenied, ResourceExhausted, Unavailable, DeadlineExceeded)}
+class NotFound(TierlmError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+_ERRORS = {
+    cls.code: cls
+    for cls in (InvalidArgument, Unauthenticated, PermissionDenied, ResourceExhausted, Unavailable, DeadlineExceeded, NotFound)
+}
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
@@ -187,6 +194,17 @@ def build_request(
     if budget_per_query is not None:
         routing.budget_per_query = budget_per_query
     return router_pb2.CompleteRequest(request=inner, routing=routing)
+
+
+def feedback_request(
+    request_id: str, *, correct: bool | None = None, score: float | None = None, reference: str | None = None
+) -> router_pb2.FeedbackRequest:
+    """Feedback on an answer (its ``Completion.request_id``): exactly one of ``correct``,
+    ``score`` (in [0, 1]) or ``reference`` (a right answer, judged by the policy's judge)."""
+    given = {name: value for name, value in (("correct", correct), ("score", score), ("reference", reference)) if value is not None}
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of correct, score or reference (got {sorted(given) or 'none'})")
+    return router_pb2.FeedbackRequest(request_id=request_id, **given)
 
 
 def _credentials(tls: bool, ca_file: str | Path | None) -> grpc.ChannelCredentials | None:
@@ -311,6 +329,13 @@ class Client(_Base):
         request = router_pb2.UsageRequest(tenant=tenant, since_unix_s=since_unix_s)
         return self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=self._metadata), None)
 
+    def feedback(self, request_id: str, **verdict: Any) -> bool:
+        """Say whether an answer was right (see :func:`feedback_request`); False when the request
+        already had feedback (the first verdict stands)."""
+        request = feedback_request(request_id, **verdict)
+        reply = self._call(lambda timeout: self._stub.Feedback(request, timeout=timeout, metadata=self._metadata), None)
+        return reply.stored
+
     def _call(self, invoke: Any, timeout_s: float | None) -> Any:
         attempt = 0
         while True:
@@ -351,6 +376,19 @@ class AsyncClient(_Base):
             try:
                 reply = await self._stub.Complete(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
                 return Completion.from_response(reply)
+            except grpc.aio.AioRpcError as exc:
+                await asyncio.sleep(self._retry_delay(attempt, exc))
+
+    async def feedback(self, request_id: str, **verdict: Any) -> bool:
+        """Say whether an answer was right (see :func:`feedback_request`); False when the request
+        already had feedback (the first verdict stands)."""
+        request = feedback_request(request_id, **verdict)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = await self._stub.Feedback(request, timeout=self.timeout_s, metadata=self._metadata)
+                return reply.stored
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(self._retry_delay(attempt, exc))
 

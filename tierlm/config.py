@@ -185,6 +185,48 @@ class CacheConfig(_Strict):
     max_entries: Annotated[int, Field(gt=0)] = 10_000
 
 
+class ExploreConfig(_Strict):
+    """Exploration: a share of requests is also sent to every tier the cascade skipped, after the
+    answer went back, so logged traffic shows what each tier would have said (without it, later
+    tiers are seen only on the queries the live policy escalated, and a refit learns its own bias)."""
+
+    share: Probability = 0.0
+    # The most exploration may spend per UTC day, across every router replica (the operator pays).
+    budget_per_day: NonNegative = 0.0
+
+
+class AlarmConfig(_Strict):
+    """When live calibration says the scorer has drifted: ``metric`` of a tier's scores over its
+    last ``window`` labelled answers above ``above`` (once ``min_labels`` are in)."""
+
+    metric: Literal["ece", "brier"] = "ece"
+    above: Probability = 0.15
+    window: Annotated[int, Field(ge=10)] = 200
+    min_labels: Annotated[int, Field(ge=1)] = 50
+
+
+class LearningConfig(_Strict):
+    """Learning from live traffic (feedback, exploration, calibration alarms, refits)."""
+
+    # Keep, on each ledger row, what the router saw: the query, every tier's answer and score.
+    # Off by default: it stores queries and answers. Feedback, refits and live calibration need it.
+    record: bool = False
+    # Judges a reference answer given as feedback against every answer (a judge name).
+    feedback_judge: str = "normalized"
+    explore: ExploreConfig = ExploreConfig()
+    alarm: AlarmConfig | None = None
+    # The mean cost per query a refit may spend; default: what the live policy spends.
+    refit_budget_per_query: NonNegative | None = None
+
+    @model_validator(mode="after")
+    def _exploration_is_recorded_and_capped(self) -> LearningConfig:
+        if self.explore.share > 0 and not self.record:
+            raise ValueError("explore.share > 0 needs record: true (explored answers are kept in the request's record)")
+        if self.explore.share > 0 and self.explore.budget_per_day <= 0:
+            raise ValueError("explore.share > 0 needs explore.budget_per_day > 0: exploration spends money, so it is capped")
+        return self
+
+
 class Policy(_Strict):
     tiers: Annotated[list[TierConfig], Field(min_length=1)]
     cascade: CascadeConfig
@@ -194,6 +236,7 @@ class Policy(_Strict):
     pool: Path | None = None
     tenants: dict[str, TenantConfig] = {}
     limits: LimitsConfig = LimitsConfig()
+    learning: LearningConfig = LearningConfig()
     breaker: BreakerConfig = BreakerConfig()
     cache: CacheConfig = CacheConfig()
 

@@ -54,6 +54,16 @@ def separate_features(query_embeddings: np.ndarray, answer_embeddings: np.ndarra
     return np.hstack([query_embeddings, answer_embeddings, query_embeddings * answer_embeddings])
 
 
+def own_confidence(token_logprobs: Sequence[float], label_logprobs: Mapping[str, float] | None) -> float:
+    """A tier's confidence in its answer, the score used when a policy has no learned scorer:
+    the renormalised probability of the chosen label for label-choice answers, otherwise the
+    geometric mean of the generated tokens' probabilities (0 without either)."""
+    if label_logprobs:
+        values = np.array(list(label_logprobs.values()), dtype=np.float64)
+        return float(1.0 / np.exp(values - values.max()).sum())
+    return float(np.exp(np.mean(token_logprobs))) if len(token_logprobs) else 0.0
+
+
 def confidence_features(
     answer: str, token_logprobs: Sequence[float], label_logprobs: Mapping[str, float] | None
 ) -> np.ndarray:

@@ -19,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import grpc
 
 from tierlm.config import Policy, TierConfig
 from tierlm.router.decision import accepts
+from tierlm.router.learn.traffic import SeenAnswer
 from tierlm.router.prompting import request_query
-from tierlm.router.serve.breaker import CircuitBreaker
+from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.scoring import AnswerScorer
 from tierlm.router.serve.tiers import Tier, TierFailure
@@ -59,6 +60,14 @@ class CascadeError(Exception):
         self.code = code
         self.trace = trace
         super().__init__(message)
+
+
+def seen_answer(tier: str, answer: generator_pb2.GenerateResponse, cost: float, score: float | None) -> SeenAnswer:
+    """What learning keeps of one tier's (whole) answer."""
+    return SeenAnswer(
+        tier, answer.text, cost, tuple(t.logprob for t in answer.logprobs),
+        {c.choice.strip(): c.logprob for c in answer.choice_logprobs} or None, score,
+    )
 
 
 def prompt_token_bound(request: generator_pb2.GenerateRequest) -> int:
@@ -133,6 +142,14 @@ class RoutedRequest:
     trace: router_pb2.RoutingTrace = field(default_factory=router_pb2.RoutingTrace)
     # The best answer that was scored below its threshold, kept in case every later tier fails.
     fallback: tuple[generator_pb2.GenerateResponse, router_pb2.TierAttempt] | None = None
+    # Every answer a tier gave, with its score where it was scored: what learning records
+    # (and the answer itself, for scoring the ones the cascade had no need to score).
+    seen: dict[str, SeenAnswer] = field(default_factory=dict)
+    responses: dict[str, generator_pb2.GenerateResponse] = field(default_factory=dict)
+
+    def saw(self, tier: str, answer: generator_pb2.GenerateResponse, cost: float, score: float | None) -> None:
+        self.seen[tier] = seen_answer(tier, answer, cost, score)
+        self.responses[tier] = answer
 
     def worst_case_cost(self, plan_: CascadePlan) -> float:
         """What the request may cost at most: every tier of the plan called, with its own request."""
@@ -142,6 +159,17 @@ class RoutedRequest:
         attempt = self.trace.attempts.add(tier=tier, outcome=outcome, reason=reason, cost=cost, latency_ms=latency_ms)
         self.trace.total_cost += cost
         return attempt
+
+
+@dataclass
+class Exploration:
+    """What exploring a request got: the explored tiers' answers and what the calls cost."""
+
+    tiers: list[str] = field(default_factory=list)  # called (answered or failed)
+    answers: list[SeenAnswer] = field(default_factory=list)
+    cost: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,12 +211,52 @@ class CascadeRunner:
 
     def prepare(self, request: generator_pb2.GenerateRequest, plan_: CascadePlan) -> RoutedRequest:
         """What each tier of the plan will be sent, before anything is called."""
-        base = generator_pb2.GenerateRequest()
-        base.CopyFrom(request)
-        base.return_logprobs = True  # the scorer needs them; stripped again in _finish
-        query = self._query_of(request)
-        tier_requests = {tier.name: self._rewrite(tier.name, base, query) for tier in plan_.tiers}
-        return RoutedRequest(request, query, tier_requests)
+        routed = RoutedRequest(request, self._query_of(request), {})
+        for tier in plan_.tiers:
+            self.request_for(routed, tier.name)
+        return routed
+
+    def request_for(self, routed: RoutedRequest, tier: str) -> generator_pb2.GenerateRequest:
+        """What ``tier`` is sent for ``routed`` (rewritten on first need, also for a tier outside
+        the plan that exploration calls)."""
+        if tier not in routed.tier_requests:
+            base = generator_pb2.GenerateRequest()
+            base.CopyFrom(routed.request)
+            base.return_logprobs = True  # the scorer needs them; stripped again in _finish
+            routed.tier_requests[tier] = self._rewrite(tier, base, routed.query)
+        return routed.tier_requests[tier]
+
+    def score(self, routed: RoutedRequest, tier: str) -> SeenAnswer:
+        """A seen answer with the scorer's P(correct), scoring it now if the cascade did not."""
+        seen = routed.seen[tier]
+        if seen.score is not None:
+            return seen
+        return replace(seen, score=float(self.scorer.score(routed.query, routed.responses[tier], tier)))
+
+    async def explore(self, routed: RoutedRequest, tiers: Sequence[TierConfig]) -> Exploration:
+        """Call ``tiers`` (ones the cascade did not) for ``routed``, concurrently, after it was
+        answered; their answers are scored and marked explored. A tier whose breaker is not
+        closed is left alone: exploration never probes an unwell tier."""
+        found = Exploration()
+
+        async def call(tier: TierConfig) -> None:
+            if self.breakers[tier.name].state is not BreakerState.CLOSED:
+                return
+            found.tiers.append(tier.name)
+            try:
+                answer = await self.tiers[tier.name].generate(self.request_for(routed, tier.name), None)
+            except TierFailure:
+                found.cost += tier.cost.per_call  # a failed call is charged its fixed price, as in the cascade
+                return
+            cost = tier.cost.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
+            score = float(self.scorer.score(routed.query, answer, tier.name))
+            found.answers.append(replace(seen_answer(tier.name, answer, cost, score), explored=True))
+            found.cost += cost
+            found.prompt_tokens += answer.usage.prompt_tokens
+            found.completion_tokens += answer.usage.completion_tokens
+
+        await asyncio.gather(*(call(tier) for tier in tiers))
+        return found
 
     async def complete(
         self, routed: RoutedRequest, plan_: CascadePlan, deadline: float | None
@@ -280,6 +348,7 @@ class CascadeRunner:
         when the scorer's P(correct) reaches the stage's threshold. Records the attempt."""
         if is_last:
             routed.add(tier.name, Outcome.TIER_OUTCOME_ACCEPTED, "last stage", call.cost, call.latency_ms)
+            routed.saw(tier.name, call.answer, call.cost, None)
             return True
         threshold = plan_.thresholds.get(tier.name, 0.0)
         score = float(self.scorer.score(routed.query, call.answer, tier.name))
@@ -287,6 +356,7 @@ class CascadeRunner:
         outcome, relation = (Outcome.TIER_OUTCOME_ACCEPTED, ">=") if accepted else (Outcome.TIER_OUTCOME_LOW_SCORE, "<")
         attempt = routed.add(tier.name, outcome, f"score {score:.3f} {relation} threshold {threshold:.3f}", call.cost, call.latency_ms)
         attempt.score, attempt.has_score, attempt.threshold = score, True, threshold
+        routed.saw(tier.name, call.answer, call.cost, score)
         if not accepted and (routed.fallback is None or score > routed.fallback[1].score):
             routed.fallback = (call.answer, attempt)
         return accepted
@@ -298,17 +368,27 @@ class CascadeRunner:
         return without an accepted tier so the cascade falls back."""
         call_started = time.perf_counter()
         generated = 0  # tokens streamed so far (each chunk carries its tokens' log-probs)
+        streamed: list[generator_pb2.GenerateResponse] = []
         try:
             async for chunk in self.tiers[tier.name].stream(routed.tier_requests[tier.name], remaining):
                 if chunk.is_final:
                     cost = tier.cost.cost(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     latency = (time.perf_counter() - call_started) * 1e3
                     routed.add(tier.name, Outcome.TIER_OUTCOME_ACCEPTED, "last stage", cost, latency)
+                    whole = generator_pb2.GenerateResponse()
+                    whole.CopyFrom(chunk)
+                    whole.text = "".join(part.text for part in streamed) + chunk.text
+                    for part in streamed:
+                        whole.logprobs.extend(part.logprobs)
+                    routed.saw(tier.name, whole, cost, None)
                     self.breakers[tier.name].record_success()
                     self._on_tier_call(tier.name, latency / 1e3, True)
                     final = self._finish(chunk, routed, tier.name, started)
                     break
                 generated += max(len(chunk.logprobs), 1)
+                kept = generator_pb2.GenerateResponse()
+                kept.CopyFrom(chunk)
+                streamed.append(kept)
                 if not routed.request.return_logprobs:
                     del chunk.logprobs[:]
                 yield chunk

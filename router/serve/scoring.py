@@ -8,6 +8,7 @@ from typing import Protocol
 
 from tierlm.config import Policy
 from tierlm.router.embeddings import TextEncoder
+from tierlm.router.learn.features import own_confidence
 from tierlm.router.learn.scorer import Scorer
 from tierlm.router.serve.query import RequestQuery
 from tierlm.v1 import generator_pb2
@@ -27,13 +28,8 @@ class ConfidenceScorer:
     """
 
     def score(self, query: RequestQuery, answer: generator_pb2.GenerateResponse, tier: str) -> float:
-        if answer.choice_logprobs:
-            values = [c.logprob for c in answer.choice_logprobs]
-            top = max(values)
-            return 1.0 / sum(math.exp(v - top) for v in values)
-        if answer.logprobs:
-            return math.exp(sum(t.logprob for t in answer.logprobs) / len(answer.logprobs))
-        return 0.0
+        labels = {c.choice: c.logprob for c in answer.choice_logprobs} or None
+        return own_confidence([t.logprob for t in answer.logprobs], labels)
 
 
 class LearnedScorer:

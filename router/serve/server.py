@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +29,16 @@ from tierlm.config import LimitsConfig, Policy, TenantConfig, load_policy, load_
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
 from tierlm.router.embeddings import Encoder
+from tierlm.router.learn.traffic import policy_version
 from tierlm.router.serve.cascade import CascadeError, CascadePlan, CascadeRunner, plan
+from tierlm.router.serve.learning import TrafficLearning
 from tierlm.router.serve.prompts import TierPrompts, needs_encoder
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.response_cache import ResponseCache, cache_key
 from tierlm.router.serve.scoring import AnswerScorer, load_scorer
-from tierlm.router.serve.store import (
-    BudgetExceeded, DuplicateRequest, LedgerRow, Reservation, Store, StoreUnavailable, open_store,
+from tierlm.router.store import (
+    BudgetExceeded, DuplicateRequest, LedgerRow, NotYourRequest, Reservation, Store, StoreUnavailable, UnknownRequest,
+    Verdict, open_store,
 )
 from tierlm.router.serve.tiers import TierClient
 from tierlm.serving import GrpcServer, ServerConfig, current_tenant
@@ -62,6 +65,7 @@ class _Generation:
     tenants: dict[str, TenantConfig]
     runner: CascadeRunner
     cache: ResponseCache | None
+    learning: TrafficLearning
 
 
 class _TimedScorer:
@@ -82,8 +86,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self.store = store
         self._clients: dict[str, TierClient] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
-        # Bookings of requests that ended without an answer, written after the handler returns.
-        self._late_bookings: set[asyncio.Task] = set()
+        # Work that outlives a request's handler: bookings of requests that ended without an
+        # answer, explorations; stopping the router waits for them (drain_background).
+        self._background: set[asyncio.Task] = set()
         self._generation: _Generation | None = None
         self._inflight = 0
         # One sentence encoder per router, built when a policy first needs one and shared by
@@ -94,7 +99,8 @@ class RouterService(router_pb2_grpc.RouterServicer):
 
     # -- policy ---------------------------------------------------------------------------
 
-    def _read_files(self) -> tuple[Policy, dict[str, TenantConfig]]:
+    def _read_files(self) -> tuple[Policy, dict[str, TenantConfig], str]:
+        version = policy_version(self.policy_path)
         policy = load_policy(self.policy_path)
         tenants = dict(policy.tenants)
         if self.tenants_path is not None:
@@ -103,9 +109,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
             if clash:
                 raise ValueError(f"{self.tenants_path}: tenants {clash} are also defined in {self.policy_path}")
             tenants.update(extra)
-        return policy, tenants
+        return policy, tenants, version
 
-    def _apply(self, policy: Policy, tenants: dict[str, TenantConfig]) -> None:
+    def _apply(self, policy: Policy, tenants: dict[str, TenantConfig], version: str) -> None:
         # Everything that can fail (loading the scorer, the prompt builders) comes before the
         # first change to the running state, so a failed reload leaves it untouched.
         if needs_encoder(policy) and self._encoder is None:
@@ -133,7 +139,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
             rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), encoder),
         )
         cache = ResponseCache(policy.cache.max_entries, policy.cache.ttl_s) if policy.cache.enabled else None
-        self._generation = _Generation(policy, tenants, runner, cache)
+        learning = TrafficLearning(policy, version, self.store, runner, ROUTER_ID)
+        self._generation = _Generation(policy, tenants, runner, cache, learning)
+        if policy.learning.record:
+            self._in_background(learning.seed(), "filling the live calibration windows")
         for listener in self._on_keys_changed:
             listener(self.key_ring())
         if retired:
@@ -220,6 +229,23 @@ class RouterService(router_pb2_grpc.RouterServicer):
             answers_by_tier=summary.by_tier,
         )
 
+    async def Feedback(self, request: router_pb2.FeedbackRequest, context: grpc.aio.ServicerContext):
+        problem = feedback_problem(request)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        tenant = current_tenant.get() or ANONYMOUS
+        assert self._generation is not None
+        try:
+            stored = await self._generation.learning.feedback(request.request_id, tenant, verdict_of(request))
+        except UnknownRequest:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no request {request.request_id!r} in the ledger")
+        except NotYourRequest:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"request {request.request_id!r} is not tenant {tenant!r}'s: feedback only on your own requests")
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the ledger is unavailable: {exc}")
+        return router_pb2.FeedbackResponse(request_id=request.request_id, stored=stored)
+
     async def _route(
         self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext, stream: bool
     ) -> AsyncIterator[router_pb2.CompleteResponse]:
@@ -249,6 +275,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 return
             routed = generation.runner.prepare(inner, cascade_plan)
             book.trace = routed.trace
+            explore = generation.learning.explores()
             book.reservation = await self._reserve(generation, book, routed.worst_case_cost(cascade_plan), cascade_plan)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
@@ -256,13 +283,19 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 async for chunk in generation.runner.stream(routed, cascade_plan, deadline):
                     if chunk.is_final:
                         book.answer = chunk
+                        book.details = generation.learning.details(routed, explore)
                         await self._finish(book)
+                        if explore:
+                            self._in_background(generation.learning.explore(routed), f"exploring request {inner.request_id}")
                         yield router_pb2.CompleteResponse(answer=chunk, trace=routed.trace)
                     else:
                         yield router_pb2.CompleteResponse(answer=chunk)
             else:
                 book.answer = await generation.runner.complete(routed, cascade_plan, deadline)
+                book.details = generation.learning.details(routed, explore)
                 await self._finish(book)
+                if explore:
+                    self._in_background(generation.learning.explore(routed), f"exploring request {inner.request_id}")
                 if key is not None:
                     generation.cache.put(key, book.answer)
                 # Complete() takes this reply and closes the generator: nothing may follow the yield.
@@ -353,6 +386,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
             request_id=book.request.request_id, tenant=book.tenant, tiers=called, accepted_tier=trace.accepted_tier,
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost=trace.total_cost,
             latency_ms=(time.perf_counter() - book.started) * 1e3, outcome=code.name, router=ROUTER_ID,
+            details=book.details if code is grpc.StatusCode.OK else None,
         )
         try:
             await self.store.finish(row, book.reservation)
@@ -380,19 +414,31 @@ class RouterService(router_pb2_grpc.RouterServicer):
                     return
                 except StoreUnavailable:
                     await asyncio.sleep(delay)
-                except Exception:  # noqa: BLE001 - a booking failure must not vanish silently
+                except Exception:  # noqa: BLE001 - counted and logged below: a lost row must not vanish silently
+                    log.exception("booking request %s failed", book.request.request_id)
                     break
             telemetry.LEDGER_WRITES_LOST.inc()
             log.error("request %s (tenant %s, %s) could not be ledgered", book.request.request_id, book.tenant, book.code.name)
 
-        task = asyncio.get_running_loop().create_task(finish())
-        self._late_bookings.add(task)
-        task.add_done_callback(self._late_bookings.discard)
+        self._in_background(finish(), f"booking request {book.request.request_id}")
 
-    async def drain_bookings(self, timeout_s: float = 10.0) -> None:
-        """Wait (a bounded time) for bookings still being written."""
-        if self._late_bookings:
-            await asyncio.wait(set(self._late_bookings), timeout=timeout_s)
+    def _in_background(self, work: Coroutine[object, object, None], what: str) -> None:
+        """Run ``work`` outside any request's handler; its failure is logged, never lost."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:  # noqa: BLE001 - background work must not fail silently
+                log.exception("%s failed", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain_background(self, timeout_s: float = 10.0) -> None:
+        """Wait (a bounded time) for bookings and explorations still running."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
 
     async def sweep_expired(self) -> None:
         """Release holds whose router died (their lease ran out), forever: at least once per
@@ -452,6 +498,7 @@ class _Booking:
     code: grpc.StatusCode = grpc.StatusCode.OK
     reservation: Reservation | None = None
     finished: bool = False
+    details: str | None = None  # what learning records of an answered request
 
 
 def request_problem(request: router_pb2.CompleteRequest, limits: LimitsConfig) -> str | None:
@@ -475,6 +522,30 @@ def request_problem(request: router_pb2.CompleteRequest, limits: LimitsConfig) -
     if routing.HasField("budget_per_query") and not (math.isfinite(routing.budget_per_query) and routing.budget_per_query >= 0):
         return f"budget_per_query must be a number >= 0, got {routing.budget_per_query}"
     return None
+
+
+#: The longest request id and reference answer feedback may carry.
+MAX_REQUEST_ID_CHARS = 256
+MAX_REFERENCE_CHARS = 65_536
+
+
+def feedback_problem(request: router_pb2.FeedbackRequest) -> str | None:
+    """What is wrong with feedback the router must refuse as INVALID_ARGUMENT, or None."""
+    if not request.request_id.strip() or len(request.request_id) > MAX_REQUEST_ID_CHARS:
+        return f"request_id must be the id of an answered request (1..{MAX_REQUEST_ID_CHARS} characters)"
+    which = request.WhichOneof("verdict")
+    if which is None:
+        return "feedback needs a verdict: correct (true/false), score in [0, 1] or a reference answer"
+    if which == "score" and not (math.isfinite(request.score) and 0.0 <= request.score <= 1.0):
+        return f"score must be in [0, 1], got {request.score}"
+    if which == "reference" and not 0 < len(request.reference.strip()) <= MAX_REFERENCE_CHARS:
+        return f"reference must be a non-empty answer of at most {MAX_REFERENCE_CHARS} characters"
+    return None
+
+
+def verdict_of(request: router_pb2.FeedbackRequest) -> Verdict:
+    which = request.WhichOneof("verdict")
+    return Verdict(**{which: getattr(request, which)})
 
 
 async def start_router(
@@ -502,7 +573,7 @@ async def start_router(
 async def stop_router(server: GrpcServer, service: RouterService, grace_s: float = 1.0) -> None:
     """Stop serving, write the bookings still pending, close the store."""
     await server.stop(grace_s=grace_s)
-    await service.drain_bookings()
+    await service.drain_background()
     await service.store.close()
 
 
@@ -540,5 +611,5 @@ async def serve(
         for task in background:
             task.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
-        await service.drain_bookings()
+        await service.drain_background()
         await service.store.close()

@@ -23,3 +23,19 @@ LEDGER_WRITES_LOST = Counter(
     "tierlm_router_ledger_writes_lost_total", "Requests that ended without an answer and could not be ledgered (store down)"
 )
 AUTH_FAILURES = Counter("tierlm_router_auth_failures_total", "Calls refused for a missing or unknown API key")
+
+# Learning from live traffic (router/serve/learning.py): over each tier's last labelled answers
+# under the live policy; see docs/learning.md.
+FEEDBACK = Counter("tierlm_router_feedback_total", "Feedback calls by result", ["result"])
+EXPLORATIONS = Counter("tierlm_router_explorations_total", "Exploration attempts by result", ["result"])
+EXPLORATION_COST = Counter("tierlm_router_exploration_cost_total", "What exploration calls cost")
+LIVE_LABELS = Gauge("tierlm_router_live_labels", "Labelled answers in the tier's calibration window", ["tier"])
+LIVE_ACCURACY = Gauge("tierlm_router_live_accuracy", "Share of the tier's labelled answers that were right", ["tier"])
+LIVE_BRIER = Gauge("tierlm_router_live_brier", "Brier score of the scorer on the tier's labelled answers", ["tier"])
+LIVE_ECE = Gauge("tierlm_router_live_ece", "Expected calibration error of the scorer on the tier's labelled answers", ["tier"])
+LIVE_ACCEPT_RATE = Gauge("tierlm_router_live_accept_rate", "Share of labelled requests where the tier was called and accepted", ["tier"])
+LIVE_ESCALATION_RATE = Gauge(
+    "tierlm_router_live_escalation_rate", "Share of labelled requests where the tier was called and escalated", ["tier"]
+)
+LIVE_SERVED_ACCURACY = Gauge("tierlm_router_live_served_accuracy", "Share of labelled answers callers got that were right")
+CALIBRATION_ALARM = Gauge("tierlm_router_calibration_alarm", "1 while the policy's calibration alarm fires for the tier", ["tier"])

@@ -93,6 +93,13 @@ class AnswerStore:
         ).fetchall()
         return [AnswerRecord.from_dict(json.loads(r)) for t, r in rows if tiers is None or t in tiers]
 
+    def token_counts(self, split: str) -> dict[tuple[str, str], tuple[int, int]]:
+        """(tier, query id) -> (prompt, completion) tokens of the split's latest answers."""
+        rows = self._db.execute(
+            "SELECT tier, query_id, prompt_tokens, completion_tokens FROM answers WHERE split = ? ORDER BY rowid", (split,)
+        )
+        return {(tier, query_id): (prompt, completion) for tier, query_id, prompt, completion in rows}
+
     def latencies(self, split: str) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {}
         for tier, latency in self._db.execute("SELECT tier, latency_ms FROM answers WHERE split = ?", (split,)):

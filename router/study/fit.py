@@ -68,7 +68,7 @@ def write_policy(source: Path, out: Path, scorer_dir: Path, fitted: FittedPolicy
     text = _without_sections(source.read_text(encoding="utf-8"), _FITTED_SECTIONS).rstrip() + "\n"
     text += yaml.safe_dump({"scorer": {"path": str(scorer_dir)}}, sort_keys=False)
     text += (
-        f"# fitted by `tierlm router fit` on the answers to {fitted.queries} {fitted.split} rows in {answers}"
+        f"# fitted on the answers to {fitted.queries} {fitted.split} rows in {answers}"
         f" ({fitted.scores} scores)\n"
         f"# for a mean cost <= {fitted.budget:.3g} per query: accuracy {point.accuracy:.3f} at {point.cost_per_query:.3g}\n"
     )

@@ -1,4 +1,5 @@
-"""Fixtures for the router's learned pieces: a real MiniLM encoder and a fast stand-in."""
+"""Fixtures of the router tests: an event loop in the background with two scripted tiers on
+it, a real MiniLM encoder and a fast stand-in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+
+from tests.support.aio import BackgroundLoop
+from tests.support.echo_server import ScriptedGenerator, start_generator
+from tierlm.serving import ServerConfig
 
 
 class HashingEncoder:
@@ -43,3 +48,20 @@ def minilm():
     from tierlm.router.embeddings import Encoder
 
     return Encoder(threads=1)
+
+
+@pytest.fixture
+def loop():
+    background = BackgroundLoop()
+    yield background
+    background.close()
+
+
+@pytest.fixture
+def tiers(loop):
+    """An edge and a cloud ScriptedGenerator, each serving on a free port, as (server, servicer)."""
+    edge, cloud = ScriptedGenerator(name="edge"), ScriptedGenerator(name="cloud")
+    servers = [loop.run(start_generator(ServerConfig(), s)) for s in (edge, cloud)]
+    yield {"edge": (servers[0], edge), "cloud": (servers[1], cloud)}
+    for server in servers:
+        loop.run(server.stop(grace_s=0))

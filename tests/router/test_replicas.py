@@ -7,7 +7,6 @@ SDK spreading calls round-robin over every replica.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time

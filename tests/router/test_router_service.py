@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from tests.support.aio import BackgroundLoop
-from tests.support.echo_server import ScriptedGenerator, start_generator
+from tests.support.echo_server import start_generator
 from tierlm.auth import hash_key
 from tierlm.client import (
     AsyncClient, Client, InvalidArgument, PermissionDenied, ResourceExhausted, RetryPolicy, Unauthenticated,
 )
 from tierlm.router.serve.server import start_router, stop_router
-from tierlm.router.serve.store.sqlite import SqliteStore
+from tierlm.router.store.sqlite import SqliteStore
 from tierlm.serving import ServerConfig
 from tierlm.v1 import router_pb2
 
@@ -42,22 +42,6 @@ def write_policy(path: Path, edge_port: int, cloud_port: int, threshold: float =
         **extra,
     }
     path.write_text(yaml.safe_dump(policy))
-
-
-@pytest.fixture
-def loop():
-    background = BackgroundLoop()
-    yield background
-    background.close()
-
-
-@pytest.fixture
-def tiers(loop):
-    edge, cloud = ScriptedGenerator(name="edge"), ScriptedGenerator(name="cloud")
-    servers = [loop.run(start_generator(ServerConfig(), s)) for s in (edge, cloud)]
-    yield {"edge": (servers[0], edge), "cloud": (servers[1], cloud)}
-    for server in servers:
-        loop.run(server.stop(grace_s=0))
 
 
 class Stack:
@@ -327,8 +311,6 @@ def test_response_cache_answers_repeats_without_calling_tiers(loop, tiers, tmp_p
 
 
 def test_router_metrics(loop, tiers, tmp_path):
-    import urllib.request
-
     from tierlm.router.serve.server import RouterService  # noqa: F401 - metrics register on import
 
     router = Stack(loop, tmp_path, tiers["edge"][0].port, tiers["cloud"][0].port)

@@ -4,7 +4,6 @@ from the policy's pool, one encoder per router and one query embedding per reque
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,7 +118,7 @@ def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm)
 
 def test_a_router_builds_one_encoder_for_retrieval_and_scoring(setup, monkeypatch, tmp_path) -> None:
     from tierlm.router.serve import server
-    from tierlm.router.serve.store.sqlite import SqliteStore
+    from tierlm.router.store.sqlite import SqliteStore
 
     built = []
     real = server.Encoder

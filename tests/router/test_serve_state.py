@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
 from tierlm.router.serve.response_cache import ResponseCache, cache_key
 from tierlm.v1 import generator_pb2, router_pb2

@@ -12,9 +12,9 @@ import sqlite3
 
 import pytest
 
-from tierlm.router.serve.store import BudgetExceeded, DuplicateRequest, LedgerRow, StoreUnavailable, open_store
-from tierlm.router.serve.store.postgres import PostgresStore
-from tierlm.router.serve.store.sqlite import SqliteStore
+from tierlm.router.store import BudgetExceeded, DuplicateRequest, LedgerRow, StoreUnavailable, open_store
+from tierlm.router.store.postgres import PostgresStore
+from tierlm.router.store.sqlite import SqliteStore
 
 DAY = 86_400.0
 
@@ -230,3 +230,26 @@ def test_open_store_picks_the_backend_by_location(tmp_path, postgres_dsn):
             await store.close()
 
     asyncio.run(body())
+
+
+def test_feedback_is_kept_once_for_the_requests_own_tenant(make_store):
+    from tierlm.router.store import NotYourRequest, UnknownRequest, Verdict
+
+    async def body(store, clock):
+        details = '{"query": "q", "answers": []}'
+        await store.finish(LedgerRow("r1", "acme", ["edge"], "edge", 1, 1, 0.1, 1.0, "OK", clock.now, details=details), None)
+        await store.finish(row("r2", 0.1), None)  # recorded without details: nothing to learn from
+        assert await store.give_feedback("r1", "acme", Verdict(correct=True))
+        assert not await store.give_feedback("r1", "acme", Verdict(correct=False))  # the first verdict stands
+        assert await store.give_feedback("r2", "acme", Verdict(reference="up"))
+        with pytest.raises(NotYourRequest):
+            await store.give_feedback("r1", "globex", Verdict(correct=False))
+        with pytest.raises(UnknownRequest):
+            await store.give_feedback("nope", "acme", Verdict(correct=True))
+        await store.record_explored("r1", ['{"tier": "cloud", "text": "up"}'])
+        await store.log_decision("promoted", "abc123", '{"accuracy": 0.8}')
+        (labelled,) = await store.labelled()
+        assert (labelled.request_id, labelled.details, labelled.verdict, labelled.explored) == (
+            "r1", details, Verdict(correct=True), ['{"tier": "cloud", "text": "up"}'])
+
+    run(make_store, body)

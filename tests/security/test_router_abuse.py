@@ -6,7 +6,6 @@ rewrite the prompt, hostile policy files, and requests the router must refuse it
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tierlm.router.serve.store import LedgerRow, open_store
+from tierlm.router.store import LedgerRow, open_store
 
 REPO = Path(__file__).resolve().parents[2]
 

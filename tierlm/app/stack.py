@@ -26,7 +26,7 @@ import yaml
 
 from tierlm.app import lifeline
 from tierlm.config import Policy, TierConfig, load_policy
-from tierlm.router.serve.store import is_postgres
+from tierlm.router.store import is_postgres
 
 log = logging.getLogger(__name__)
 

@@ -111,3 +111,23 @@ class UsageResponse(_message.Message):
     completion_tokens: int
     answers_by_tier: _containers.ScalarMap[str, int]
     def __init__(self, tenant: _Optional[str] = ..., requests: _Optional[int] = ..., answered: _Optional[int] = ..., cost: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., answers_by_tier: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "correct", "score", "reference")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    correct: bool
+    score: float
+    reference: str
+    def __init__(self, request_id: _Optional[str] = ..., correct: _Optional[bool] = ..., score: _Optional[float] = ..., reference: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("request_id", "stored")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    stored: bool
+    def __init__(self, request_id: _Optional[str] = ..., stored: _Optional[bool] = ...) -> None: ...

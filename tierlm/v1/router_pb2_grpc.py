@@ -49,6 +49,11 @@ class RouterStub:
                 request_serializer=tierlm_dot_v1_dot_router__pb2.UsageRequest.SerializeToString,
                 response_deserializer=tierlm_dot_v1_dot_router__pb2.UsageResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/tierlm.v1.Router/Feedback',
+                request_serializer=tierlm_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=tierlm_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -72,6 +77,12 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=tierlm_dot_v1_dot_router__pb2.UsageRequest.FromString,
                     response_serializer=tierlm_dot_v1_dot_router__pb2.UsageResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=tierlm_dot_v1_dot_router__pb2.FeedbackRequest.FromString,
+                    response_serializer=tierlm_dot_v1_dot_router__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class Router:
             '/tierlm.v1.Router/GetUsage',
             tierlm_dot_v1_dot_router__pb2.UsageRequest.SerializeToString,
             tierlm_dot_v1_dot_router__pb2.UsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierlm.v1.Router/Feedback',
+            tierlm_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+            tierlm_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,7 +37,8 @@ def ask(
         typer.echo(f"error: {exc.code.name}: {exc.details}", err=True)
         raise typer.Exit(1) from None
     if completion is not None:
-        typer.echo(f"-- tier {completion.tier}, cost {completion.cost:.6g}, {completion.completion_tokens} tokens", err=True)
+        typer.echo(f"-- tier {completion.tier}, cost {completion.cost:.6g}, {completion.completion_tokens} tokens, "
+                   f"request {completion.request_id} (for `tierlm router feedback`)", err=True)
         if trace:
             for attempt in completion.trace.attempts:
                 outcome = router_pb2.TierOutcome.Name(attempt.outcome).removeprefix("TIER_OUTCOME_").lower()

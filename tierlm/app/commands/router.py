@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from tierlm.app.commands import server_options as opt
 
+if TYPE_CHECKING:
+    from tierlm.router.store import Store
+
+T = TypeVar("T")
+
 app = typer.Typer(help="Run the cascade router and read its cost ledger.", no_args_is_help=True)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "tierlm-ledger.sqlite"
 STORE_HELP = ("Ledger and budgets: a SQLite file (one router, or workers on one machine) or a PostgreSQL URL / "
@@ -47,6 +58,36 @@ def serve(
     asyncio.run(run(policy, config, store, tenants, ready, http_port))
 
 
+def parse_since(since: str) -> float:
+    """Unix seconds of an ISO date or datetime (UTC unless it says otherwise); 0 for ''."""
+    if not since:
+        return 0.0
+    try:
+        moment = datetime.fromisoformat(since)
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO date or datetime: {since!r}", param_hint="--since") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def existing_store(store: str) -> str:
+    from tierlm.router.store import is_postgres
+
+    if not is_postgres(store) and not Path(store).is_file():
+        raise typer.BadParameter(f"no ledger at {store}", param_hint="--store")
+    return store
+
+
+async def with_store(location: str, use: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store at ``location``, run ``use`` on it, close it."""
+    from tierlm.router.store import open_store
+
+    opened = await open_store(location)
+    try:
+        return await use(opened)
+    finally:
+        await opened.close()
+
+
 @app.command("ledger")
 def ledger_summary(
     tenant: str = typer.Option(..., "--tenant", help="Tenant to summarize."),
@@ -54,26 +95,8 @@ def ledger_summary(
     store: str = typer.Option(DEFAULT_STORE, "--store", envvar="TIERLM_STORE", help=STORE_HELP),
 ) -> None:
     """Summarize one tenant's requests, answers per tier and cost."""
-    from tierlm.router.serve.store import is_postgres, open_store
-
-    since_ts = 0.0
-    if since:
-        try:
-            moment = datetime.fromisoformat(since)
-        except ValueError:
-            raise typer.BadParameter(f"not an ISO date or datetime: {since!r}", param_hint="--since") from None
-        since_ts = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-    if not is_postgres(store) and not Path(store).is_file():
-        raise typer.BadParameter(f"no ledger at {store}", param_hint="--store")
-
-    async def read():
-        opened = await open_store(store)
-        try:
-            return await opened.summarize(tenant, since_ts)
-        finally:
-            await opened.close()
-
-    summary = asyncio.run(read())
+    since_ts = parse_since(since)
+    summary = asyncio.run(with_store(existing_store(store), lambda opened: opened.summarize(tenant, since_ts)))
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ts)) if since_ts else "the beginning"
     typer.echo(f"tenant {summary.tenant} since {when} UTC: {summary.requests} requests, {summary.ok} answered, "
                f"cost {summary.cost:.6g}, tokens {summary.prompt_tokens} in / {summary.completion_tokens} out")
@@ -164,3 +187,96 @@ def fit(
     typer.echo(f"{out}: cascade {list(point.policy.order)} thresholds {dict(point.policy.thresholds)}: "
                f"{fitted.split} accuracy {point.accuracy:.3f} ({fitted.scores}) at {point.cost_per_query:.3g} per query "
                f"(budget {fitted.budget:.3g})")
+
+
+@app.command()
+def feedback(
+    request_id: str = typer.Argument(..., help="The answer's request id (`tierlm ask` prints it)."),
+    correct: bool | None = typer.Option(None, "--correct/--wrong", help="The answer was right / wrong."),
+    score: float | None = typer.Option(None, "--score", min=0.0, max=1.0, help="Or: how good it was, in [0, 1]."),
+    reference: str | None = typer.Option(None, "--reference", help="Or: a right answer, judged by the policy's feedback judge."),
+    router: str = typer.Option("127.0.0.1:50051", "--router", envvar="TIERLM_ROUTER", help="Router address host:port."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="TIERLM_API_KEY", help="Tenant API key (your own requests only)."),
+) -> None:
+    """Tell the router whether an answer was right; the first verdict on a request is kept."""
+    from tierlm.client import Client, TierlmError
+
+    try:
+        with Client(router, api_key=api_key) as client:
+            stored = client.feedback(request_id, correct=correct, score=score, reference=reference)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--correct/--wrong, --score, --reference") from None
+    except TierlmError as exc:
+        typer.echo(f"error: {exc.code.name}: {exc.details}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{request_id}: " + ("feedback stored" if stored else "already had feedback; the first verdict stands"))
+
+
+@app.command()
+def refit(
+    policy: Path = typer.Option(..., "--policy", exists=True, dir_okay=False, help="The live policy file (with learning.record on)."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", envvar="TIERLM_STORE", help="The routers' store. " + STORE_HELP),
+    since: str = typer.Option("", "--since", help="Learn from requests since this ISO date or datetime (UTC); default: everything."),
+    out: Path | None = typer.Option(None, "--out", help="Candidate policy to write; default: <policy>.candidate.yaml beside it."),
+    promote_it: bool = typer.Option(False, "--promote", help="Make the candidate live if the shadow test passes (routers reload it)."),
+    min_explored: int = typer.Option(40, "--min-explored", min=10, help="Explored, labelled requests a refit needs at least."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision and its numbers as JSON."),
+    threads: int = typer.Option(1, "--threads", min=1),
+) -> None:
+    """Refit the policy from labelled live traffic, shadow-test it against the live one, and
+    (with --promote) make it live only if it is at least as accurate at no higher cost."""
+    from tierlm.router.embeddings import offline_encoder
+    from tierlm.router.study.refit import decision_numbers, promote, refit as refit_policy
+    from tierlm.router.learn.traffic import policy_version
+
+    since_ts = parse_since(since)
+    location = existing_store(store)
+    labelled = asyncio.run(with_store(location, lambda opened: opened.labelled(since_ts)))
+    candidate = out or policy.with_name(f"{policy.stem}.candidate.yaml")
+    try:
+        result = refit_policy(policy, labelled, offline_encoder(threads), candidate, min_explored=min_explored)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    shadow = result.shadow
+    action = "candidate" if not promote_it else ("promoted" if shadow.promote else "rejected")
+    live = policy_version(policy)
+    if action == "promoted":
+        kept = promote(policy, candidate)
+        typer.echo(f"previous policy kept as {kept} (`tierlm router rollback` returns to it)", err=True)
+    numbers = decision_numbers(result)
+    asyncio.run(with_store(location, lambda opened: opened.log_decision(f"refit-{action}", live, numbers)))
+    log.info("refit of %s: %s %s", policy, action, numbers)
+    if as_json:
+        typer.echo(json.dumps({"action": action, "candidate": str(candidate), **json.loads(numbers)}))
+        return
+    low, high = shadow.gain_ci95
+    typer.echo(f"candidate {candidate}: learned from {result.labels} labelled requests, thresholds fitted on "
+               f"{result.fit_requests} explored ones")
+    typer.echo(f"shadow test on {shadow.requests} later explored requests: live accuracy {shadow.live_accuracy:.3f} at "
+               f"{shadow.live_cost:.3g}/query, candidate {shadow.candidate_accuracy:.3f} at {shadow.candidate_cost:.3g}/query "
+               f"(gain {shadow.gain:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}])")
+    typer.echo({"candidate": "not promoted (run with --promote to make it live if it passes)",
+                "promoted": f"promoted: {policy} is now the candidate",
+                "rejected": "not promoted: the candidate is less accurate or dearer than the live policy"}[action])
+
+
+@app.command()
+def rollback(
+    policy: Path = typer.Option(..., "--policy", exists=True, dir_okay=False, help="The live policy file."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", envvar="TIERLM_STORE", help="Where the decision is logged. " + STORE_HELP),
+) -> None:
+    """Return to the policy the last promotion replaced (routers reload it)."""
+    from tierlm.router.learn.traffic import policy_version
+    from tierlm.router.study.refit import rollback as roll_back
+
+    replaced = policy_version(policy)
+    try:
+        previous = roll_back(policy)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    numbers = json.dumps({"replaced": replaced, "restored_from": str(previous)})
+    asyncio.run(with_store(existing_store(store), lambda opened: opened.log_decision("rollback", policy_version(policy), numbers)))
+    log.info("rollback of %s: %s", policy, numbers)
+    typer.echo(f"{policy} is back to {previous.name}")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tierlm.router.serve.store.base import (
+from tierlm.router.store.base import (
     BudgetExceeded,
     DuplicateRequest,
+    Labelled,
     LedgerRow,
     LedgerSummary,
+    NotYourRequest,
     Reservation,
     Store,
     StoreUnavailable,
+    UnknownRequest,
+    Verdict,
 )
 
 
@@ -24,10 +28,10 @@ async def open_store(location: str | Path) -> Store:
     """The store at ``location``: a PostgreSQL URL (``postgresql://...``) or libpq connection string
     (``host=... dbname=...``), else the path of a SQLite file (created if missing)."""
     if is_postgres(str(location)):
-        from tierlm.router.serve.store.postgres import PostgresStore  # psycopg only where PostgreSQL is used
+        from tierlm.router.store.postgres import PostgresStore  # psycopg only where PostgreSQL is used
 
         return await PostgresStore.connect(str(location))
-    from tierlm.router.serve.store.sqlite import SqliteStore
+    from tierlm.router.store.sqlite import SqliteStore
 
     return SqliteStore(Path(location))
 
@@ -35,11 +39,15 @@ async def open_store(location: str | Path) -> Store:
 __all__ = [
     "BudgetExceeded",
     "DuplicateRequest",
+    "Labelled",
     "LedgerRow",
     "LedgerSummary",
+    "NotYourRequest",
     "Reservation",
     "Store",
     "StoreUnavailable",
+    "UnknownRequest",
+    "Verdict",
     "is_postgres",
     "open_store",
 ]

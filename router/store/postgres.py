@@ -5,25 +5,29 @@ within the budget (the row lock makes check-and-hold atomic across every replica
 request settles its reservation and writes its ledger row in one statement. Versioned migrations are applied at start under an advisory
 lock (replicas may start together); a database migrated by a newer router is refused. When the
 database cannot be reached within the pool's timeout, calls raise
-:class:`~tierlm.router.serve.store.base.StoreUnavailable` instead of waiting: the router then
+:class:`~tierlm.router.store.base.StoreUnavailable` instead of waiting: the router then
 refuses requests rather than answer one it cannot ledger.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from tierlm.router.serve.store.base import (
+from tierlm.router.store.base import (
     DAY_S,
     DuplicateRequest,
+    Labelled,
     LedgerRow,
     LedgerSummary,
+    NotYourRequest,
     Reservation,
     StoreUnavailable,
+    UnknownRequest,
+    Verdict,
     day_of,
     over_budget,
 )
@@ -61,6 +65,30 @@ MIGRATIONS = (
     );
     CREATE INDEX reservations_held ON reservations (lease_until) WHERE state = 'held';
     """,
+    # 2: learning from live traffic: what the router saw, feedback, exploration, policy decisions.
+    """
+    ALTER TABLE ledger ADD COLUMN details text;
+    CREATE TABLE feedback (
+        request_id text PRIMARY KEY,
+        tenant text NOT NULL,
+        ts double precision NOT NULL,
+        correct boolean,
+        score double precision,
+        reference text
+    );
+    CREATE TABLE explored (
+        request_id text NOT NULL,
+        answer text NOT NULL
+    );
+    CREATE INDEX explored_request ON explored (request_id);
+    CREATE TABLE policy_decisions (
+        id bigserial PRIMARY KEY,
+        ts double precision NOT NULL,
+        action text NOT NULL,
+        policy text NOT NULL,
+        numbers text NOT NULL
+    );
+    """,
 )
 
 _MIGRATION_LOCK = 7_422_190_011  # any constant: replicas starting together migrate one at a time
@@ -91,12 +119,14 @@ RETURNING request_id
 """
 
 _UPSERT_ROW = """
-INSERT INTO ledger (request_id, ts, tenant, tiers, accepted_tier, prompt_tokens, completion_tokens, cost, latency_ms, outcome, router)
-VALUES (%(rid)s, %(ts)s, %(tenant)s, %(tiers)s, %(accepted)s, %(prompt)s, %(completion)s, %(cost)s, %(latency)s, %(outcome)s, %(router)s)
+INSERT INTO ledger (request_id, ts, tenant, tiers, accepted_tier, prompt_tokens, completion_tokens, cost, latency_ms, outcome, router,
+                    details)
+VALUES (%(rid)s, %(ts)s, %(tenant)s, %(tiers)s, %(accepted)s, %(prompt)s, %(completion)s, %(cost)s, %(latency)s, %(outcome)s, %(router)s,
+        %(details)s)
 ON CONFLICT (request_id) DO UPDATE SET
     ts = excluded.ts, tenant = excluded.tenant, tiers = excluded.tiers, accepted_tier = excluded.accepted_tier,
     prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, cost = excluded.cost,
-    latency_ms = excluded.latency_ms, outcome = excluded.outcome, router = excluded.router
+    latency_ms = excluded.latency_ms, outcome = excluded.outcome, router = excluded.router, details = excluded.details
 WHERE ledger.outcome <> 'OK'
 """
 
@@ -224,7 +254,7 @@ class PostgresStore:
         params = {
             "rid": row.request_id, "ts": row.ts, "tenant": row.tenant, "tiers": ",".join(row.tiers),
             "accepted": row.accepted_tier, "prompt": row.prompt_tokens, "completion": row.completion_tokens,
-            "cost": row.cost, "latency": row.latency_ms, "outcome": row.outcome, "router": row.router,
+            "cost": row.cost, "latency": row.latency_ms, "outcome": row.outcome, "router": row.router, "details": row.details,
             "day": reservation.day if reservation else day_of(row.ts), "amount": reservation.amount if reservation else 0.0,
             "book_tenant": reservation.tenant if reservation else row.tenant,
         }
@@ -262,10 +292,54 @@ class PostgresStore:
         async with self._connection() as conn:
             found = await (await conn.execute(
                 "SELECT request_id, tenant, tiers, accepted_tier, prompt_tokens, completion_tokens, cost, latency_ms,"
-                " outcome, ts, router FROM ledger WHERE ts >= %s ORDER BY ts, request_id",
+                " outcome, ts, router, details FROM ledger WHERE ts >= %s ORDER BY ts, request_id",
                 (since_unix_s,),
             )).fetchall()
         return [LedgerRow(r[0], r[1], r[2].split(",") if r[2] else [], *r[3:]) for r in found]
+
+    async def give_feedback(self, request_id: str, tenant: str, verdict: Verdict) -> bool:
+        async with self._connection() as conn:
+            owner = await (await conn.execute("SELECT tenant FROM ledger WHERE request_id = %s", (request_id,))).fetchone()
+            if owner is None:
+                raise UnknownRequest(f"no request {request_id!r}")
+            if owner[0] != tenant:
+                raise NotYourRequest(f"request {request_id!r} is not tenant {tenant!r}'s")
+            stored = await conn.execute(
+                "INSERT INTO feedback (request_id, tenant, ts, correct, score, reference) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (request_id) DO NOTHING",
+                (request_id, tenant, self._clock(), verdict.correct, verdict.score, verdict.reference),
+            )
+            return stored.rowcount == 1
+
+    async def record_explored(self, request_id: str, answers: Sequence[str]) -> None:
+        async with self._connection() as conn, conn.cursor() as cursor:
+            await cursor.executemany("INSERT INTO explored (request_id, answer) VALUES (%s, %s)",
+                                     [(request_id, answer) for answer in answers])
+
+    async def labelled(self, since_unix_s: float = 0.0, request_id: str | None = None) -> list[Labelled]:
+        # "%s IS NULL OR ..." keeps one statement for both uses; PostgreSQL plans the NULL case away.
+        async with self._connection() as conn:
+            found = await (await conn.execute(
+                "SELECT l.request_id, l.tenant, l.ts, l.details, f.correct, f.score, f.reference FROM ledger AS l"
+                " JOIN feedback AS f ON f.request_id = l.request_id WHERE l.ts >= %s AND l.details IS NOT NULL"
+                " AND (%s::text IS NULL OR l.request_id = %s) ORDER BY l.ts",
+                (since_unix_s, request_id, request_id),
+            )).fetchall()
+            explored: dict[str, list[str]] = {}
+            for found_id, answer in await (await conn.execute(
+                "SELECT e.request_id, e.answer FROM explored AS e JOIN ledger AS l ON l.request_id = e.request_id"
+                " WHERE l.ts >= %s AND (%s::text IS NULL OR l.request_id = %s)", (since_unix_s, request_id, request_id),
+            )).fetchall():
+                explored.setdefault(found_id, []).append(answer)
+        return [
+            Labelled(rid, tenant, ts, details, Verdict(correct, score, reference), explored.get(rid, []))
+            for rid, tenant, ts, details, correct, score, reference in found
+        ]
+
+    async def log_decision(self, action: str, policy: str, numbers: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("INSERT INTO policy_decisions (ts, action, policy, numbers) VALUES (%s, %s, %s, %s)",
+                               (self._clock(), action, policy, numbers))
 
     async def close(self) -> None:
         await self._pool.close()

@@ -39,6 +39,30 @@ class LedgerRow:
     outcome: str
     ts: float = field(default_factory=time.time)
     router: str = ""  # the replica that wrote the row (host:pid)
+    # What the router saw, as JSON, when the policy records for learning: the query, each
+    # tier's answer with its signals and score, the policy's version (see router/serve/learning.py).
+    details: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A caller's feedback on an answer: exactly one of the three is set."""
+
+    correct: bool | None = None
+    score: float | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A request the router recorded and a caller judged: what refits and live metrics learn from."""
+
+    request_id: str
+    tenant: str
+    ts: float
+    details: str
+    verdict: Verdict
+    explored: list[str]  # JSON of each answer an exploration call added, one per tier
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,14 @@ class StoreUnavailable(Exception):
     """The store cannot be reached now; the request is refused rather than left unledgered."""
 
 
+class UnknownRequest(Exception):
+    """No ledger row has this request id."""
+
+
+class NotYourRequest(Exception):
+    """The request belongs to another tenant."""
+
+
 class Store(Protocol):
     async def reserve(
         self, request_id: str, tenant: str, amount: float, budget_per_day: float, lease_s: float
@@ -89,6 +121,19 @@ class Store(Protocol):
         """Release the holds of reservations whose lease ran out; returns how many."""
 
     async def summarize(self, tenant: str, since_unix_s: float = 0.0) -> LedgerSummary: ...
+
+    async def give_feedback(self, request_id: str, tenant: str, verdict: Verdict) -> bool:
+        """Keep ``tenant``'s verdict on its request; False if the request already had one (the
+        first stands). Raises :class:`UnknownRequest` or :class:`NotYourRequest`."""
+
+    async def record_explored(self, request_id: str, answers: Sequence[str]) -> None:
+        """Add answers (JSON, one per tier) that exploration got for a request after it was answered."""
+
+    async def labelled(self, since_unix_s: float = 0.0, request_id: str | None = None) -> list[Labelled]:
+        """Every recorded request with feedback since a time (or only ``request_id``), oldest first."""
+
+    async def log_decision(self, action: str, policy: str, numbers: str) -> None:
+        """Keep a policy decision (a refit promoted or rejected, a rollback) and its numbers (JSON)."""
 
     async def rows(self, since_unix_s: float = 0.0) -> list[LedgerRow]:
         """Every ledger row since a time, oldest first (audits, tests)."""

@@ -12,17 +12,22 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from tierlm.router.serve.store.base import (
+from tierlm.router.store.base import (
     DAY_S,
     DuplicateRequest,
+    Labelled,
     LedgerRow,
     LedgerSummary,
+    NotYourRequest,
     Reservation,
+    UnknownRequest,
+    Verdict,
     day_of,
     over_budget,
 )
@@ -73,15 +78,40 @@ MIGRATIONS = (
     """
     ALTER TABLE requests ADD COLUMN router TEXT NOT NULL DEFAULT '';
     """,
+    # 4: learning from live traffic: what the router saw, feedback, exploration, policy decisions.
+    """
+    ALTER TABLE requests ADD COLUMN details TEXT;
+    CREATE TABLE feedback (
+        request_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        ts REAL NOT NULL,
+        correct INTEGER,               -- 1 / 0, or NULL when the verdict is a score or a reference
+        score REAL,
+        reference TEXT
+    );
+    CREATE TABLE explored (
+        request_id TEXT NOT NULL,
+        answer TEXT NOT NULL           -- JSON: one tier's answer, got by exploration
+    );
+    CREATE INDEX explored_request ON explored (request_id);
+    CREATE TABLE policy_decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        action TEXT NOT NULL,          -- promoted, rejected, rolled back
+        policy TEXT NOT NULL,          -- the policy file's version
+        numbers TEXT NOT NULL          -- JSON: the shadow test's estimates and intervals
+    );
+    """,
 )
 
 _UPSERT_ROW = """
-INSERT INTO requests (request_id, ts, tenant, tiers, accepted_tier, prompt_tokens, completion_tokens, cost, latency_ms, outcome, router)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO requests (request_id, ts, tenant, tiers, accepted_tier, prompt_tokens, completion_tokens, cost, latency_ms, outcome, router,
+                      details)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (request_id) DO UPDATE SET
     ts = excluded.ts, tenant = excluded.tenant, tiers = excluded.tiers, accepted_tier = excluded.accepted_tier,
     prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, cost = excluded.cost,
-    latency_ms = excluded.latency_ms, outcome = excluded.outcome, router = excluded.router
+    latency_ms = excluded.latency_ms, outcome = excluded.outcome, router = excluded.router, details = excluded.details
 WHERE requests.outcome != 'OK'
 """
 
@@ -110,6 +140,18 @@ class SqliteStore:
 
     async def rows(self, since_unix_s: float = 0.0) -> list[LedgerRow]:
         return await self._run(self._rows, since_unix_s)
+
+    async def give_feedback(self, request_id: str, tenant: str, verdict: Verdict) -> bool:
+        return await self._run(self._give_feedback, request_id, tenant, verdict)
+
+    async def record_explored(self, request_id: str, answers: Sequence[str]) -> None:
+        await self._run(self._record_explored, request_id, list(answers))
+
+    async def labelled(self, since_unix_s: float = 0.0, request_id: str | None = None) -> list[Labelled]:
+        return await self._run(self._labelled, since_unix_s, request_id)
+
+    async def log_decision(self, action: str, policy: str, numbers: str) -> None:
+        await self._run(self._log_decision, action, policy, numbers)
 
     async def close(self) -> None:
         await self._run(self._close)
@@ -147,23 +189,29 @@ class SqliteStore:
             raise
         self._db = db
 
-    def _transaction(self) -> sqlite3.Connection:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE takes the file's write lock at once, so other
+        processes on the same file wait instead of failing later); committed unless it raises."""
         assert self._db is not None, "the store is closed"
         self._db.execute("BEGIN IMMEDIATE")
-        return self._db
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _reserve(self, request_id: str, tenant: str, amount: float, budget_per_day: float, lease_s: float) -> Reservation:
         now = self._clock()
         day = day_of(now)
-        db = self._transaction()
-        try:
+        with self._transaction() as db:
             existing = db.execute("SELECT state, day, amount FROM reservations WHERE request_id = ?", (request_id,)).fetchone()
             if existing is not None and existing[0] == "settled":
                 raise DuplicateRequest(f"request id {request_id!r} was already answered and billed; send a new id")
             if existing is not None and existing[0] == "held":
                 # The same request again (its router died, or a client retry): take the hold over.
                 db.execute("UPDATE reservations SET lease_until = ? WHERE request_id = ?", (now + lease_s, request_id))
-                db.execute("COMMIT")
                 return Reservation(request_id, tenant, existing[1], existing[2])
             spent, held = self._book(db, tenant, day)
             if spent + held + amount > budget_per_day:
@@ -175,10 +223,6 @@ class SqliteStore:
                 (request_id, tenant, day, amount, now + lease_s),
             )
             db.execute("UPDATE budget_books SET held = held + ? WHERE tenant = ? AND day = ?", (amount, tenant, day))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return Reservation(request_id, tenant, day, amount)
 
     def _book(self, db: sqlite3.Connection, tenant: str, day: int) -> tuple[float, float]:
@@ -191,8 +235,7 @@ class SqliteStore:
         return db.execute("SELECT spent, held FROM budget_books WHERE tenant = ? AND day = ?", (tenant, day)).fetchone()
 
     def _finish(self, row: LedgerRow, reservation: Reservation | None) -> None:
-        db = self._transaction()
-        try:
+        with self._transaction() as db:
             if reservation is not None:
                 state = db.execute(
                     "SELECT state FROM reservations WHERE request_id = ?", (reservation.request_id,)
@@ -211,16 +254,11 @@ class SqliteStore:
                 )
             db.execute(_UPSERT_ROW, (
                 row.request_id, row.ts, row.tenant, ",".join(row.tiers), row.accepted_tier, row.prompt_tokens,
-                row.completion_tokens, row.cost, row.latency_ms, row.outcome, row.router,
+                row.completion_tokens, row.cost, row.latency_ms, row.outcome, row.router, row.details,
             ))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _release_expired(self) -> int:
-        db = self._transaction()
-        try:
+        with self._transaction() as db:
             expired = db.execute(
                 "SELECT request_id, tenant, day, amount FROM reservations WHERE state = 'held' AND lease_until < ?",
                 (self._clock(),),
@@ -228,10 +266,6 @@ class SqliteStore:
             for request_id, tenant, day, amount in expired:
                 db.execute("UPDATE reservations SET state = 'expired' WHERE request_id = ?", (request_id,))
                 db.execute("UPDATE budget_books SET held = held - ? WHERE tenant = ? AND day = ?", (amount, tenant, day))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return len(expired)
 
     def _summarize(self, tenant: str, since_unix_s: float) -> LedgerSummary:
@@ -253,10 +287,53 @@ class SqliteStore:
         assert self._db is not None
         found = self._db.execute(
             "SELECT request_id, tenant, tiers, accepted_tier, prompt_tokens, completion_tokens, cost, latency_ms, outcome, ts,"
-            " router FROM requests WHERE ts >= ? ORDER BY id",
+            " router, details FROM requests WHERE ts >= ? ORDER BY id",
             (since_unix_s,),
         ).fetchall()
         return [LedgerRow(r[0], r[1], r[2].split(",") if r[2] else [], *r[3:]) for r in found]
+
+    def _give_feedback(self, request_id: str, tenant: str, verdict: Verdict) -> bool:
+        with self._transaction() as db:
+            owner = db.execute("SELECT tenant FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+            if owner is None:
+                raise UnknownRequest(f"no request {request_id!r}")
+            if owner[0] != tenant:
+                raise NotYourRequest(f"request {request_id!r} is not tenant {tenant!r}'s")
+            stored = db.execute(
+                "INSERT INTO feedback (request_id, tenant, ts, correct, score, reference) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (request_id) DO NOTHING",
+                (request_id, tenant, self._clock(), verdict.correct, verdict.score, verdict.reference),
+            ).rowcount
+        return stored == 1
+
+    def _record_explored(self, request_id: str, answers: list[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("INSERT INTO explored (request_id, answer) VALUES (?, ?)", [(request_id, a) for a in answers])
+
+    def _labelled(self, since_unix_s: float, request_id: str | None) -> list[Labelled]:
+        assert self._db is not None
+        found = self._db.execute(
+            "SELECT r.request_id, r.tenant, r.ts, r.details, f.correct, f.score, f.reference FROM requests AS r"
+            " JOIN feedback AS f ON f.request_id = r.request_id WHERE r.ts >= ? AND r.details IS NOT NULL"
+            " AND (? IS NULL OR r.request_id = ?) ORDER BY r.ts",
+            (since_unix_s, request_id, request_id),
+        ).fetchall()
+        explored: dict[str, list[str]] = {}
+        for found_id, answer in self._db.execute(
+            "SELECT e.request_id, e.answer FROM explored AS e JOIN requests AS r ON r.request_id = e.request_id"
+            " WHERE r.ts >= ? AND (? IS NULL OR r.request_id = ?)", (since_unix_s, request_id, request_id)
+        ):
+            explored.setdefault(found_id, []).append(answer)
+        return [
+            Labelled(rid, tenant, ts, details, Verdict(None if correct is None else bool(correct), score, reference),
+                     explored.get(rid, []))
+            for rid, tenant, ts, details, correct, score, reference in found
+        ]
+
+    def _log_decision(self, action: str, policy: str, numbers: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO policy_decisions (ts, action, policy, numbers) VALUES (?, ?, ?, ?)",
+                       (self._clock(), action, policy, numbers))
 
     def _close(self) -> None:
         if self._db is not None:
