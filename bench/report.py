@@ -1,36 +1,111 @@
-"""Render every bench/results/*.json as a markdown table (for the README).
+"""Write docs/benchmarks.md from bench/results/*.json: every number in it comes from a result file.
 
-    python bench/report.py [NAME ...]     # default: every result file
+    python bench/report.py            # rewrite docs/benchmarks.md
+    python bench/report.py --check    # exit 1 if docs/benchmarks.md differs from what the results give
+
+Each result file becomes one section: what the bench measures, the command, machine and date
+the file records, its rows as a table, and its plot when one sits beside it. tests/test_benchmarks_doc.py
+fails when the committed page and the results disagree, so a number cannot go stale in the docs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOCUMENT = ROOT / "docs" / "benchmarks.md"
+
+#: What each bench measures, in the order the page shows them (others follow, by name).
+ABOUT = {
+    "demo": "`make demo`: the local stack (edge, cloud, router) answering the demo workload; each tier alone and the cascade.",
+    "routing-headlines": "Routing study on HEADLINES (bench/routing.py): every tier alone, fitted cascades, on the test split.",
+    "routing-snips": "Routing study on SNIPS intents (bench/routing.py).",
+    "routing-xquad": "Routing study on XQuAD English extractive QA (bench/routing.py).",
+    "drift": "Drift (bench/drift.py): HEADLINES traffic shifts to SNIPS; alarm, refit, shadow test, promotion, against never refitting and an offline refit.",
+    "soak": "Soak (bench/soak.py): a long run of requests through the stack with tiers killed on the way; nothing may be lost.",
+    "store": "The router's store (bench/store.py): ledger and budget operations on SQLite and PostgreSQL.",
+    "router": "Router overhead (bench/router.py): what routing adds on top of the tiers' own latency.",
+    "speculative": "Speculative decoding across tiers (bench/speculative.py): edge drafts, cloud verifies.",
+    "edge": "Edge runtime decode speed (bench/edge.py) against llama.cpp.",
+    "compression": "Compression recipes (bench/compression.py): size, perplexity and speed of each recipe.",
+    "cloud": "Cloud tier throughput (bench/cloud.py).",
+    "install": "Install footprint per extra (bench/install.py).",
+}
+_META = {"bench", "machine", "date", "command", "rows"}
 
 
-def table(document: dict) -> str:
-    rows = document["rows"]
+def number(value: object) -> str:
+    """A value as the table shows it: 4 significant digits, small and large numbers in e-notation."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return f"[{number(value[0])}, {number(value[1])}]"
+    return str(value).replace("|", "\\|")
+
+
+def section(name: str, document: dict) -> str:
+    rows = document.get("rows", [])
     columns: list[str] = []
     for row in rows:
-        columns += [key for key in row if key not in columns and not isinstance(row[key], (dict, list))]
-    lines = [
-        f"**{document['bench']}** — {document['machine']}, {document['date']}  ",
-        f"`{document['command']}`",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+        columns += [key for key, value in row.items() if key not in columns and _shown(value)]
+    lines = [f"## {name}", ""]
+    if name in ABOUT:
+        lines += [ABOUT[name], ""]
+    lines += [f"`{document.get('command', '?')}`  ", f"{document.get('machine', '?')}, {document.get('date', '?')}", ""]
+    settings = {k: v for k, v in document.items() if k not in _META and isinstance(v, (str, int, float, bool))}
+    if settings:
+        lines += ["; ".join(f"{k}: {number(v)}" for k, v in settings.items()), ""]
+    if rows:
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(number(row.get(c)) for c in columns) + " |" for row in rows]
+        lines.append("")
+    plot = RESULTS / f"{name}.png"
+    if plot.exists():
+        lines += [f"![{name}](../bench/results/{plot.name})", ""]
     return "\n".join(lines)
 
 
+def _shown(value: object) -> bool:
+    return not isinstance(value, (dict, list)) or (
+        isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+    )
+
+
+def render(results: Path = RESULTS) -> str:
+    documents = {path.stem: json.loads(path.read_text()) for path in sorted(results.glob("*.json"))}
+    order = [n for n in ABOUT if n in documents] + sorted(n for n in documents if n not in ABOUT)
+    head = ["# Benchmarks", "",
+            "Generated by `python bench/report.py` from `bench/results/*.json`; do not edit by hand.",
+            "Each section names the command that produced it and the machine and date it ran on.", ""]
+    return "\n".join(head + [section(name, documents[name]) for name in order]).rstrip() + "\n"
+
+
 def main() -> None:
-    names = sys.argv[1:] or sorted(p.stem for p in RESULTS.glob("*.json"))
-    print("\n\n".join(table(json.loads((RESULTS / f"{name}.json").read_text())) for name in names))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="Only compare; exit 1 when the page is out of date.")
+    args = parser.parse_args()
+    page = render()
+    if args.check:
+        if not DOCUMENT.exists() or DOCUMENT.read_text() != page:
+            print(f"{DOCUMENT.relative_to(ROOT)} is out of date: run python bench/report.py", file=sys.stderr)
+            sys.exit(1)
+        return
+    DOCUMENT.parent.mkdir(exist_ok=True)
+    DOCUMENT.write_text(page)
+    print(f"wrote {DOCUMENT.relative_to(ROOT)} from {len(list(RESULTS.glob('*.json')))} result files")
 
 
 if __name__ == "__main__":
