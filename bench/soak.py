@@ -117,7 +117,7 @@ def main() -> int:
     dev = load_workload(Path(__file__).resolve().parents[1] / "data" / "workloads" / "headlines" / "dev.jsonl")
     distinct = list(dev)[: min(len(dev), args.distinct, args.requests)]
     rows = [distinct[i % len(distinct)] for i in range(args.requests)]
-    plan = plan_stack(policy, run_dir, router_port=0, free_ports=True)
+    plan = plan_stack(policy, run_dir, router_port=0, free_ports=True, no_auth=True)
     ledger = run_dir / "ledger.sqlite"
     with LocalStack(plan) as stack:
         console.print(f"stack up: {', '.join(f'{s.name} {s.address}' for s in plan.services)}; logs in {run_dir / 'logs'}")

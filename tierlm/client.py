@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ import grpc
 from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
 
 RETRY_AFTER_KEY = "retry-after-s"
+# Trailing metadata on RESOURCE_EXHAUSTED when the tenant's budget, not load, refused the call.
+QUOTA_KEY = "tierlm-quota"
 
 
 class TierlmError(Exception):
@@ -138,10 +140,33 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1)))
 
 
+Message = tuple[str, str] | Mapping[str, Any]
+
+
+def _turn(message: Message) -> generator_pb2.ChatMessage:
+    """One chat turn from a (role, content) pair or an OpenAI-style {"role", "content"} dict, whose
+    content may be a list of text parts."""
+    if isinstance(message, Mapping):
+        if "role" not in message or "content" not in message:
+            raise ValueError(f"a message dict needs 'role' and 'content': {dict(message)!r}")
+        role, content = message["role"], message["content"]
+        if isinstance(content, list):
+            if any(not isinstance(part, Mapping) or part.get("type") != "text" for part in content):
+                raise ValueError("only text content parts ({'type': 'text', 'text': ...}) can be sent")
+            content = "".join(part["text"] for part in content)
+    elif isinstance(message, tuple) and len(message) == 2:
+        role, content = message
+    else:
+        raise ValueError(f"a message is a (role, content) pair or a dict with role and content, not {message!r}")
+    if not isinstance(role, str) or not isinstance(content, str):
+        raise ValueError(f"role and content must be text: {message!r}")
+    return generator_pb2.ChatMessage(role=role, content=content)
+
+
 def build_request(
     prompt: str | None = None,
     *,
-    messages: Sequence[tuple[str, str]] | None = None,
+    messages: Sequence[Message] | None = None,
     max_tokens: int = 64,
     temperature: float = 0.0,
     top_p: float | None = None,
@@ -154,7 +179,8 @@ def build_request(
     max_tier: str = "",
     force_tier: str = "",
 ) -> router_pb2.CompleteRequest:
-    """A CompleteRequest from keyword arguments; give `prompt` or `messages` as (role, content) pairs."""
+    """A CompleteRequest from keyword arguments; give `prompt`, or `messages` as (role, content) pairs
+    or OpenAI-style dicts."""
     if (prompt is None) == (messages is None):
         raise ValueError("give exactly one of prompt or messages")
     inner = generator_pb2.GenerateRequest(
@@ -164,7 +190,7 @@ def build_request(
     if prompt is not None:
         inner.prompt = prompt
     else:
-        inner.messages.messages.extend(generator_pb2.ChatMessage(role=r, content=c) for r, c in messages)
+        inner.messages.messages.extend(_turn(m) for m in messages)
     if top_p is not None:
         inner.top_p = top_p
     if seed is not None:
@@ -175,10 +201,16 @@ def build_request(
     return router_pb2.CompleteRequest(request=inner, routing=routing)
 
 
-def _credentials(tls: bool, ca_file: str | Path | None) -> grpc.ChannelCredentials | None:
-    if not tls and ca_file is None:
+def _credentials(
+    tls: bool, ca_file: str | Path | None, cert_file: str | Path | None, key_file: str | Path | None
+) -> grpc.ChannelCredentials | None:
+    """TLS when asked for or implied by a file; a client certificate and key for mutual TLS."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file go together (mutual TLS)")
+    if not tls and ca_file is None and cert_file is None:
         return None
-    return grpc.ssl_channel_credentials(Path(ca_file).read_bytes() if ca_file else None)
+    ca, key, cert = (Path(path).read_bytes() if path else None for path in (ca_file, key_file, cert_file))
+    return grpc.ssl_channel_credentials(ca, key, cert)
 
 
 class _Base:
@@ -189,13 +221,15 @@ class _Base:
         *,
         tls: bool = False,
         ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
         timeout_s: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
     ):
         self.address = address
         self.timeout_s = timeout_s
         self.retry = retry
-        self._credentials = _credentials(tls, ca_file)
+        self._credentials = _credentials(tls, ca_file, cert_file, key_file)
         self._metadata: tuple[tuple[str, str], ...] = (("x-api-key", api_key),) if api_key else ()
         # gRPC's own reconnect backoff (1 s, growing to 120 s) would make our retries fail fast
         # against a channel still waiting to redial; keep it in step with the retry policy.

@@ -179,6 +179,25 @@ class CacheConfig(_Strict):
     max_entries: Annotated[int, Field(gt=0)] = 10_000
 
 
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+
+
+class ModelRoute(_Strict):
+    """What one OpenAI `model` name selects, like a LiteLLM model group: the whole cascade (no
+    field set), the cascade up to `max_tier`, or `force_tier` alone; optionally a tighter
+    per-query budget."""
+
+    force_tier: TierName | None = None
+    max_tier: TierName | None = None
+    budget_per_query: NonNegative | None = None
+    # max_tokens for chat requests that give none (OpenAI's default is "up to the context").
+    default_max_tokens: Annotated[int, Field(ge=1, le=1 << 20)] = 256
+
+
+# The `model` name that runs the whole cascade when the policy lists no models.
+CASCADE_MODEL = "cascade"
+
+
 class Policy(_Strict):
     tiers: Annotated[list[TierConfig], Field(min_length=1)]
     cascade: CascadeConfig
@@ -190,12 +209,21 @@ class Policy(_Strict):
     limits: LimitsConfig = LimitsConfig()
     breaker: BreakerConfig = BreakerConfig()
     cache: CacheConfig = CacheConfig()
+    # OpenAI `model` names of the HTTP endpoint and the route each selects. Unset: "cascade" runs
+    # the cascade and each tier's name forces that tier.
+    models: dict[ModelName, ModelRoute] = {}
 
     def tier(self, name: str) -> TierConfig:
         for tier in self.tiers:
             if tier.name == name:
                 return tier
         raise KeyError(name)
+
+    def model_routes(self) -> dict[str, ModelRoute]:
+        """The `models` section, or the default routes when it is empty."""
+        if self.models:
+            return dict(self.models)
+        return {CASCADE_MODEL: ModelRoute(), **{t.name: ModelRoute(force_tier=t.name) for t in self.tiers}}
 
 
 @dataclass(frozen=True)
@@ -291,6 +319,13 @@ def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append((("cascade", "order", index), f"unknown tier {name!r}; tiers are {sorted(seen)}"))
         if name in order[:index]:
             problems.append((("cascade", "order", index), f"tier {name!r} appears twice in the cascade"))
+    for model, route in policy.models.items():
+        if route.force_tier is not None and route.max_tier is not None:
+            problems.append((("models", model), "set force_tier or max_tier, not both"))
+        if route.force_tier is not None and route.force_tier not in seen:
+            problems.append((("models", model, "force_tier"), f"unknown tier {route.force_tier!r}; tiers are {sorted(seen)}"))
+        if route.max_tier is not None and route.max_tier not in order:
+            problems.append((("models", model, "max_tier"), f"{route.max_tier!r} is not in cascade.order {order}"))
     for name in policy.cascade.thresholds:
         path = ("cascade", "thresholds", name)
         if name not in order:

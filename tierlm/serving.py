@@ -69,8 +69,12 @@ class ServerConfig:
     port: int = 0
     metrics_port: int | None = None
     tls: TLSServerFiles | None = None
-    # None turns auth off; an empty KeyRing refuses everyone.
+    # None turns auth off; an empty KeyRing refuses everyone. The commands set None only when
+    # told to (`--no-auth`), never because a tenants file is empty.
     keys: KeyRing | None = None
+    # Also listen, in plaintext, on this Unix socket: for a front in the same process (the
+    # router's OpenAI HTTP endpoint), so it never needs a plaintext TCP port beside a TLS one.
+    local_socket: Path | None = None
     max_request_bytes: int = 1 << 20
     # How long SIGTERM waits for in-flight calls before cancelling them.
     drain_grace_s: float = 30.0
@@ -217,6 +221,8 @@ class GrpcServer:
             self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind gRPC server to {address}")
+        if config.local_socket is not None:
+            server.add_insecure_port(f"unix:{config.local_socket}")
         await server.start()
         self._server = server
         if config.metrics_port is not None:

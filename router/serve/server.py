@@ -13,15 +13,18 @@ import asyncio
 import logging
 import os
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from tierlm.auth import KeyRing
+from tierlm.client import QUOTA_KEY
 from tierlm.config import Policy, TenantConfig, load_policy, load_tenants
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
@@ -37,9 +40,12 @@ from tierlm.router.serve.tiers import TierClient
 from tierlm.serving import GrpcServer, ServerConfig, current_tenant
 from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
 
+if TYPE_CHECKING:
+    from tierlm.router.serve.http_server import HttpOptions
+
 log = logging.getLogger(__name__)
 
-# Tenant name for calls when the policy defines no tenants (auth off).
+# Tenant name for calls when auth is off (`--no-auth`).
 ANONYMOUS = "anonymous"
 _SECONDS_PER_DAY = 86_400
 
@@ -66,10 +72,12 @@ class _TimedScorer:
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
-    def __init__(self, policy_path: Path, ledger: Ledger, tenants_path: Path | None = None):
+    def __init__(self, policy_path: Path, ledger: Ledger, tenants_path: Path | None = None, *, auth: bool = True):
         self.policy_path = policy_path
         self.tenants_path = tenants_path
         self.ledger = ledger
+        # Off only when the operator said so (`--no-auth`); no tenants then means no caller.
+        self.auth = auth
         self._clients: dict[str, TierClient] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._budgets = TenantBudgets({}, ledger.spent_since)
@@ -124,6 +132,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         cache = ResponseCache(policy.cache.max_entries, policy.cache.ttl_s) if policy.cache.enabled else None
         self._generation = _Generation(policy, tenants, runner, cache)
         self._budgets.update_tenants(tenants)
+        self._warn_about_auth()
         for listener in self._on_keys_changed:
             listener(self.key_ring())
         if retired:
@@ -149,10 +158,21 @@ class RouterService(router_pb2_grpc.RouterServicer):
         return self._generation.policy
 
     def key_ring(self) -> KeyRing | None:
-        """None (auth off) when no tenant is configured."""
+        """The tenants' keys; None (anyone may call) only when auth was switched off. With auth on,
+        no tenants is an empty ring, which refuses every call."""
         assert self._generation is not None
-        tenants = self._generation.tenants
-        return KeyRing({t.key_sha256: name for name, t in tenants.items()}) if tenants else None
+        if not self.auth:
+            return None
+        return KeyRing({t.key_sha256: name for name, t in self._generation.tenants.items()})
+
+    def _warn_about_auth(self) -> None:
+        """Said at start and on every reload, so an open router is never a quiet surprise."""
+        assert self._generation is not None
+        if not self.auth:
+            log.warning("authentication is OFF (--no-auth): anyone who reaches this router may call it and spend "
+                        "as tenant %r; tenants in the policy are ignored", ANONYMOUS)
+        elif not self._generation.tenants:
+            log.warning("no tenants are configured: every call is refused (UNAUTHENTICATED) until a tenant is added")
 
     def on_keys_changed(self, listener: Callable[[KeyRing | None], None]) -> None:
         self._on_keys_changed.append(listener)
@@ -256,7 +276,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
             except BudgetExceeded as exc:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED
                 seconds_left = _SECONDS_PER_DAY - time.time() % _SECONDS_PER_DAY
-                await context.abort(code, str(exc), trailing_metadata=(("retry-after-s", f"{seconds_left:.0f}"),))
+                await context.abort(code, str(exc), trailing_metadata=(
+                    ("retry-after-s", f"{seconds_left:.0f}"),
+                    (QUOTA_KEY, "budget"),  # a spent budget, not load: the OpenAI front says insufficient_quota
+                ))
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             if stream:
@@ -321,11 +344,14 @@ class RouterService(router_pb2_grpc.RouterServicer):
 
 
 async def start_router(
-    policy_path: Path, config: ServerConfig, ledger_path: Path, tenants_path: Path | None = None
+    policy_path: Path, config: ServerConfig, ledger_path: Path, tenants_path: Path | None = None, *, auth: bool = True
 ) -> tuple[GrpcServer, RouterService]:
-    """Start the Router service on the shared plumbing; the caller owns stopping it."""
+    """Start the Router service on the shared plumbing; the caller owns stopping it.
+
+    `auth=False` lets anyone call (as tenant "anonymous"); otherwise only the tenants' keys do,
+    and a policy without tenants refuses every call."""
     ledger = Ledger(ledger_path)
-    service = RouterService(policy_path, ledger, tenants_path)
+    service = RouterService(policy_path, ledger, tenants_path, auth=auth)
     config.keys = service.key_ring()
     server = GrpcServer(config)
     service.on_keys_changed(lambda keys: setattr(server.config, "keys", keys))
@@ -342,31 +368,37 @@ async def serve(
     ledger_path: Path,
     tenants_path: Path | None = None,
     ready: Callable[[GrpcServer, int | None], None] | None = None,
-    http_port: int | None = None,
+    http: HttpOptions | None = None,
+    *,
+    auth: bool = True,
 ) -> None:
     """Run the router until SIGTERM/SIGINT; SIGHUP (or editing the files) reloads the policy.
 
-    With `http_port`, an OpenAI-compatible HTTP API is served too (router/openai_http.py)."""
-    if http_port is not None and config.tls is not None:
-        raise ValueError("the OpenAI HTTP endpoint talks to the router over loopback without TLS; run it without --tls-cert")
-    server, service = await start_router(policy_path, config, ledger_path, tenants_path)
-    http = None
-    if http_port is not None:
-        from tierlm.router.serve.openai_http import build_app, serve_http
-
-        app = build_app(f"127.0.0.1:{server.port}", lambda: [t.name for t in service.policy.tiers])
-        http = await serve_http(app, config.host, http_port)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, service.reload)
-    watcher = asyncio.create_task(service.watch_files())
-    if ready is not None:
-        ready(server, http.servers[0].sockets[0].getsockname()[1] if http else None)
-    try:
-        await server.run_until_signal()
-    finally:
+    With `http`, the OpenAI-compatible HTTP API is served too (router/serve/openai_http.py), with
+    the gRPC port's TLS settings; it reaches the Router service through a Unix socket in a private
+    folder, never over plaintext TCP."""
+    with tempfile.TemporaryDirectory(prefix="tierlm-router-") as private:  # mode 0700
         if http is not None:
-            http.should_exit = True
-            await http.task
-        watcher.cancel()
-        loop.remove_signal_handler(signal.SIGHUP)
-        service.ledger.close()
+            config.local_socket = Path(private) / "router.sock"
+        server, service = await start_router(policy_path, config, ledger_path, tenants_path, auth=auth)
+        http_server = None
+        if http is not None:
+            from tierlm.router.serve.http_server import serve_http
+            from tierlm.router.serve.openai_http import build_app
+
+            app = build_app(f"unix:{config.local_socket}", lambda: service.policy, lambda: server.config.keys,
+                            config.max_request_bytes)
+            http_server = await serve_http(app, http, config.tls)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, service.reload)
+        watcher = asyncio.create_task(service.watch_files())
+        if ready is not None:
+            ready(server, http_server.port if http_server else None)
+        try:
+            await server.run_until_signal()
+        finally:
+            if http_server is not None:
+                await http_server.stop()
+            watcher.cancel()
+            loop.remove_signal_handler(signal.SIGHUP)
+            service.ledger.close()
