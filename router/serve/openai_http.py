@@ -166,10 +166,13 @@ def build_app(router_target: str, policy: Callable[[], Policy], keys: Callable[[
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-        message = first.get("msg", "invalid request")
+        param = ".".join(loc)
+        message = first.get("msg", "invalid request").removeprefix("Value error, ")
         if first.get("type") == "extra_forbidden":
-            message = f"Unrecognized request argument supplied: {'.'.join(loc)}"
-        return OpenAIError(400, message, param=".".join(loc) or None, code="invalid_request").response()
+            message = f"Unrecognized request argument supplied: {param}"
+        elif param:
+            message = f"{param}: {message}"
+        return OpenAIError(400, message, param=param or None, code="invalid_request").response()
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

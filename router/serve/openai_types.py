@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tierlm.v1 import generator_pb2
 
@@ -29,6 +29,9 @@ _UNSUPPORTED = {
     "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format",
     "audio", "modalities", "prediction", "web_search_options", "best_of", "reasoning_effort",
 }
+
+
+_CHOSEN_ONLY = "a tier returns only the chosen token's log-probability: logprobs above 0 are not supported"
 
 
 class StreamOptions(BaseModel):
@@ -50,9 +53,24 @@ class _Body(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # an end-user id for the caller's own logs; accepted, not used
-    presence_penalty: float | None = Field(None, ge=0.0, le=0.0)
-    frequency_penalty: float | None = Field(None, ge=0.0, le=0.0)
-    logit_bias: dict[str, float] | None = Field(None, max_length=0)
+    # Sampling adjustments the tiers do not implement: accepted only when they change nothing.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float | None) -> float | None:
+        if value:
+            raise ValueError("penalties are not supported; send 0 or leave it out")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("logit_bias is not supported; send {} or leave it out")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -84,7 +102,7 @@ class CompletionRequest(_Body):
     prompt: str | list[str]
     # OpenAI's `logprobs` here is how many alternatives per token; 0 asks for the chosen token's only,
     # which is all a tier returns.
-    logprobs: int | None = Field(None, ge=0, le=0)
+    logprobs: int | None = Field(None, ge=0)
     echo: Literal[False] = False
     suffix: None = None
 
@@ -96,41 +114,50 @@ class CompletionRequest(_Body):
             raise ValueError("streaming answers one prompt with n=1")
         return self
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(not isinstance(item, str) for item in value):
+            raise ValueError("prompts are text or a list of texts; token-id prompts are not supported")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _chosen_token_only(cls, value: int | None) -> int | None:
+        if value:
+            raise ValueError(_CHOSEN_ONLY)
+        return value
+
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    text: str | None = None
-
-    @model_validator(mode="after")
-    def _text_only(self) -> ContentPart:
-        if self.type != "text" or self.text is None:
-            raise ValueError(f"content parts of type {self.type!r} are not supported; send text parts")
-        return self
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    # Text, or a list of text parts (joined here); None for an assistant turn that only called tools.
+    content: str | None = None
     name: str | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        for part in value:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"content parts of type {kind!r} are not supported; send text parts")
+        return "".join(part["text"] for part in value)
+
     def as_turn(self) -> tuple[str, str]:
-        """(role, text) as a tier's chat template takes them: `developer` is OpenAI's new name for
-        `system`; text parts are joined."""
-        if isinstance(self.content, list):
-            text = "".join(part.text or "" for part in self.content)
-        else:
-            text = self.content or ""
-        return ("system" if self.role == "developer" else self.role), text
+        """(role, text) as a tier's chat template takes them: `developer` is OpenAI's newer name for
+        `system`."""
+        return ("system" if self.role == "developer" else self.role), self.content or ""
 
 
 class ChatRequest(_Body):
@@ -138,7 +165,7 @@ class ChatRequest(_Body):
     max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: bool = False
     # Alternatives per token; a tier returns only the chosen token's log-probability.
-    top_logprobs: int | None = Field(None, ge=0, le=0)
+    top_logprobs: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _limits(self) -> ChatRequest:
@@ -146,6 +173,8 @@ class ChatRequest(_Body):
             raise ValueError("max_tokens and max_completion_tokens disagree; send max_completion_tokens only")
         if self.stream and self.n > 1:
             raise ValueError("streaming answers with n=1")
+        if self.top_logprobs:
+            raise ValueError(_CHOSEN_ONLY.replace("logprobs", "top_logprobs"))
         return self
 
     @property
