@@ -233,9 +233,12 @@ class _Base:
         self._metadata: tuple[tuple[str, str], ...] = (("x-api-key", api_key),) if api_key else ()
         # gRPC's own reconnect backoff (1 s, growing to 120 s) would make our retries fail fast
         # against a channel still waiting to redial; keep it in step with the retry policy.
+        # Round robin over every address the target resolves to: router replicas behind a headless
+        # Service (dns:///name:port) each get calls, not just the first one resolved.
         self._channel_options = [
             ("grpc.initial_reconnect_backoff_ms", int(retry.initial_backoff_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(retry.max_backoff_s * 1000)),
+            ("grpc.lb_policy_name", "round_robin"),
         ]
 
     def _retry_delay(self, attempt: int, exc: grpc.RpcError, retryable: bool = True) -> float:

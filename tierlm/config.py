@@ -20,7 +20,11 @@ NonNegative = Annotated[float, Field(ge=0.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TierName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 
-_ADDRESS = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_HOST_PORT = r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})"
+# host:port (gRPC resolves the name through DNS), or gRPC's explicit targets: dns:///host:port, and
+# ipv4:/ipv6: lists of addresses the channel balances over.
+_ADDRESS = re.compile(rf"^(?:dns:///)?{_HOST_PORT}$")
+_ADDRESS_LIST = re.compile(rf"^ipv[46]:{_HOST_PORT}(?:,{_HOST_PORT})*$")
 
 
 class _Strict(BaseModel):
@@ -137,9 +141,11 @@ class TierConfig(_Strict):
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        match = _ADDRESS.match(value)
-        if match is None or not 0 < int(match.group(1)) < 65536:
-            raise ValueError("expected host:port with a port in 1..65535, e.g. 127.0.0.1:50061")
+        match = _ADDRESS.match(value) or _ADDRESS_LIST.match(value)
+        ports = [int(p) for p in re.findall(r":(\d{1,5})(?:,|$)", value)] if match else []
+        if not ports or not all(0 < p < 65536 for p in ports):
+            raise ValueError("expected host:port with a port in 1..65535 (e.g. 127.0.0.1:50061), dns:///host:port, "
+                             "or ipv4:host:port,host:port")
         return value
 
 

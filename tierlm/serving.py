@@ -78,6 +78,9 @@ class ServerConfig:
     max_request_bytes: int = 1 << 20
     # How long SIGTERM waits for in-flight calls before cancelling them.
     drain_grace_s: float = 30.0
+    # Clients are asked (GOAWAY) to reconnect after this long, finishing calls in flight, so a
+    # client of a headless Service re-resolves its name and reaches pods added since it connected.
+    max_connection_age_s: float | None = 300.0
     extra_options: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -205,6 +208,12 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
             *config.extra_options,
         ]
+        if config.max_connection_age_s is not None:
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                # Long enough for the longest stream a tier allows to finish on the old connection.
+                ("grpc.max_connection_age_grace_ms", int(max(config.drain_grace_s, 120.0) * 1000)),
+            ]
         server = grpc.aio.server(interceptors=[_GuardInterceptor(config)], options=options)
         for register in registrars:
             register(server)

@@ -44,7 +44,13 @@ class Tier(Protocol):
 # gRPC's own reconnect backoff grows from 1 s to 120 s, so a tier that restarted (an edge node
 # killed and brought back) would stay unreachable for up to two minutes after it is healthy,
 # and the breaker's probe would fail fast against the backoff, not the tier.
-CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
+# Round robin: a tier address that resolves to several servers (a headless Service's DNS name,
+# an ipv4: list) gets calls spread over all of them; gRPC's default, pick_first, uses one.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.lb_policy_name", "round_robin"),
+)
 
 
 class TierClient:
