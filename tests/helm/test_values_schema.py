@@ -3,6 +3,10 @@ which key is wrong."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import json
 
 import helm_python
@@ -70,3 +74,9 @@ def test_the_defaults_and_every_value_set_satisfy_the_schema(chart, case):
 def test_the_schema_is_a_valid_draft_07_schema(chart):
     """Helm 3 and Helm 4 read draft-07; a schema error would make Helm skip or refuse it."""
     jsonschema.Draft7Validator.check_schema(json.loads((chart.path / "values.schema.json").read_text()))
+
+
+def test_the_readme_values_table_is_generated_from_the_current_schema_and_values():
+    script = Path(__file__).resolve().parents[2] / "helm" / "values_table.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
