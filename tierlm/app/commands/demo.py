@@ -9,8 +9,10 @@ from pathlib import Path
 
 import typer
 
+from tierlm.data import workloads_dir
+
 DEFAULT_POLICY = Path("examples/demo/policy.yaml")
-HEADLINES = Path("data/workloads/headlines")
+HEADLINES = workloads_dir() / "headlines"
 
 
 def _interrupt(*_: object) -> None:
