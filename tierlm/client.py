@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from tierlm import tracing
 from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
 
 RETRY_AFTER_KEY = "retry-after-s"
@@ -279,7 +280,7 @@ class Client(_Base):
     def complete(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Completion:
         """Route one request and return the accepted answer. See build_request for the parameters."""
         request = build_request(prompt, **params)
-        reply = self._call(lambda timeout: self._stub.Complete(request, timeout=timeout, metadata=self._metadata), timeout_s)
+        reply = self._call(lambda timeout: self._stub.Complete(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), timeout_s)
         return Completion.from_response(reply)
 
     def stream(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Iterator[Chunk]:
@@ -293,7 +294,7 @@ class Client(_Base):
             received = False
             text = _StreamText()
             try:
-                for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata):
+                for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata)):
                     received = True
                     chunk = text.chunk(reply)
                     yield chunk
@@ -306,7 +307,7 @@ class Client(_Base):
     def usage(self, tenant: str = "", since_unix_s: float = 0.0) -> router_pb2.UsageResponse:
         """Your tenant's spend as the router's ledger records it."""
         request = router_pb2.UsageRequest(tenant=tenant, since_unix_s=since_unix_s)
-        return self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=self._metadata), None)
+        return self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
 
     def _call(self, invoke: Any, timeout_s: float | None) -> Any:
         attempt = 0
@@ -346,7 +347,7 @@ class AsyncClient(_Base):
         while True:
             attempt += 1
             try:
-                reply = await self._stub.Complete(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
+                reply = await self._stub.Complete(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata))
                 return Completion.from_response(reply)
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(self._retry_delay(attempt, exc))
@@ -360,7 +361,7 @@ class AsyncClient(_Base):
             received = False
             text = _StreamText()
             try:
-                async for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata):
+                async for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata)):
                     received = True
                     chunk = text.chunk(reply)
                     yield chunk

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from tierlm import tracing
 from tierlm.auth import KeyRing
 from tierlm.client import QUOTA_KEY
 from tierlm.config import Policy, TenantConfig, load_policy, load_tenants
@@ -334,6 +335,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
         if answer is not None and code is grpc.StatusCode.OK:
             telemetry.ANSWERS.labels(trace.accepted_tier).inc()
         usage = answer.usage if answer is not None else generator_pb2.Usage()
+        if answer is not None:
+            telemetry.PROMPT_TOKENS.labels(tenant, trace.accepted_tier).inc(usage.prompt_tokens)
+            telemetry.COMPLETION_TOKENS.labels(tenant, trace.accepted_tier).inc(usage.completion_tokens)
+        _trace_outcome(tenant, inner.request_id, trace, usage)
         self.ledger.record(
             LedgerRow(
                 request_id=inner.request_id, tenant=tenant, tiers=called, accepted_tier=trace.accepted_tier,
@@ -341,6 +346,17 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 latency_ms=(time.perf_counter() - started) * 1e3, outcome=code.name,
             )
         )
+
+
+def _trace_outcome(tenant: str, request_id: str, trace: router_pb2.RoutingTrace, usage: generator_pb2.Usage) -> None:
+    """The routing decision on the RPC's span: who asked, which tier answered, at what cost, and one
+    event per tier the cascade considered (skipped ones included, with the reason)."""
+    tracing.annotate(**{"tierlm.tenant": tenant, "tierlm.request_id": request_id, "tierlm.accepted_tier": trace.accepted_tier,
+                        "tierlm.cost": trace.total_cost, "tierlm.prompt_tokens": usage.prompt_tokens,
+                        "tierlm.completion_tokens": usage.completion_tokens})
+    for attempt in trace.attempts:
+        tracing.event("tier attempt", **{"tierlm.tier": attempt.tier, "tierlm.reason": attempt.reason, "tierlm.cost": attempt.cost,
+                                         "tierlm.outcome": router_pb2.TierOutcome.Name(attempt.outcome)})
 
 
 async def start_router(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from tierlm import tracing
 from tierlm.app.commands import server_options as opt
 
 app = typer.Typer(help="Run an edge node: a compressed small model behind the Generator gRPC service.", no_args_is_help=True)
@@ -40,4 +41,5 @@ def serve(
     def ready(server) -> None:
         typer.echo(f"EDGE_PORT {server.port}")
 
+    tracing.configure("tierlm-edge")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     asyncio.run(serve_edge(generator, config, ready))

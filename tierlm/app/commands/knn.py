@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from tierlm import tracing
 from tierlm.app.commands import server_options as opt
 
 app = typer.Typer(help="Run a no-LLM tier (knn-vote or the MiniLM probe) over a labelled pool.", no_args_is_help=True)
@@ -60,4 +61,5 @@ def serve(
         typer.echo(f"KNN_PORT {server.port}")
         await server.run_until_signal()
 
+    tracing.configure("tierlm-knn")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     asyncio.run(run())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from tierlm import tracing
 from tierlm.app.commands import server_options as opt
 
 app = typer.Typer(help="Run the cascade router and read its cost ledger.", no_args_is_help=True)
@@ -50,6 +51,7 @@ def serve(
     http = None
     if http_port is not None:
         http = HttpOptions(http_port, host, read_timeout_s=http_read_timeout, max_connections=http_max_connections)
+    tracing.configure("tierlm-router")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     asyncio.run(run(policy, config, ledger, tenants, ready, http, auth=not no_auth))
 
 
