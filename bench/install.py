@@ -4,11 +4,13 @@
     python bench/install.py --extras sdk router
 
 The wheel is built from this checkout (`pip wheel --no-deps .`); each extra is installed into an
-empty venv made here (`python -m venv`), exactly as `pip install 'tierlm[extra]'` would, so the
-numbers are what a user of that role downloads and unpacks. The size is the venv's site-packages
-on disk less that of the empty venv (pip itself). pip's cache (and this machine's wheel folders)
-make a rerun offline-capable. `gpu` (vLLM's CUDA build) is left out by default: it is built for a
-GPU machine and its size depends on the CUDA variant pip picks.
+empty venv made here (`python -m venv`), as `pip install 'tierlm[extra]'` would, so the numbers are
+what a user of that role downloads and unpacks. Extras that need torch are measured twice: as pip
+resolves them from the index (torch's CUDA build, with its nvidia-* packages) and with the CPU
+build the README's install section describes (here: requirements/constraints.txt, whose torch pin
+this machine's wheel folder serves as +cpu). The size is the venv's site-packages on disk less
+that of the empty venv (pip itself). pip's cache (and this machine's wheel folders) make a rerun
+offline-capable. `gpu` (vLLM's CUDA build) is left out by default: it is built for a GPU machine.
 """
 
 from __future__ import annotations
@@ -58,20 +60,27 @@ def installed(python: Path) -> dict[str, str]:
     return {p["name"].lower(): p["version"] for p in json.loads(listing.stdout)}
 
 
-def install(wheel: Path, extra: str, work: Path) -> dict:
+CONSTRAINTS = ROOT / "requirements" / "constraints.txt"
+
+
+def install(wheel: Path, extra: str, work: Path, cpu_torch: bool) -> dict:
     venv = work / f"venv-{extra}"
     python = fresh_venv(venv)
     empty = disk_bytes(site_packages(venv))
     target = str(wheel) if extra == "sdk" else f"tierlm[{extra}] @ {wheel.as_uri()}"
+    command = [str(python), "-m", "pip", "install", "-q", target]
+    if cpu_torch:
+        command += ["-c", str(CONSTRAINTS)]
     started = time.perf_counter()
-    subprocess.run([str(python), "-m", "pip", "install", "-q", target], check=True)
+    subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
     packages = {n: v for n, v in installed(python).items() if n not in BASELINE}
     size = disk_bytes(site_packages(venv)) - empty
     shutil.rmtree(venv)
+    install_line = "pip install tierlm" if extra == "sdk" else f"pip install 'tierlm[{extra}]'"
     return {
-        "name": extra,
-        "install": "pip install tierlm" if extra == "sdk" else f"pip install 'tierlm[{extra}]'",
+        "name": extra if not cpu_torch else f"{extra} (CPU torch)",
+        "install": install_line + (" -c requirements/constraints.txt" if cpu_torch else ""),
         "packages": len(packages),
         "mb": round(size / 2**20, 1),
         "torch": packages.get("torch"),
@@ -89,10 +98,11 @@ def main() -> None:
         work = Path(tmp)
         wheel = build_wheel(work / "dist")
         for extra in args.extras:
-            row = install(wheel, extra, work)
-            print(f"{extra:<8} {row['packages']:>4} packages {row['mb']:>8.1f} MB  torch={row['torch']}  {row['install_s']:.0f} s",
-                  flush=True)
-            rows.append(row)
+            for cpu_torch in (False, True) if extra != "sdk" else (False,):
+                row = install(wheel, extra, work, cpu_torch)
+                print(f"{row['name']:<20} {row['packages']:>4} packages {row['mb']:>8.1f} MB  torch={row['torch']}  "
+                      f"{row['install_s']:.0f} s", flush=True)
+                rows.append(row)
     path = write_results("install", rows, pip_config=os.environ.get("PIP_CONFIG_FILE", "default"))
     print(f"wrote {path}")
 
