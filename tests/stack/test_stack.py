@@ -164,7 +164,7 @@ def test_launch_needs_a_model_for_edge_and_cloud():
 
 def test_tierlm_up_serves_until_ctrl_c(two_edge_policy, tmp_path):
     up = subprocess.Popen([sys.executable, "-m", "tierlm.app.cli", "up", "--policy", str(two_edge_policy), "--port", "0",
-                           "--free-ports", "--run-dir", str(tmp_path / "run")],
+                           "--free-ports", "--run-dir", str(tmp_path / "run"), "--no-auth"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = up.stdout.readline()
