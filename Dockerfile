@@ -29,6 +29,8 @@ COPY kernels ./kernels
 COPY edge ./edge
 COPY cloud ./cloud
 COPY router ./router
+# The shipped workloads, package data of the wheel (tierlm.data).
+COPY data/workloads ./data/workloads
 # The edge recipe and its calibration text (the compress step below reads them).
 COPY examples/recipes ./examples/recipes
 COPY data/text/python-docs/calib ./data/text/python-docs/calib
@@ -55,6 +57,9 @@ RUN set -eux; \
     tierlm model prepare smollm2-135m; \
     tierlm compress --model "$EDGE_MODEL" --recipe "$EDGE_RECIPE" \
         --calib data/text/python-docs/calib --out /models/edge
+# The router's answer scorer, where the chart's default policy reads it (router.policy.scorer.path).
+# It is the demo's HEADLINES scorer; mount your own there (router.extraVolumes) for other workloads.
+COPY examples/demo/scorer /models/scorer-headlines
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime

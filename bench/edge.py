@@ -127,7 +127,7 @@ class EdgeServer:
         self.command = [
             sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", "edge", "serve",
             "--model", str(model), "--host", "127.0.0.1", "--port", "0",
-            "--threads", str(threads), "--max-batch", str(max_batch), "--max-queue", str(max_batch),
+            "--threads", str(threads), "--max-batch", str(max_batch), "--max-queue", str(max_batch), "--no-auth",
         ]  # fmt: skip
         self.process: subprocess.Popen | None = None
         self.port = 0

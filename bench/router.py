@@ -54,7 +54,8 @@ def main() -> None:
         }
         (work / "policy.yaml").write_text(yaml.safe_dump(policy))
         router, router_port = spawn([sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", "router", "serve",
-                                     "--policy", str(work / "policy.yaml"), "--port", "0", "--store", str(work / "ledger.sqlite")])
+                                     "--policy", str(work / "policy.yaml"), "--port", "0", "--store", str(work / "ledger.sqlite"),
+                                     "--no-auth"])
         processes.append(router)
         rows = []
         with Client(f"127.0.0.1:{router_port}") as client:

@@ -240,7 +240,7 @@ def main() -> int:
         store = str(run_dir / "ledger.sqlite")
         if args.store == "postgres":
             store = resources.enter_context(LocalPostgres(run_dir)).dsn
-        plan = plan_stack(policy, run_dir, router_port=0, free_ports=True, store=store, routers=args.routers)
+        plan = plan_stack(policy, run_dir, router_port=0, free_ports=True, store=store, routers=args.routers, no_auth=True)
         stack = resources.enter_context(LocalStack(plan))
         console.print(f"stack up: {', '.join(f'{s.name} {s.address}' for s in plan.services)}; logs in {run_dir / 'logs'}")
         started = time.perf_counter()

@@ -67,3 +67,36 @@ def test_hash_key_matches_what_the_policy_stores():
     result = runner.invoke(app, ["policy", "hash-key", "--key", "acme-demo-key"])
     assert result.exit_code == 0
     assert load_policy(REPO / "examples" / "policy.yaml").tenants["acme"].key_sha256 == result.output.strip()
+
+
+MODEL_ROUTES = """\
+tiers:
+  - {name: edge, address: "127.0.0.1:1"}
+  - {name: cloud, address: "127.0.0.1:2"}
+cascade:
+  order: [edge, cloud]
+models:
+  tierlm: {}
+  fast:
+    max_tier: cloud
+    force_tier: edge
+  only-gpu:
+    force_tier: gpu
+"""
+
+
+def test_model_routes_are_validated_with_their_lines():
+    with pytest.raises(PolicyError) as error:
+        parse_policy(MODEL_ROUTES, "models.yaml")
+    report = str(error.value)
+    assert "models.yaml:8: models.fast: set force_tier or max_tier, not both" in report
+    assert "models.yaml:12: models.only-gpu.force_tier: unknown tier 'gpu'" in report
+    with pytest.raises(PolicyError, match=r"models.yaml:7: models.bad name!.*should match pattern"):
+        parse_policy(MODEL_ROUTES.replace("  tierlm: {}", '  "bad name!": {}'), "models.yaml")
+
+
+def test_model_routes_default_to_the_cascade_and_each_tier():
+    policy = parse_policy(MODEL_ROUTES.split("models:")[0])
+    routes = policy.model_routes()
+    assert list(routes) == ["cascade", "edge", "cloud"]
+    assert routes["cascade"].force_tier is None and routes["edge"].force_tier == "edge"

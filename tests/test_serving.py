@@ -110,7 +110,7 @@ def test_metrics_endpoint_counts_calls(echo):
             generator_pb2.GenerateRequest(prompt="hi"), metadata=[("x-api-key", KEY)], timeout=5
         )
     body = urllib.request.urlopen(f"http://127.0.0.1:{echo.metrics_port}/metrics", timeout=5).read().decode()
-    assert 'tierlm_grpc_handled_total{code="OK",method="/tierlm.v1.Generator/Generate"}' in body
+    assert 'tierlm_grpc_handled_total{code="OK",method="Generate",service="tierlm.v1.Generator"}' in body
 
 
 def test_sigterm_drains_in_flight_calls_before_exit():

@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from tierlm import tracing
 from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
 
 RETRY_AFTER_KEY = "retry-after-s"
+# Trailing metadata on RESOURCE_EXHAUSTED when the tenant's budget, not load, refused the call.
+QUOTA_KEY = "tierlm-quota"
 
 
 class TierlmError(Exception):
@@ -154,10 +156,33 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1)))
 
 
+Message = tuple[str, str] | Mapping[str, Any]
+
+
+def _turn(message: Message) -> generator_pb2.ChatMessage:
+    """One chat turn from a (role, content) pair or an OpenAI-style {"role", "content"} dict, whose
+    content may be a list of text parts."""
+    if isinstance(message, Mapping):
+        if "role" not in message or "content" not in message:
+            raise ValueError(f"a message dict needs 'role' and 'content': {dict(message)!r}")
+        role, content = message["role"], message["content"]
+        if isinstance(content, list):
+            if any(not isinstance(part, Mapping) or part.get("type") != "text" for part in content):
+                raise ValueError("only text content parts ({'type': 'text', 'text': ...}) can be sent")
+            content = "".join(part["text"] for part in content)
+    elif isinstance(message, tuple) and len(message) == 2:
+        role, content = message
+    else:
+        raise ValueError(f"a message is a (role, content) pair or a dict with role and content, not {message!r}")
+    if not isinstance(role, str) or not isinstance(content, str):
+        raise ValueError(f"role and content must be text: {message!r}")
+    return generator_pb2.ChatMessage(role=role, content=content)
+
+
 def build_request(
     prompt: str | None = None,
     *,
-    messages: Sequence[tuple[str, str]] | None = None,
+    messages: Sequence[Message] | None = None,
     max_tokens: int = 64,
     temperature: float = 0.0,
     top_p: float | None = None,
@@ -171,7 +196,8 @@ def build_request(
     force_tier: str = "",
     tenant: str = "",
 ) -> router_pb2.CompleteRequest:
-    """A CompleteRequest from keyword arguments; give `prompt` or `messages` as (role, content) pairs.
+    """A CompleteRequest from keyword arguments; give `prompt`, or `messages` as (role, content) pairs
+    or OpenAI-style dicts.
 
     `tenant` is optional: the router takes the tenant from the API key, but a call whose key it
     refuses is then booked to the named tenant, so a leaked or rotated key shows in its usage."""
@@ -185,7 +211,7 @@ def build_request(
     if prompt is not None:
         inner.prompt = prompt
     else:
-        inner.messages.messages.extend(generator_pb2.ChatMessage(role=r, content=c) for r, c in messages)
+        inner.messages.messages.extend(_turn(m) for m in messages)
     if top_p is not None:
         inner.top_p = top_p
     if seed is not None:
@@ -207,14 +233,16 @@ def feedback_request(
     return router_pb2.FeedbackRequest(request_id=request_id, **given)
 
 
-def _credentials(tls: bool, ca_file: str | Path | None) -> grpc.ChannelCredentials | None:
-    if not tls and ca_file is None:
+def _credentials(
+    tls: bool, ca_file: str | Path | None, cert_file: str | Path | None, key_file: str | Path | None
+) -> grpc.ChannelCredentials | None:
+    """TLS when asked for or implied by a file; a client certificate and key for mutual TLS."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file go together (mutual TLS)")
+    if not tls and ca_file is None and cert_file is None:
         return None
-    return grpc.ssl_channel_credentials(Path(ca_file).read_bytes() if ca_file else None)
-
-
-# Spread calls over every address a target resolves to (gRPC's default, pick_first, pins one).
-_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+    ca, key, cert = (Path(path).read_bytes() if path else None for path in (ca_file, key_file, cert_file))
+    return grpc.ssl_channel_credentials(ca, key, cert)
 
 
 def channel_target(address: str | Sequence[str]) -> str:
@@ -246,20 +274,25 @@ class _Base:
         *,
         tls: bool = False,
         ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
         timeout_s: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
     ):
         self.address = channel_target(address)
         self.timeout_s = timeout_s
         self.retry = retry
-        self._credentials = _credentials(tls, ca_file)
+        self._credentials = _credentials(tls, ca_file, cert_file, key_file)
         self._metadata: tuple[tuple[str, str], ...] = (("x-api-key", api_key),) if api_key else ()
         # gRPC's own reconnect backoff (1 s, growing to 120 s) would make our retries fail fast
         # against a channel still waiting to redial; keep it in step with the retry policy.
+        # Round robin over every address the target resolves to: router replicas behind a headless
+        # Service (dns:///name:port) each get calls, not just the first one resolved.
         self._channel_options = [
             ("grpc.initial_reconnect_backoff_ms", int(retry.initial_backoff_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(retry.max_backoff_s * 1000)),
-            ("grpc.service_config", _ROUND_ROBIN),
+            # Spread calls over every address the target resolves to (gRPC's default, pick_first, pins one).
+            ("grpc.lb_policy_name", "round_robin"),
         ]
 
     def _retry_delay(self, attempt: int, exc: grpc.RpcError, retryable: bool = True) -> float:
@@ -300,7 +333,7 @@ class Client(_Base):
     def complete(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Completion:
         """Route one request and return the accepted answer. See build_request for the parameters."""
         request = build_request(prompt, **params)
-        reply = self._call(lambda timeout: self._stub.Complete(request, timeout=timeout, metadata=self._metadata), timeout_s)
+        reply = self._call(lambda timeout: self._stub.Complete(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), timeout_s)
         return Completion.from_response(reply)
 
     def stream(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Iterator[Chunk]:
@@ -314,7 +347,7 @@ class Client(_Base):
             received = False
             text = _StreamText()
             try:
-                for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata):
+                for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata)):
                     received = True
                     chunk = text.chunk(reply)
                     yield chunk
@@ -327,13 +360,13 @@ class Client(_Base):
     def usage(self, tenant: str = "", since_unix_s: float = 0.0) -> router_pb2.UsageResponse:
         """Your tenant's spend as the router's ledger records it."""
         request = router_pb2.UsageRequest(tenant=tenant, since_unix_s=since_unix_s)
-        return self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=self._metadata), None)
+        return self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
 
     def feedback(self, request_id: str, **verdict: Any) -> bool:
         """Say whether an answer was right (see :func:`feedback_request`); False when the request
         already had feedback (the first verdict stands)."""
         request = feedback_request(request_id, **verdict)
-        reply = self._call(lambda timeout: self._stub.Feedback(request, timeout=timeout, metadata=self._metadata), None)
+        reply = self._call(lambda timeout: self._stub.Feedback(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
         return reply.stored
 
     def _call(self, invoke: Any, timeout_s: float | None) -> Any:
@@ -374,7 +407,7 @@ class AsyncClient(_Base):
         while True:
             attempt += 1
             try:
-                reply = await self._stub.Complete(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
+                reply = await self._stub.Complete(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata))
                 return Completion.from_response(reply)
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(self._retry_delay(attempt, exc))
@@ -387,7 +420,7 @@ class AsyncClient(_Base):
         while True:
             attempt += 1
             try:
-                reply = await self._stub.Feedback(request, timeout=self.timeout_s, metadata=self._metadata)
+                reply = await self._stub.Feedback(request, timeout=self.timeout_s, metadata=tracing.with_context(self._metadata))
                 return reply.stored
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(self._retry_delay(attempt, exc))
@@ -401,7 +434,7 @@ class AsyncClient(_Base):
             received = False
             text = _StreamText()
             try:
-                async for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata):
+                async for reply in self._stub.CompleteStream(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata)):
                     received = True
                     chunk = text.chunk(reply)
                     yield chunk

@@ -20,7 +20,11 @@ NonNegative = Annotated[float, Field(ge=0.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TierName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 
-_ADDRESS = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_HOST_PORT = r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})"
+# host:port (gRPC resolves the name through DNS), or gRPC's explicit targets: dns:///host:port, and
+# ipv4:/ipv6: lists of addresses the channel balances over.
+_ADDRESS = re.compile(rf"^(?:dns:///)?{_HOST_PORT}$")
+_ADDRESS_LIST = re.compile(rf"^ipv[46]:{_HOST_PORT}(?:,{_HOST_PORT})*$")
 
 
 class _Strict(BaseModel):
@@ -137,9 +141,11 @@ class TierConfig(_Strict):
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        match = _ADDRESS.match(value)
-        if match is None or not 0 < int(match.group(1)) < 65536:
-            raise ValueError("expected host:port with a port in 1..65535, e.g. 127.0.0.1:50061")
+        match = _ADDRESS.match(value) or _ADDRESS_LIST.match(value)
+        ports = [int(p) for p in re.findall(r":(\d{1,5})(?:,|$)", value)] if match else []
+        if not ports or not all(0 < p < 65536 for p in ports):
+            raise ValueError("expected host:port with a port in 1..65535 (e.g. 127.0.0.1:50061), dns:///host:port, "
+                             "or ipv4:host:port,host:port")
         return value
 
 
@@ -227,6 +233,25 @@ class LearningConfig(_Strict):
         return self
 
 
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+
+
+class ModelRoute(_Strict):
+    """What one OpenAI `model` name selects, like a LiteLLM model group: the whole cascade (no
+    field set), the cascade up to `max_tier`, or `force_tier` alone; optionally a tighter
+    per-query budget."""
+
+    force_tier: TierName | None = None
+    max_tier: TierName | None = None
+    budget_per_query: NonNegative | None = None
+    # max_tokens for chat requests that give none (OpenAI's default is "up to the context").
+    default_max_tokens: Annotated[int, Field(ge=1, le=1 << 20)] = 256
+
+
+# The `model` name that runs the whole cascade when the policy lists no models.
+CASCADE_MODEL = "cascade"
+
+
 class Policy(_Strict):
     tiers: Annotated[list[TierConfig], Field(min_length=1)]
     cascade: CascadeConfig
@@ -239,12 +264,21 @@ class Policy(_Strict):
     learning: LearningConfig = LearningConfig()
     breaker: BreakerConfig = BreakerConfig()
     cache: CacheConfig = CacheConfig()
+    # OpenAI `model` names of the HTTP endpoint and the route each selects. Unset: "cascade" runs
+    # the cascade and each tier's name forces that tier.
+    models: dict[ModelName, ModelRoute] = {}
 
     def tier(self, name: str) -> TierConfig:
         for tier in self.tiers:
             if tier.name == name:
                 return tier
         raise KeyError(name)
+
+    def model_routes(self) -> dict[str, ModelRoute]:
+        """The `models` section, or the default routes when it is empty."""
+        if self.models:
+            return dict(self.models)
+        return {CASCADE_MODEL: ModelRoute(), **{t.name: ModelRoute(force_tier=t.name) for t in self.tiers}}
 
 
 @dataclass(frozen=True)
@@ -340,6 +374,13 @@ def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append((("cascade", "order", index), f"unknown tier {name!r}; tiers are {sorted(seen)}"))
         if name in order[:index]:
             problems.append((("cascade", "order", index), f"tier {name!r} appears twice in the cascade"))
+    for model, route in policy.models.items():
+        if route.force_tier is not None and route.max_tier is not None:
+            problems.append((("models", model), "set force_tier or max_tier, not both"))
+        if route.force_tier is not None and route.force_tier not in seen:
+            problems.append((("models", model, "force_tier"), f"unknown tier {route.force_tier!r}; tiers are {sorted(seen)}"))
+        if route.max_tier is not None and route.max_tier not in order:
+            problems.append((("models", model, "max_tier"), f"{route.max_tier!r} is not in cascade.order {order}"))
     for name in policy.cascade.thresholds:
         path = ("cascade", "thresholds", name)
         if name not in order:

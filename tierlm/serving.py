@@ -9,11 +9,12 @@ port, and a graceful drain on SIGTERM. Servers only add their servicers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from tierlm import tracing
 from tierlm.auth import KeyRing, key_from_metadata
 
 log = logging.getLogger(__name__)
@@ -35,11 +37,13 @@ current_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tierlm_ten
 # Services anyone may call: load balancers and Kubernetes probes carry no API key.
 _OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
 
-RPC_HANDLED = Counter("tierlm_grpc_handled_total", "RPCs completed, by method and status code", ["method", "code"])
+RPC_HANDLED = Counter(
+    "tierlm_grpc_handled_total", "RPCs completed, by gRPC service, method and status code", ["service", "method", "code"]
+)
 RPC_SECONDS = Histogram(
     "tierlm_grpc_handling_seconds",
     "Wall time from receipt to completion of an RPC (whole stream for streaming RPCs)",
-    ["method"],
+    ["service", "method"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
@@ -69,14 +73,21 @@ class ServerConfig:
     port: int = 0
     metrics_port: int | None = None
     tls: TLSServerFiles | None = None
-    # None turns auth off; an empty KeyRing refuses everyone.
+    # None turns auth off; an empty KeyRing refuses everyone. The commands set None only when
+    # told to (`--no-auth`), never because a tenants file is empty.
     keys: KeyRing | None = None
+    # Also listen, in plaintext, on this Unix socket: for a front in the same process (the
+    # router's OpenAI HTTP endpoint), so it never needs a plaintext TCP port beside a TLS one.
+    local_socket: Path | None = None
     max_request_bytes: int = 1 << 20
     # How long SIGTERM waits for in-flight calls before cancelling them.
     drain_grace_s: float = 30.0
     # Told about every call refused for its key, with the method and the (parsed) request, so a
     # server can account for it; it must not raise or block.
     on_auth_failure: Callable[[str, Any], None] | None = None
+    # Clients are asked (GOAWAY) to reconnect after this long, finishing calls in flight, so a
+    # client of a headless Service re-resolves its name and reaches pods added since it connected.
+    max_connection_age_s: float | None = 300.0
     extra_options: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -139,7 +150,7 @@ class _GuardInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                with _observe(method, context):
+                with _observe(method, details.invocation_metadata, context):
                     await admit(request, context)
                     async for message in inner_stream(request, context):
                         yield message
@@ -151,7 +162,7 @@ class _GuardInterceptor(grpc.aio.ServerInterceptor):
         inner_unary = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with _observe(method, context):
+            with _observe(method, details.invocation_metadata, context):
                 await admit(request, context)
                 return await inner_unary(request, context)
 
@@ -160,25 +171,29 @@ class _GuardInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-class _observe:
-    """Times an RPC and counts it by final status code."""
-
-    def __init__(self, method: str, context: grpc.aio.ServicerContext):
-        self._method = method
-        self._context = context
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        code = self._context.code()
-        if code is None:
-            code = grpc.StatusCode.OK if exc_type is None else (
-                grpc.StatusCode.CANCELLED if exc_type is asyncio.CancelledError else grpc.StatusCode.UNKNOWN
-            )
-        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        RPC_HANDLED.labels(self._method, name).inc()
-        RPC_SECONDS.labels(self._method).observe(time.perf_counter() - self._start)
+@contextlib.contextmanager
+def _observe(method: str, metadata: Any, context: grpc.aio.ServicerContext) -> Iterator[None]:
+    """Times an RPC, counts it by service, method and final status code, and traces it as a SERVER
+    span under the caller's trace context (when OpenTelemetry is installed)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    started = time.perf_counter()
+    failure: type[BaseException] | None = None
+    with tracing.server_span(method, metadata) as span:
+        try:
+            yield
+        except BaseException as exc:
+            failure = type(exc)
+            raise
+        finally:
+            code = context.code()
+            if code is None:
+                code = grpc.StatusCode.OK if failure is None else (
+                    grpc.StatusCode.CANCELLED if failure is asyncio.CancelledError else grpc.StatusCode.UNKNOWN
+                )
+            code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            RPC_HANDLED.labels(service, name, code_name).inc()
+            RPC_SECONDS.labels(service, name).observe(time.perf_counter() - started)
+            tracing.set_status(span, code_name, code_name == "OK")
 
 
 class GrpcServer:
@@ -206,6 +221,12 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
             *config.extra_options,
         ]
+        if config.max_connection_age_s is not None:
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                # Long enough for the longest stream a tier allows to finish on the old connection.
+                ("grpc.max_connection_age_grace_ms", int(max(config.drain_grace_s, 120.0) * 1000)),
+            ]
         server = grpc.aio.server(interceptors=[_GuardInterceptor(config)], options=options)
         for register in registrars:
             register(server)
@@ -222,6 +243,8 @@ class GrpcServer:
             self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind gRPC server to {address}")
+        if config.local_socket is not None:
+            server.add_insecure_port(f"unix:{config.local_socket}")
         await server.start()
         self._server = server
         if config.metrics_port is not None:

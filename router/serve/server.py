@@ -16,15 +16,19 @@ import math
 import os
 import signal
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
+from tierlm import tracing
 from tierlm.auth import KeyRing
+from tierlm.client import QUOTA_KEY
 from tierlm.config import LimitsConfig, Policy, TenantConfig, load_policy, load_tenants
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
@@ -44,9 +48,12 @@ from tierlm.router.serve.tiers import TierClient
 from tierlm.serving import GrpcServer, ServerConfig, current_tenant
 from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
 
+if TYPE_CHECKING:
+    from tierlm.router.serve.http_server import HttpOptions
+
 log = logging.getLogger(__name__)
 
-# Tenant name for calls when the policy defines no tenants (auth off).
+# Tenant name for calls when auth is off (`--no-auth`).
 ANONYMOUS = "anonymous"
 _SECONDS_PER_DAY = 86_400
 #: Which replica wrote a ledger row.
@@ -80,10 +87,12 @@ class _TimedScorer:
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
-    def __init__(self, policy_path: Path, store: Store, tenants_path: Path | None = None):
+    def __init__(self, policy_path: Path, store: Store, tenants_path: Path | None = None, *, auth: bool = True):
         self.policy_path = policy_path
         self.tenants_path = tenants_path
         self.store = store
+        # Off only when the operator said so (`--no-auth`); no tenants then means no caller.
+        self.auth = auth
         self._clients: dict[str, TierClient] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         # Work that outlives a request's handler: bookings of requests that ended without an
@@ -143,6 +152,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self._generation = _Generation(policy, tenants, runner, cache, learning)
         if policy.learning.record:
             self._in_background(learning.seed(), "filling the live calibration windows")
+        self._warn_about_auth()
         for listener in self._on_keys_changed:
             listener(self.key_ring())
         if retired:
@@ -171,10 +181,21 @@ class RouterService(router_pb2_grpc.RouterServicer):
         return self._generation.policy
 
     def key_ring(self) -> KeyRing | None:
-        """None (auth off) when no tenant is configured."""
+        """The tenants' keys; None (anyone may call) only when auth was switched off. With auth on,
+        no tenants is an empty ring, which refuses every call."""
         assert self._generation is not None
-        tenants = self._generation.tenants
-        return KeyRing({t.key_sha256: name for name, t in tenants.items()}) if tenants else None
+        if not self.auth:
+            return None
+        return KeyRing({t.key_sha256: name for name, t in self._generation.tenants.items()})
+
+    def _warn_about_auth(self) -> None:
+        """Said at start and on every reload, so an open router is never a quiet surprise."""
+        assert self._generation is not None
+        if not self.auth:
+            log.warning("authentication is OFF (--no-auth): anyone who reaches this router may call it and spend "
+                        "as tenant %r; tenants in the policy are ignored", ANONYMOUS)
+        elif not self._generation.tenants:
+            log.warning("no tenants are configured: every call is refused (UNAUTHENTICATED) until a tenant is added")
 
     def on_keys_changed(self, listener: Callable[[KeyRing | None], None]) -> None:
         self._on_keys_changed.append(listener)
@@ -370,7 +391,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
             return await self.store.reserve(book.request.request_id, book.tenant, worst_case, config.budget_per_day, lease_s)
         except BudgetExceeded as exc:
             seconds_left = _SECONDS_PER_DAY - time.time() % _SECONDS_PER_DAY
-            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), (("retry-after-s", f"{seconds_left:.0f}"),)) from None
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), (
+                ("retry-after-s", f"{seconds_left:.0f}"),
+                (QUOTA_KEY, "budget"),  # a spent budget, not load: the OpenAI front says insufficient_quota
+            )) from None
         except DuplicateRequest as exc:
             raise _Refused(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
         except StoreUnavailable as exc:
@@ -402,6 +426,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
             telemetry.ESCALATIONS.labels(before, after).inc()
         if code is grpc.StatusCode.OK:
             telemetry.ANSWERS.labels(trace.accepted_tier).inc()
+            telemetry.PROMPT_TOKENS.labels(book.tenant, trace.accepted_tier).inc(usage.prompt_tokens)
+            telemetry.COMPLETION_TOKENS.labels(book.tenant, trace.accepted_tier).inc(usage.completion_tokens)
+        _trace_outcome(book.tenant, book.request.request_id, trace, usage)
 
     def _finish_later(self, book: _Booking) -> None:
         """Book a request that ended without an answer, outside its (possibly cancelled)
@@ -524,6 +551,17 @@ def request_problem(request: router_pb2.CompleteRequest, limits: LimitsConfig) -
     return None
 
 
+def _trace_outcome(tenant: str, request_id: str, trace: router_pb2.RoutingTrace, usage: generator_pb2.Usage) -> None:
+    """The routing decision on the RPC's span: who asked, which tier answered, at what cost, and one
+    event per tier the cascade considered (skipped ones included, with the reason)."""
+    tracing.annotate(**{"tierlm.tenant": tenant, "tierlm.request_id": request_id, "tierlm.accepted_tier": trace.accepted_tier,
+                        "tierlm.cost": trace.total_cost, "tierlm.prompt_tokens": usage.prompt_tokens,
+                        "tierlm.completion_tokens": usage.completion_tokens})
+    for attempt in trace.attempts:
+        tracing.event("tier attempt", **{"tierlm.tier": attempt.tier, "tierlm.reason": attempt.reason, "tierlm.cost": attempt.cost,
+                                         "tierlm.outcome": router_pb2.TierOutcome.Name(attempt.outcome)})
+
+
 #: The longest request id and reference answer feedback may carry.
 MAX_REQUEST_ID_CHARS = 256
 MAX_REFERENCE_CHARS = 65_536
@@ -549,13 +587,16 @@ def verdict_of(request: router_pb2.FeedbackRequest) -> Verdict:
 
 
 async def start_router(
-    policy_path: Path, config: ServerConfig, store: str | Path, tenants_path: Path | None = None
+    policy_path: Path, config: ServerConfig, store: str | Path, tenants_path: Path | None = None, *, auth: bool = True
 ) -> tuple[GrpcServer, RouterService]:
     """Start the Router service on the shared plumbing with its store (a SQLite path or a
-    PostgreSQL DSN); the caller owns stopping it (:func:`stop_router`)."""
+    PostgreSQL DSN); the caller owns stopping it (:func:`stop_router`).
+
+    `auth=False` lets anyone call (as tenant "anonymous"); otherwise only the tenants' keys do,
+    and a policy without tenants refuses every call."""
     opened = await open_store(store)
     try:
-        service = RouterService(policy_path, opened, tenants_path)
+        service = RouterService(policy_path, opened, tenants_path, auth=auth)
     except BaseException:
         await opened.close()
         raise
@@ -583,33 +624,40 @@ async def serve(
     store: str | Path,
     tenants_path: Path | None = None,
     ready: Callable[[GrpcServer, int | None], None] | None = None,
-    http_port: int | None = None,
+    http: HttpOptions | None = None,
+    *,
+    auth: bool = True,
 ) -> None:
     """Run the router until SIGTERM/SIGINT; SIGHUP (or editing the files) reloads the policy.
 
-    With `http_port`, an OpenAI-compatible HTTP API is served too (router/openai_http.py)."""
-    if http_port is not None and config.tls is not None:
-        raise ValueError("the OpenAI HTTP endpoint talks to the router over loopback without TLS; run it without --tls-cert")
-    server, service = await start_router(policy_path, config, store, tenants_path)
-    http = None
-    if http_port is not None:
-        from tierlm.router.serve.openai_http import build_app, serve_http
-
-        app = build_app(f"127.0.0.1:{server.port}", lambda: [t.name for t in service.policy.tiers])
-        http = await serve_http(app, config.host, http_port)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, service.reload)
-    background = [asyncio.create_task(service.watch_files(service.file_watch())), asyncio.create_task(service.sweep_expired())]
-    if ready is not None:
-        ready(server, http.servers[0].sockets[0].getsockname()[1] if http else None)
-    try:
-        await server.run_until_signal()
-    finally:
+    With `http`, the OpenAI-compatible HTTP API is served too (router/serve/openai_http.py), with
+    the gRPC port's TLS settings; it reaches the Router service through a Unix socket in a private
+    folder, never over plaintext TCP."""
+    with tempfile.TemporaryDirectory(prefix="tierlm-router-") as private:  # mode 0700
         if http is not None:
-            http.should_exit = True
-            await http.task
-        for task in background:
-            task.cancel()
-        loop.remove_signal_handler(signal.SIGHUP)
-        await service.drain_background()
-        await service.store.close()
+            config.local_socket = Path(private) / "router.sock"
+        server, service = await start_router(policy_path, config, store, tenants_path, auth=auth)
+        http_server = None
+        if http is not None:
+            from tierlm.router.serve.http_server import serve_http
+            from tierlm.router.serve.openai_http import build_app
+
+            app = build_app(f"unix:{config.local_socket}", lambda: service.policy, lambda: server.config.keys,
+                            config.max_request_bytes)
+            http_server = await serve_http(app, http, config.tls)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, service.reload)
+        background = [asyncio.create_task(service.watch_files(service.file_watch())),
+                      asyncio.create_task(service.sweep_expired())]
+        if ready is not None:
+            ready(server, http_server.port if http_server else None)
+        try:
+            await server.run_until_signal()
+        finally:
+            if http_server is not None:
+                await http_server.stop()
+            for task in background:
+                task.cancel()
+            loop.remove_signal_handler(signal.SIGHUP)
+            await service.drain_background()
+            await service.store.close()

@@ -15,7 +15,13 @@ TIER_SECONDS = Histogram(
     "tierlm_router_tier_seconds", "Latency of one tier call as the router sees it", ["tier", "ok"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-TENANT_COST = Counter("tierlm_router_tenant_cost_total", "Cost booked per tenant", ["tenant"])
+# In the policy's currency, USD unless it says otherwise. Labelled by tenant: scrape it from the
+# metrics port only (the chart keeps that port off the clients' Service).
+TENANT_COST = Counter("tierlm_router_tenant_cost_usd_total", "Cost booked per tenant, in the policy's currency (USD)", ["tenant"])
+PROMPT_TOKENS = Counter("tierlm_router_prompt_tokens_total", "Prompt tokens of answered requests, by tenant and answering tier",
+                        ["tenant", "tier"])
+COMPLETION_TOKENS = Counter("tierlm_router_completion_tokens_total",
+                            "Completion tokens of answered requests, by tenant and answering tier", ["tenant", "tier"])
 BREAKER_OPEN = Gauge("tierlm_router_breaker_open", "1 while a tier's circuit breaker is open or half-open", ["tier"])
 CACHE_HITS = Counter("tierlm_router_cache_hits_total", "Requests answered from the response cache")
 POLICY_RELOADS = Counter("tierlm_router_policy_reloads_total", "Policy reload attempts", ["result"])

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from typing import Protocol
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import grpc
 
+from tierlm import tracing
 from tierlm.config import TierConfig
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
@@ -44,7 +46,20 @@ class Tier(Protocol):
 # gRPC's own reconnect backoff grows from 1 s to 120 s, so a tier that restarted (an edge node
 # killed and brought back) would stay unreachable for up to two minutes after it is healthy,
 # and the breaker's probe would fail fast against the backoff, not the tier.
-CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
+# Round robin: a tier address that resolves to several servers (a headless Service's DNS name,
+# an ipv4: list) gets calls spread over all of them; gRPC's default, pick_first, uses one.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.lb_policy_name", "round_robin"),
+)
+
+
+def _record_usage(span: Any, answer: generator_pb2.GenerateResponse) -> None:
+    tracing.set_status(span, "OK", True)
+    if span is not None:
+        span.set_attributes({"tierlm.prompt_tokens": answer.usage.prompt_tokens,
+                             "tierlm.completion_tokens": answer.usage.completion_tokens})
 
 
 class TierClient:
@@ -72,22 +87,42 @@ class TierClient:
     async def generate(
         self, request: generator_pb2.GenerateRequest, remaining_s: float | None
     ) -> generator_pb2.GenerateResponse:
-        try:
-            return await self._stub.Generate(request, timeout=self.timeout(remaining_s), metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
+        with self._span("Generate") as span:
+            try:
+                answer = await self._stub.Generate(
+                    request, timeout=self.timeout(remaining_s), metadata=tracing.with_context(self._metadata)
+                )
+            except grpc.aio.AioRpcError as exc:
+                tracing.set_status(span, exc.code().name, False)
+                raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
+            _record_usage(span, answer)
+            return answer
 
     async def stream(
         self, request: generator_pb2.GenerateRequest, remaining_s: float | None
     ) -> AsyncIterator[generator_pb2.GenerateResponse]:
-        call = self._stub.GenerateStream(request, timeout=self.timeout(remaining_s), metadata=self._metadata)
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
-        finally:
-            call.cancel()
+        with self._span("GenerateStream") as span:
+            call = self._stub.GenerateStream(
+                request, timeout=self.timeout(remaining_s), metadata=tracing.with_context(self._metadata)
+            )
+            try:
+                async for chunk in call:
+                    if chunk.is_final:
+                        _record_usage(span, chunk)
+                    yield chunk
+            except grpc.aio.AioRpcError as exc:
+                tracing.set_status(span, exc.code().name, False)
+                raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
+            finally:
+                call.cancel()
+
+    def _span(self, method: str) -> AbstractContextManager[Any]:
+        """One CLIENT span per tier attempt; its context travels to the tier in the call's metadata."""
+        return tracing.client_span(
+            f"tier {self.config.name}", **{"tierlm.tier": self.config.name, "rpc.system": "grpc",
+                                           "rpc.service": "tierlm.v1.Generator", "rpc.method": method,
+                                           "server.address": self.config.address}
+        )
 
     async def close(self) -> None:
         await self._channel.close()

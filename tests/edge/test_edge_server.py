@@ -165,7 +165,8 @@ def test_overload_is_resource_exhausted_with_a_retry_hint(loop, llama_dir):
 
 def test_sigterm_drains_in_flight_streams(llama_dir):
     process = subprocess.Popen(
-        [sys.executable, "-m", "tierlm.app.cli", "edge", "serve", "--model", str(llama_dir), "--port", "0", "--threads", "1"],
+        [sys.executable, "-m", "tierlm.app.cli", "edge", "serve", "--model", str(llama_dir), "--port", "0", "--threads", "1",
+         "--no-auth"],
         stdout=subprocess.PIPE, text=True,
     )
     try:

@@ -51,7 +51,40 @@ MATRIX: dict[str, dict[str, Any]] = {
             "routerFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}],
             "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
         },
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "podMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        },
+    },
+    "no-auth-no-networkpolicy": {"router": {"auth": {"enabled": False}}, "networkPolicy": {"enabled": False}},
+    "ingress-and-gateway-routes": {
+        "ingress": {
+            "enabled": True, "className": "nginx",
+            "hosts": [{"host": "llm.example.com", "paths": [{"path": "/v1", "pathType": "Prefix"}]}],
+            "tls": [{"secretName": "llm-example-tls", "hosts": ["llm.example.com"]}],
+        },
+        "gateway": {
+            "httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "sectionName": "https"}], "hostnames": ["llm.example.com"]},
+            "grpcRoute": {"enabled": True, "parentRefs": [{"name": "public", "sectionName": "grpc"}]},
+        },
+    },
+    "extra-volumes-and-env": {
+        "router": {
+            "envFrom": [{"secretRef": {"name": "otel-exporter"}}],
+            "extraVolumes": [{"name": "scorer", "persistentVolumeClaim": {"claimName": "scorers", "readOnly": True}}],
+            "extraVolumeMounts": [{"name": "scorer", "mountPath": "/models/scorer-headlines", "readOnly": True}],
+        },
+        "edge": {
+            "env": [{"name": "OMP_NUM_THREADS", "value": "2"}],
+            "envFrom": [{"configMapRef": {"name": "edge-tuning"}}],
+            "extraVolumes": [{"name": "cache", "emptyDir": {"sizeLimit": "1Gi"}}],
+            "extraVolumeMounts": [{"name": "cache", "mountPath": "/var/cache/tierlm"}],
+        },
+    },
+    "edge-autoscaling": {"edge": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}}},
+    "gcs-fault-tolerance": {
+        "cloud": {"gcsFaultTolerance": {"enabled": True, "redisAddress": "redis.ml.svc:6379",
+                                        "redisPassword": {"secretName": "redis-auth", "secretKey": "password"}}},
     },
     "cloud-disabled": {
         "cloud": {"enabled": False},
@@ -69,8 +102,14 @@ MATRIX: dict[str, dict[str, Any]] = {
     "model-from-init-container": {
         "edge": {"model": {"source": "initContainer", "initContainer": {"image": {"repository": "registry.local/tierlm-models", "tag": "2026.11"}}}}
     },
+    "sqlite-on-a-volume": {"router": {"store": {"sqlite": {"existingClaim": "router-ledger"}}}},
+    "replicas-autoscaled-on-postgres": {
+        "router": {"store": {"type": "postgres", "postgres": {"existingSecret": "tierlm-store"}},
+                   "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 10}},
+    },
     "tenants-and-keys": {
         "router": {
+            "store": {"type": "postgres", "postgres": {"existingSecret": "tierlm-store"}},
             "autoscaling": {"enabled": False},
             "replicas": 3,
             "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
@@ -150,19 +189,33 @@ def _closed(schema: Any) -> Any:
     return schema
 
 
+# Custom resources with a vendored CRD (fixtures/SOURCE.md): (apiVersion, kind) -> file.
+CRDS = {
+    ("ray.io/v1", "RayService"): "ray.io_rayservices.yaml",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "gateway.networking.k8s.io_httproutes.yaml",
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): "gateway.networking.k8s.io_grpcroutes.yaml",
+}
+
+
 @functools.cache
-def rayservice_validator() -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load((FIXTURES / "ray.io_rayservices.yaml").read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+def crd_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
+    crd = yaml.safe_load((FIXTURES / CRDS[api_version, kind]).read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == api_version.split("/")[-1]]
     return jsonschema.Draft7Validator(_closed(version["schema"]["openAPIV3Schema"]))
 
 
-def validate_rayservice(obj: dict[str, Any]) -> None:
-    """The RayService against KubeRay's CRD, its metadata as ObjectMeta, and its pod templates as
-    real PodTemplates (the CRD copies their schema, the operator then creates real pods)."""
-    errors = sorted(rayservice_validator().iter_errors(obj), key=lambda e: list(e.path))
+def validate_custom(obj: dict[str, Any]) -> None:
+    """A custom resource against its CRD's schema (as strict as the API server), its metadata as
+    ObjectMeta."""
+    errors = sorted(crd_validator(obj["apiVersion"], obj["kind"]).iter_errors(obj), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
     validate_builtin({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]})
+
+
+def validate_rayservice(obj: dict[str, Any]) -> None:
+    """The RayService against KubeRay's CRD, and its pod templates as real PodTemplates (the CRD
+    copies their schema, the operator then creates real pods)."""
+    validate_custom(obj)
     cluster = obj["spec"]["rayClusterConfig"]
     groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
     for group in groups:
@@ -174,9 +227,11 @@ def validate_rayservice(obj: dict[str, Any]) -> None:
 def validate(obj: dict[str, Any]) -> None:
     if obj["kind"] == "RayService":
         validate_rayservice(obj)
+    elif (obj["apiVersion"], obj["kind"]) in CRDS:
+        validate_custom(obj)
     elif obj["apiVersion"].startswith("monitoring.coreos.com/"):
-        # No ServiceMonitor CRD schema is vendored; test_chart.py checks what matters (it
-        # selects the chart's Service and scrapes a port that exists) and the metadata here.
+        # No Service/PodMonitor CRD schema is vendored; test_network.py checks what matters (it
+        # selects the chart's Service or pods and scrapes a port that exists) and the metadata here.
         validate_builtin({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]})
     else:
         validate_builtin(obj)
@@ -189,6 +244,8 @@ def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         name = f"{obj['kind']}/{obj['metadata']['name']}"
         if obj["kind"] in {"Deployment", "DaemonSet"}:
             specs[name] = obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "Pod":
+            specs[name] = obj["spec"]
         elif obj["kind"] == "RayService":
             cluster = obj["spec"]["rayClusterConfig"]
             specs[f"{name}/head"] = cluster["headGroupSpec"]["template"]["spec"]

@@ -114,7 +114,8 @@ def test_inconsistent_worker_counts_fail_the_install(chart, worker, message):
 
 def test_router_min_replicas_above_max_fails_the_install(chart):
     with pytest.raises(helm_python.HelmRenderError, match=r"router.autoscaling.minReplicas \(5\) is greater than maxReplicas \(3\)"):
-        chart.render({"router": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}})
+        chart.render({"router": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3},
+                                 "store": {"type": "postgres", "postgres": {"existingSecret": "tierlm-store"}}}})
 
 
 def test_cloud_disabled_renders_no_ray_objects(chart):

@@ -7,7 +7,16 @@ import helm_python
 import pytest
 
 # What each value set must render, so a template that silently renders nothing is caught too.
-BASE_KINDS = {"ServiceAccount", "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+BASE_KINDS = {"ServiceAccount", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "Pod"}
+# What each value set renders beyond the base kinds (and which base kinds it drops).
+EXTRA_KINDS = {
+    "edge-daemonset": {"DaemonSet"},
+    "tls-networkpolicy-monitoring": {"ServiceMonitor", "PodMonitor"},
+    "ingress-and-gateway-routes": {"Ingress", "HTTPRoute", "GRPCRoute"},
+    "edge-autoscaling": {"HorizontalPodAutoscaler"},
+    "replicas-autoscaled-on-postgres": {"HorizontalPodAutoscaler"},
+}
+DROPPED_KINDS = {"no-auth-no-networkpolicy": {"NetworkPolicy"}}
 
 
 def test_lint_strict_passes_with_defaults(chart):
@@ -33,15 +42,9 @@ def test_every_rendered_object_passes_strict_schema_validation(chart, case):
 def test_each_value_set_renders_the_objects_it_asks_for(chart, case):
     name, values = case
     kinds = {o["kind"] for o in chart.render(values)}
-    expected = set(BASE_KINDS)
-    if name == "edge-daemonset":
-        expected.add("DaemonSet")
+    expected = (BASE_KINDS | EXTRA_KINDS.get(name, set())) - DROPPED_KINDS.get(name, set())
     if name != "cloud-disabled":
         expected.add("RayService")
-    if name == "tls-networkpolicy-monitoring":
-        expected |= {"NetworkPolicy", "ServiceMonitor"}
-    if name == "tenants-and-keys":
-        expected.discard("HorizontalPodAutoscaler")
     assert kinds == expected
 
 

@@ -62,11 +62,31 @@ def test_only_the_router_reaches_the_tiers(chart):
 
     router = policies[chart.ROUTER]
     (client_rule,) = [r for r in router["ingress"] if {"port": "grpc", "protocol": "TCP"} in r["ports"]]
-    assert client_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]
+    apps, test_pod = client_rule["from"]
+    assert apps == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
+    assert selects(test_pod["podSelector"], chart.one(objects, "Pod")["metadata"]["labels"])  # `helm test` still reaches it
+    (metrics_rule,) = [r for r in router["ingress"] if r is not client_rule]
+    assert metrics_rule == {"ports": [{"port": "metrics", "protocol": "TCP"}],
+                            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}
 
 
-def test_network_policies_are_off_by_default(chart, defaults):
-    assert chart.find(defaults, "NetworkPolicy") == []
+def test_network_policies_are_on_by_default_and_opt_out(chart, defaults):
+    """#19.8: a default install keeps every pod but the router away from the tiers (the edge
+    nodes have no keys by default, the cloud tier no auth) and the Ray dashboard away from all but
+    the KubeRay operator."""
+    policies = {p["metadata"]["name"]: p["spec"] for p in chart.find(defaults, "NetworkPolicy")}
+    assert set(policies) == {chart.ROUTER, chart.EDGE, chart.CLOUD}
+    router_pods = pod_labels(chart, defaults, "router")
+    for tier in (chart.EDGE, chart.CLOUD):
+        for rule in policies[tier]["ingress"]:
+            # Only scrapers' ports are open by default (networkPolicy.metricsFrom narrows them).
+            if rule.get("ports") not in ([{"port": "metrics", "protocol": "TCP"}], [{"port": 8080, "protocol": "TCP"}]):
+                assert rule.get("from"), f"{tier} takes calls from anyone: {rule}"
+    (edge_rule,) = [r for r in policies[chart.EDGE]["ingress"] if {"port": "grpc", "protocol": "TCP"} in r["ports"]]
+    assert all(selects(edge_rule["from"][0]["podSelector"], labels) for labels in router_pods)
+    (dashboard,) = [r for r in policies[chart.CLOUD]["ingress"] if r.get("ports") == [{"port": 8265, "protocol": "TCP"}]]
+    assert dashboard["from"] == [chart.values["networkPolicy"]["kuberayOperator"]]
+    assert chart.find(chart.render(chart.MATRIX["no-auth-no-networkpolicy"]), "NetworkPolicy") == []
 
 
 def test_service_monitors_select_the_chart_services_metrics_port(chart):
@@ -78,6 +98,33 @@ def test_service_monitors_select_the_chart_services_metrics_port(chart):
         spec = monitor["spec"]
         assert spec["namespaceSelector"] == {"matchNames": [chart.NAMESPACE]}
         (service,) = [s for s in chart.find(objects, "Service") if selects(spec["selector"], s["metadata"]["labels"])]
-        assert service["metadata"]["name"] == monitor["metadata"]["name"]
+        expected = f"{chart.ROUTER}-metrics" if monitor["metadata"]["name"] == chart.ROUTER else chart.EDGE
+        assert service["metadata"]["name"] == expected
         ports = {p["name"] for p in service["spec"]["ports"]}
         assert {e["port"] for e in spec["endpoints"]} == {"metrics"} <= ports
+
+
+def test_tenant_spend_is_not_on_the_clients_service(chart, case):
+    """#19.7: the router's metrics (tierlm_router_tenant_cost_usd_total{tenant=...}) live on a Service of
+    their own; the Service clients call exposes gRPC and HTTP only."""
+    _, values = case
+    objects = chart.render(values)
+    router = chart.one(objects, "Service", chart.ROUTER)
+    assert {p["name"] for p in router["spec"]["ports"]} == {"grpc", "http"}
+    metrics = chart.one(objects, "Service", f"{chart.ROUTER}-metrics")
+    assert [p["name"] for p in metrics["spec"]["ports"]] == ["metrics"]
+    assert metrics["spec"]["selector"] == router["spec"]["selector"]
+    for ingress in chart.find(objects, "Ingress"):
+        assert {path["backend"]["service"]["port"]["name"] for rule in ingress["spec"]["rules"]
+                for path in rule["http"]["paths"]} == {"http"}
+
+
+def test_pod_monitor_scrapes_the_ray_pods(chart):
+    objects = chart.render(chart.MATRIX["tls-networkpolicy-monitoring"])
+    monitor = chart.one(objects, "PodMonitor")
+    cloud_pods = pod_labels(chart, objects, "cloud")
+    assert cloud_pods and all(selects(monitor["spec"]["selector"], labels) for labels in cloud_pods)
+    (endpoint,) = monitor["spec"]["podMonitorEndpoints"] if "podMonitorEndpoints" in monitor["spec"] else monitor["spec"]["podMetricsEndpoints"]
+    ray_service = chart.one(objects, "RayService")
+    head = ray_service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert endpoint["port"] in {p["name"] for p in head["ports"]}

@@ -15,7 +15,7 @@ def policy_of(chart, objects) -> dict:
 
 
 def split_address(address: str) -> tuple[str, str, int]:
-    host, port = address.rsplit(":", 1)
+    host, port = address.removeprefix("dns:///").rsplit(":", 1)
     name, namespace, svc = host.split(".")
     assert svc == "svc", address
     return name, namespace, int(port)
@@ -41,7 +41,10 @@ def test_policy_addresses_resolve_to_the_services_the_chart_creates(chart, case)
         name, namespace, port = split_address(tier["address"])
         assert namespace == chart.NAMESPACE
         if tier["name"] == "edge":
+            # gRPC's DNS resolver and a headless Service: every edge pod's address, round-robin.
+            assert tier["address"].startswith("dns:///")
             service = chart.typed(chart.one(objects, "Service", name))
+            assert service.spec.cluster_ip == "None"
             (grpc,) = [p for p in service.spec.ports if p.name == "grpc"]
             assert grpc.port == port
             workload = next(o for o in objects if o["kind"] in {"Deployment", "DaemonSet"} and o["metadata"]["name"] == chart.EDGE)

@@ -3,6 +3,10 @@ which key is wrong."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import json
 
 import helm_python
@@ -28,6 +32,11 @@ REJECTED = [
     ({"router": {"tenants": {"items": {"acme": {"key_sha256": "my-secret-key"}}}}}, "/router/tenants/items/acme/key_sha256", "does not match pattern"),
     ({"cloud": {"upgradeStrategy": "InPlace"}}, "/cloud/upgradeStrategy", "value must be one of"),
     ({"cloud": {"head": {"rayStartParams": {"num-cpus": 0}}}}, "/cloud/head/rayStartParams/num-cpus", "want string"),
+    # A SQLite store is one pod's file: budgets would hold per pod only.
+    ({"router": {"replicas": 3}}, "/router/replicas", "maximum"),
+    ({"router": {"autoscaling": {"enabled": True}}}, "/router/autoscaling/enabled", "value must be false"),
+    ({"router": {"store": {"type": "postgres"}}}, "/router/store/postgres/existingSecret", "minLength"),
+    ({"router": {"store": {"type": "mysql"}}}, "/router/store/type", "value must be one of"),
 ]
 
 
@@ -70,3 +79,9 @@ def test_the_defaults_and_every_value_set_satisfy_the_schema(chart, case):
 def test_the_schema_is_a_valid_draft_07_schema(chart):
     """Helm 3 and Helm 4 read draft-07; a schema error would make Helm skip or refuse it."""
     jsonschema.Draft7Validator.check_schema(json.loads((chart.path / "values.schema.json").read_text()))
+
+
+def test_the_readme_values_table_is_generated_from_the_current_schema_and_values():
+    script = Path(__file__).resolve().parents[2] / "helm" / "values_table.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

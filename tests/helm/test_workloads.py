@@ -142,15 +142,17 @@ def test_an_existing_tenants_secret_is_used_and_none_is_rendered(chart):
     assert {"secret": {"name": "prod-tenants", "items": [{"key": "t.yaml", "path": "tenants/tenants.yaml"}]}} in config["projected"]["sources"]
 
 
-def test_router_hpa_owns_the_replica_count_and_pdb_keeps_capacity(chart, defaults):
-    deployment = chart.typed(chart.one(defaults, "Deployment", chart.ROUTER))
+def test_router_hpa_owns_the_replica_count_and_pdb_keeps_capacity(chart):
+    autoscaled = chart.render(chart.MATRIX["replicas-autoscaled-on-postgres"])
+    deployment = chart.typed(chart.one(autoscaled, "Deployment", chart.ROUTER))
     assert deployment.spec.replicas is None  # the HPA sets it; a fixed count would fight it
-    hpa = chart.typed(chart.one(defaults, "HorizontalPodAutoscaler", chart.ROUTER))
+    hpa = chart.typed(chart.one(autoscaled, "HorizontalPodAutoscaler", chart.ROUTER))
     assert hpa.spec.scale_target_ref.name == chart.ROUTER and hpa.spec.min_replicas >= 2
-    pdb = chart.typed(chart.one(defaults, "PodDisruptionBudget", chart.ROUTER))
+    pdb = chart.typed(chart.one(autoscaled, "PodDisruptionBudget", chart.ROUTER))
     assert pdb.spec.selector.match_labels.items() <= deployment.spec.template.metadata.labels.items()
 
-    objects = chart.render({"router": {"autoscaling": {"enabled": False}, "replicas": 3, "podDisruptionBudget": {"enabled": True, "minAvailable": 2}}})
+    objects = chart.render({"router": {"autoscaling": {"enabled": False}, "replicas": 3, "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+                               "store": {"type": "postgres", "postgres": {"existingSecret": "tierlm-store"}}}})
     assert chart.find(objects, "HorizontalPodAutoscaler") == []
     assert chart.one(objects, "Deployment", chart.ROUTER)["spec"]["replicas"] == 3
     assert chart.one(objects, "PodDisruptionBudget", chart.ROUTER)["spec"] == {

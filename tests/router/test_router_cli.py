@@ -62,7 +62,7 @@ def test_serve_ask_reload_ledger(tmp_path):
 
         oai = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key=KEYS["acme"], max_retries=0)
         text = oai.completions.create(model="cascade", prompt="an easy one", max_tokens=4)
-        assert (text.choices[0].text, text.model) == ("edge: an easy one", "edge")
+        assert (text.choices[0].text, text.model, text.model_extra["tierlm"]["tiers"]) == ("edge: an easy one", "cascade", ["edge"])
         chat = oai.chat.completions.create(model="cloud", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
         assert chat.model == "cloud" and chat.choices[0].message.content.startswith("cloud:")
         streamed = oai.completions.create(model="cloud", prompt="stream these words", max_tokens=4, stream=True)

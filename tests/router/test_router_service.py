@@ -324,7 +324,9 @@ def test_router_metrics(loop, tiers, tmp_path):
         assert 'tierlm_router_answers_total{tier="cloud"}' in text
         assert "tierlm_router_scorer_seconds_count" in text
         assert 'tierlm_router_tier_seconds_count{ok="true",tier="edge"}' in text
-        assert 'tierlm_router_tenant_cost_total{tenant="acme"}' in text
+        assert 'tierlm_router_tenant_cost_usd_total{tenant="acme"}' in text
+        assert 'tierlm_router_completion_tokens_total{tenant="acme",tier="cloud"}' in text
+        assert 'tierlm_grpc_handled_total{code="OK",method="Complete",service="tierlm.v1.Router"}' in text
         assert 'tierlm_router_breaker_open{tier="edge"} 0.0' in text
     finally:
         router.stop()

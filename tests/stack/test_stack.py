@@ -55,7 +55,7 @@ def two_edge_policy(tmp_path, llama_dir, gemma_dir) -> Path:
 
 
 def test_stack_routes_through_launched_tiers_and_leaves_no_process(two_edge_policy, tmp_path):
-    plan = plan_stack(two_edge_policy, tmp_path / "run", router_port=0, free_ports=True)
+    plan = plan_stack(two_edge_policy, tmp_path / "run", router_port=0, free_ports=True, no_auth=True)
     assert [s.name for s in plan.services] == ["edge", "big", "router"]
     routed = yaml.safe_load(plan.policy_path.read_text())
     assert [t["address"] for t in routed["tiers"]] == [s.address for s in plan.services[:2]]
@@ -73,7 +73,7 @@ def test_stack_routes_through_launched_tiers_and_leaves_no_process(two_edge_poli
 
 
 def test_killed_tier_gives_a_clear_status_then_restarts(two_edge_policy, tmp_path):
-    with LocalStack(plan_stack(two_edge_policy, tmp_path / "run", router_port=0, free_ports=True)) as stack:
+    with LocalStack(plan_stack(two_edge_policy, tmp_path / "run", router_port=0, free_ports=True, no_auth=True)) as stack:
         with Client(stack.router_address, retry=RetryPolicy(attempts=1)) as client:
             stack.plan.service("edge").kill()
             with pytest.raises(Unavailable):
@@ -98,7 +98,7 @@ def test_a_tier_that_cannot_start_stops_the_others(tmp_path, llama_dir):
     (broken / "config.json").write_text("{}")
     policy = write_policy(tmp_path / "policy.yaml", [edge_tier("edge", llama_dir, 1e-7), edge_tier("big", broken, 1e-5)],
                           ["edge", "big"], {"edge": 0.5})
-    plan = plan_stack(policy, tmp_path / "run", router_port=0, free_ports=True)
+    plan = plan_stack(policy, tmp_path / "run", router_port=0, free_ports=True, no_auth=True)
     stack = LocalStack(plan)
     with pytest.raises(StackError, match="big exited"):
         stack.start()
@@ -164,7 +164,7 @@ def test_launch_needs_a_model_for_edge_and_cloud():
 
 def test_tierlm_up_serves_until_ctrl_c(two_edge_policy, tmp_path):
     up = subprocess.Popen([sys.executable, "-m", "tierlm.app.cli", "up", "--policy", str(two_edge_policy), "--port", "0",
-                           "--free-ports", "--run-dir", str(tmp_path / "run")],
+                           "--free-ports", "--run-dir", str(tmp_path / "run"), "--no-auth"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = up.stdout.readline()
@@ -198,7 +198,7 @@ def test_knn_edge_and_ray_serve_cloud_tiers_start_answer_and_stop(tmp_path, llam
         {"name": "cloud", "address": "127.0.0.1:1", "model": str(cloud_model), "cost": {"per_output_token": 1e-5},
          "launch": {"runtime": "cloud", "threads": 1, "num_cpus": 2}},
     ], ["knn", "edge", "cloud"], {"knn": 0.9, "edge": 0.5}, pool=str(pool))
-    plan = plan_stack(policy, tmp_path / "run", router_port=0, free_ports=True)
+    plan = plan_stack(policy, tmp_path / "run", router_port=0, free_ports=True, no_auth=True)
     assert [s.kind for s in plan.services] == ["knn", "edge", "cloud", "router"]
     with LocalStack(plan) as stack:
         processes = family([s.process.pid for s in plan.services])

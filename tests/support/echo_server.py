@@ -48,13 +48,18 @@ class EchoGenerator(generator_pb2_grpc.GeneratorServicer):
 
 
 class ScriptedGenerator(EchoGenerator):
+    """Answers "<name>: <prompt>" (chat turns written as "role=content" joined by " | "); a request
+    whose input says "max_tokens?" is answered with the max_tokens it carried."""
+
     def answer(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
-        logprob = CONFIDENT_LOGPROB if "easy" in request.prompt else UNSURE_LOGPROB
+        said = request.prompt if request.WhichOneof("input") != "messages" else " | ".join(
+            f"{m.role}={m.content}" for m in request.messages.messages)
+        logprob = CONFIDENT_LOGPROB if "easy" in said else UNSURE_LOGPROB
         return generator_pb2.GenerateResponse(
             request_id=request.request_id,
-            text=f"{self.name}: {request.prompt}",
+            text=f"{self.name}: {request.max_tokens if 'max_tokens?' in said else said}",
             logprobs=[generator_pb2.TokenLogprob(token="x", logprob=logprob)] if request.return_logprobs else [],
-            usage=generator_pb2.Usage(prompt_tokens=len(request.prompt.split()), completion_tokens=2),
+            usage=generator_pb2.Usage(prompt_tokens=len(said.split()), completion_tokens=2),
             finish_reason=generator_pb2.FINISH_REASON_STOP,
             model=self.name,
             is_final=True,

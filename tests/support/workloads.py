@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
+from tierlm.data import workloads_dir
 from tierlm.router.workload import Workload, WorkloadRow, load_workload
 
-HEADLINES = Path(__file__).resolve().parents[2] / "data" / "workloads" / "headlines"
+HEADLINES = workloads_dir() / "headlines"
 LABELS = ("up", "down", "neutral", "none")
 
 

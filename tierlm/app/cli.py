@@ -52,6 +52,7 @@ for _name, _module in COMMAND_GROUPS:
     app.add_typer(importlib.import_module(_module).app, name=_name)
 
 app.command("ask")(importlib.import_module("tierlm.app.commands.ask").ask)
+app.command("health")(importlib.import_module("tierlm.app.commands.health").health)
 app.command("compress")(importlib.import_module("tierlm.app.commands.compress").compress)
 app.command("up")(importlib.import_module("tierlm.app.commands.up").up)
 app.command("demo")(importlib.import_module("tierlm.app.commands.demo").demo)

@@ -193,11 +193,11 @@ def _tier_service(tier: TierConfig, host: str, port: int, run_dir: Path, pool: P
         if pool is None:
             raise StackError(f"tier {tier.name!r} runs a no-LLM classifier, which learns from the policy's `pool`; set one")
         argv = _cli("knn", "serve", "--pool", str(pool), "--model", tier.model or "knn-vote", "--host", host,
-                    "--port", str(port), "--tier-name", tier.name, "--threads", str(launch.threads))
+                    "--port", str(port), "--tier-name", tier.name, "--threads", str(launch.threads), "--no-auth")
     elif launch.runtime == "edge":
         argv = _cli("edge", "serve", "--model", str(model_folder(tier)), "--host", host, "--port", str(port),
                     "--tier-name", tier.name, "--threads", str(launch.threads),
-                    "--max-batch", str(launch.max_batch), "--max-queue", str(launch.max_queue))
+                    "--max-batch", str(launch.max_batch), "--max-queue", str(launch.max_queue), "--no-auth")
     else:
         options = launch.engine_options
         if launch.engine == "torch":
@@ -220,11 +220,15 @@ def _tier_service(tier: TierConfig, host: str, port: int, run_dir: Path, pool: P
 def plan_stack(
     policy_path: Path, run_dir: Path, *, router_port: int = 50051, free_ports: bool = False,
     store: str | Path | None = None, tenants: Path | None = None, http_port: int | None = None, routers: int = 1,
+    no_auth: bool = False,
 ) -> StackPlan:
     """Services for every tier of the policy with a `launch` block, and the router(s).
 
     Several `routers` (replicas on free ports, the first on `router_port` if it is given) share
     one `store`: a PostgreSQL DSN for more than one (default: a SQLite ledger in `run_dir`).
+
+    Launched tiers serve without keys (`--no-auth`): only the router calls them, on the address the
+    policy gives (keep it a loopback one). The router asks for tenant keys unless `no_auth`.
 
     With `free_ports`, launched tiers (and the router, when `router_port` is 0) get free ports
     instead of the policy's; the router then reads a copy of the policy with those addresses,
@@ -258,6 +262,8 @@ def plan_stack(
             argv += ["--tenants", str(tenants)]
         if http_port is not None and replica == 0:
             argv += ["--http-port", str(http_port)]
+        if no_auth:
+            argv.append("--no-auth")
         name = "router" if replica == 0 else f"router-{replica}"
         services.append(Service(name, "router", argv, port, run_dir / "logs" / f"{name}.log"))
     return StackPlan(services, derived, run_dir)

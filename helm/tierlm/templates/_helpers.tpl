@@ -134,6 +134,15 @@ livenessProbe:
   {{- include "tierlm.grpcProbe" (dict "root" .root "port" .port "periodSeconds" .probes.periodSeconds "failureThreshold" 3) | nindent 2 }}
 {{- end -}}
 
+{{/* Extra environment, volumes and mounts a component's values add (env, envFrom,
+extraVolumes, extraVolumeMounts). Call with the component's values. */}}
+{{- define "tierlm.envFrom" -}}
+{{- with .envFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{/* The server-side TLS flags of `tierlm ... serve`, as container args. */}}
 {{- define "tierlm.tlsArgs" -}}
 {{- if .Values.tls.enabled -}}
@@ -179,7 +188,13 @@ cascade naming an unknown tier, a default address for a component that is switch
 {{- if not $root.Values.edge.enabled -}}
 {{- fail (printf "router.policy.tiers[%d] (edge) has no address and edge.enabled is false: set its address or remove the tier" $i) -}}
 {{- end -}}
-{{- $_ := set $resolved "address" (printf "%s.%s.svc:%v" (include "tierlm.edge.fullname" $root) $ns $root.Values.edge.ports.grpc) -}}
+{{- /* The edge Service is headless: this name resolves to every ready edge pod, and the router's
+round-robin channel spreads calls over them. */ -}}
+{{- $edgeHost := printf "%s.%s.svc" (include "tierlm.edge.fullname" $root) $ns -}}
+{{- $_ := set $resolved "address" (printf "dns:///%s:%v" $edgeHost $root.Values.edge.ports.grpc) -}}
+{{- if and $root.Values.tls.enabled (not $tier.tls) -}}
+{{- $_ := set $resolved "tls" (dict "ca_file" "/etc/tierlm/tls/ca.crt" "server_name" $edgeHost) -}}
+{{- end -}}
 {{- else if eq $tier.name "cloud" -}}
 {{- if not $root.Values.cloud.enabled -}}
 {{- fail (printf "router.policy.tiers[%d] (cloud) has no address and cloud.enabled is false: set its address or remove the tier" $i) -}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from tierlm.client import Client, TierlmError
@@ -12,6 +14,13 @@ def ask(
     prompt: str = typer.Argument(..., help="The prompt to route."),
     router: str = typer.Option("127.0.0.1:50051", "--router", envvar="TIERLM_ROUTER", help="Router address host:port."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="TIERLM_API_KEY", help="Tenant API key."),
+    tls: bool = typer.Option(False, "--tls", help="Call the router over TLS (system roots unless --ca-file)."),
+    ca_file: Path | None = typer.Option(None, "--ca-file", envvar="TIERLM_CA_FILE", exists=True, dir_okay=False,
+                                        help="CA that signed the router's certificate (implies --tls)."),
+    cert_file: Path | None = typer.Option(None, "--cert", envvar="TIERLM_CLIENT_CERT", exists=True, dir_okay=False,
+                                          help="Client certificate, for a router that requires mutual TLS."),
+    key_file: Path | None = typer.Option(None, "--key", envvar="TIERLM_CLIENT_KEY", exists=True, dir_okay=False,
+                                         help="The client certificate's private key."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
     choice: list[str] = typer.Option([], "--choice", help="Answer by label-choice scoring among these (repeatable)."),
@@ -23,7 +32,7 @@ def ask(
     """Send PROMPT to the router; print the answer, the tier that gave it and what it cost."""
     params = dict(max_tokens=max_tokens, temperature=temperature, choices=choice, force_tier=force_tier, max_tier=max_tier)
     try:
-        with Client(router, api_key=api_key) as client:
+        with Client(router, api_key=api_key, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file) as client:
             if stream:
                 completion = None
                 for chunk in client.stream(prompt, **params):
@@ -36,6 +45,8 @@ def ask(
     except TierlmError as exc:
         typer.echo(f"error: {exc.code.name}: {exc.details}", err=True)
         raise typer.Exit(1) from None
+    except ValueError as exc:  # e.g. a client certificate without its key
+        raise typer.BadParameter(str(exc)) from None
     if completion is not None:
         typer.echo(f"-- tier {completion.tier}, cost {completion.cost:.6g}, {completion.completion_tokens} tokens, "
                    f"request {completion.request_id} (for `tierlm router feedback`)", err=True)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import typer
 
+from tierlm.data import workloads_dir
+
 DEFAULT_POLICY = Path("examples/demo/policy.yaml")
-HEADLINES = Path("data/workloads/headlines")
+HEADLINES = workloads_dir() / "headlines"
 
 
 def _interrupt(*_: object) -> None:
@@ -58,7 +60,8 @@ def demo(
         console.print(f"fitted on train: {cascade}")
     dev = load_workload(HEADLINES / "dev.jsonl")
     rows = list(dev)[:queries]
-    plan = plan_stack(policy, run_dir or default_run_dir(), router_port=0, free_ports=True)
+    # The demo's own clients call a router on 127.0.0.1 that lives as long as the demo: no tenants.
+    plan = plan_stack(policy, run_dir or default_run_dir(), router_port=0, free_ports=True, no_auth=True)
     stack = LocalStack(plan)
     try:
         with console.status(f"starting {', '.join(s.name for s in plan.services)} (logs: {plan.run_dir / 'logs'})"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tierlm.auth import KeyRing
+from tierlm import tracing
 from tierlm.app.commands import server_options as opt
 
 app = typer.Typer(help="Run an edge node: a compressed small model behind the Generator gRPC service.", no_args_is_help=True)
@@ -21,8 +21,8 @@ def serve(
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting for a slot; beyond, RESOURCE_EXHAUSTED."),
     tier_name: str = typer.Option("edge", "--tier-name", help="Tier name put on answers."),
-    api_keys: Path | None = typer.Option(None, "--api-keys", exists=True, dir_okay=False,
-                                         help="Tenants file (name -> key_sha256); calls then need a key."),
+    api_keys: Path | None = opt.API_KEYS,
+    no_auth: bool = opt.NO_AUTH,
     host: str = opt.HOST,
     metrics_port: int | None = opt.METRICS_PORT,
     tls_cert: Path | None = opt.TLS_CERT,
@@ -32,15 +32,14 @@ def serve(
     drain_s: float = opt.DRAIN_S,
 ) -> None:
     """Serve tierlm.v1.Generator for MODEL until SIGTERM (in-flight streams drain first)."""
-    from tierlm.config import load_tenants
     from tierlm.edge.server import load_generator, serve_edge
 
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
-    if api_keys is not None:
-        config.keys = KeyRing({t.key_sha256: name for name, t in load_tenants(api_keys).items()})
+    config.keys = opt.key_ring(api_keys, no_auth)
     generator = load_generator(model, tier_name, threads, max_batch, max_queue)
 
     def ready(server) -> None:
         typer.echo(f"EDGE_PORT {server.port}")
 
+    tracing.configure("tierlm-edge")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     asyncio.run(serve_edge(generator, config, ready))

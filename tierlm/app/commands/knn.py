@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from tierlm import tracing
 from tierlm.app.commands import server_options as opt
 
 app = typer.Typer(help="Run a no-LLM tier (knn-vote or the MiniLM probe) over a labelled pool.", no_args_is_help=True)
@@ -25,8 +26,14 @@ def serve(
     port: int = typer.Option(50081, "--port", help="gRPC port."),
     tier_name: str = typer.Option("knn", "--tier-name", help="Tier name put on answers."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads of the sentence encoder."),
+    api_keys: Path | None = opt.API_KEYS,
+    no_auth: bool = opt.NO_AUTH,
     host: str = opt.HOST,
     metrics_port: int | None = opt.METRICS_PORT,
+    tls_cert: Path | None = opt.TLS_CERT,
+    tls_key: Path | None = opt.TLS_KEY,
+    tls_client_ca: Path | None = opt.TLS_CLIENT_CA,
+    max_request_bytes: int = opt.MAX_REQUEST_BYTES,
     drain_s: float = opt.DRAIN_S,
 ) -> None:
     """Serve tierlm.v1.Generator answering label choices from the query's embedding (no LLM)."""
@@ -38,7 +45,8 @@ def serve(
 
     if model not in NO_LLM_MODELS:
         raise typer.BadParameter(f"{model!r} is not one of {sorted(NO_LLM_MODELS)}", param_hint="--model")
-    config = opt.server_config(host, port, metrics_port, None, None, None, opt.MAX_REQUEST_BYTES.default, drain_s)
+    config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
+    config.keys = opt.key_ring(api_keys, no_auth)
     rows = list(load_workload(pool))
     encoder = Encoder(threads=threads)
     with encoder.caching():  # the pool's embeddings: from disk after the first start
@@ -53,4 +61,5 @@ def serve(
         typer.echo(f"KNN_PORT {server.port}")
         await server.run_until_signal()
 
+    tracing.configure("tierlm-knn")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     asyncio.run(run())

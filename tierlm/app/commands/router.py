@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
+from tierlm import tracing
 from tierlm.app.commands import server_options as opt
 
 if TYPE_CHECKING:
@@ -34,7 +35,10 @@ def serve(
     policy: Path = typer.Option(..., "--policy", exists=True, dir_okay=False, help="Cascade policy YAML (reloaded on change and on SIGHUP)."),
     tenants: Path | None = typer.Option(None, "--tenants", exists=True, dir_okay=False, help="Extra tenants file: name -> key_sha256 and budgets."),
     port: int = typer.Option(50051, "--port", help="gRPC port of the Router service."),
-    http_port: int | None = typer.Option(None, "--http-port", help="Also serve an OpenAI-compatible HTTP API on this port."),
+    http_port: int | None = typer.Option(None, "--http-port", help="Also serve an OpenAI-compatible HTTP API on this port (TLS when --tls-cert is given)."),
+    http_read_timeout: float = typer.Option(30.0, "--http-read-timeout", min=0.1, help="Seconds an HTTP client may take to send one whole request."),
+    http_max_connections: int = typer.Option(1024, "--http-max-connections", min=1, help="Open HTTP connections beyond this are closed on accept."),
+    no_auth: bool = opt.NO_AUTH,
     store: str = typer.Option(DEFAULT_STORE, "--store", envvar="TIERLM_STORE", help=STORE_HELP),
     host: str = opt.HOST,
     metrics_port: int | None = opt.METRICS_PORT,
@@ -44,7 +48,9 @@ def serve(
     max_request_bytes: int = opt.MAX_REQUEST_BYTES,
     drain_s: float = opt.DRAIN_S,
 ) -> None:
-    """Serve tierlm.v1.Router until SIGTERM; calls need a tenant key when the policy has tenants."""
+    """Serve tierlm.v1.Router until SIGTERM. Calls need a tenant's key (none configured: every call is
+    refused) unless --no-auth."""
+    from tierlm.router.serve.http_server import HttpOptions
     from tierlm.router.serve.server import serve as run
 
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
@@ -55,7 +61,11 @@ def serve(
         typer.echo(f"router listening on {host}:{server.port}" + "".join(f", {e}" for e in extras), err=True)
         typer.echo(f"ROUTER_PORT {server.port}" + (f" HTTP_PORT {bound_http_port}" if bound_http_port else ""))
 
-    asyncio.run(run(policy, config, store, tenants, ready, http_port))
+    http = None
+    if http_port is not None:
+        http = HttpOptions(http_port, host, read_timeout_s=http_read_timeout, max_connections=http_max_connections)
+    tracing.configure("tierlm-router")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    asyncio.run(run(policy, config, store, tenants, ready, http, auth=not no_auth))
 
 
 def parse_since(since: str) -> float:

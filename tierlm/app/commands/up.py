@@ -21,6 +21,7 @@ def up(
     http_port: int | None = typer.Option(None, "--http-port", help="Also serve the router's OpenAI-compatible HTTP API."),
     free_ports: bool = typer.Option(False, "--free-ports", help="Run launched tiers on free ports instead of the policy's."),
     tenants: Path | None = typer.Option(None, "--tenants", exists=True, dir_okay=False, help="Extra tenants file for the router."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Let the router take calls without a tenant key (logged as a warning)."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Logs, the router's policy copy and ledger (default: a new folder in the cache)."),
 ) -> None:
     """Start every tier the policy launches and the router on this machine; stop them all on Ctrl-C or SIGTERM."""
@@ -29,7 +30,8 @@ def up(
 
     run_dir = run_dir or default_run_dir()
     try:
-        plan = plan_stack(policy, run_dir, router_port=port, free_ports=free_ports, tenants=tenants, http_port=http_port)
+        plan = plan_stack(policy, run_dir, router_port=port, free_ports=free_ports, tenants=tenants, http_port=http_port,
+                          no_auth=no_auth)
     except (PolicyError, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
