@@ -9,6 +9,7 @@ policy) runs the cascade, a tier's name forces that tier.
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from tierlm.client import build_request
+from tierlm.errors import PortUnavailable
 from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
 
 CASCADE_MODEL = "cascade"
@@ -168,8 +170,13 @@ async def serve_http(app: FastAPI, host: str, port: int) -> Any:
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    # Bound here rather than by uvicorn, which logs a failed bind and exits the process.
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise PortUnavailable("OpenAI HTTP", f"{host}:{port}", exc.strerror or str(exc)) from None
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()  # re-raises why it could not start (e.g. port in use)

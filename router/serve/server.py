@@ -23,6 +23,7 @@ import grpc
 
 from tierlm.auth import KeyRing
 from tierlm.config import Policy, TenantConfig, load_policy, load_tenants
+from tierlm.errors import MissingResource
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
 from tierlm.router.serve.budgets import BudgetExceeded, Reservation, TenantBudgets
@@ -135,7 +136,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         """Re-read the policy (and tenants) file; keep the running policy if the new one is bad."""
         try:
             self._apply(*self._read_files())
-        except (ValueError, OSError) as exc:  # PolicyError and YamlSyntaxError are ValueErrors
+        except (ValueError, OSError, MissingResource) as exc:  # PolicyError and YamlSyntaxError are ValueErrors
             telemetry.POLICY_RELOADS.labels("rejected").inc()
             log.error("policy reload rejected, keeping the last good policy:\n%s", exc)
             return False
@@ -355,7 +356,12 @@ async def serve(
         from tierlm.router.serve.openai_http import build_app, serve_http
 
         app = build_app(f"127.0.0.1:{server.port}", lambda: [t.name for t in service.policy.tiers])
-        http = await serve_http(app, config.host, http_port)
+        try:
+            http = await serve_http(app, config.host, http_port)
+        except BaseException:  # its port is taken, say: the gRPC side goes too
+            await server.stop(0)
+            service.ledger.close()
+            raise
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, service.reload)
     watcher = asyncio.create_task(service.watch_files())

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import typer
+import dataclasses
+import json
 
-from tierlm.client import Client, TierlmError
+import grpc
+import typer
+from google.protobuf.json_format import MessageToDict
+
+from tierlm.app.errors import CommandError, ExitCode
+from tierlm.client import Client, Completion, TierlmError
 from tierlm.v1 import router_pb2
+
+
+def completion_record(completion: Completion) -> dict:
+    """The completion as JSON-ready data, its routing trace with the proto's field names."""
+    record = {f.name: getattr(completion, f.name) for f in dataclasses.fields(completion) if f.name != "trace"}
+    return record | {"trace": MessageToDict(completion.trace, preserving_proto_field_name=True)}
 
 
 def ask(
@@ -19,8 +31,13 @@ def ask(
     max_tier: str = typer.Option("", "--max-tier", help="Never escalate past this tier."),
     stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="Print which tiers were tried and why."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer, its routing trace and cost as one JSON object."),
 ) -> None:
     """Send PROMPT to the router; print the answer, the tier that gave it and what it cost."""
+    if force_tier and max_tier:
+        raise CommandError("--force-tier and --max-tier conflict: a forced tier is the only one called", ExitCode.USAGE)
+    if as_json and stream:
+        raise CommandError("--json and --stream conflict: --json prints the whole answer once it is complete", ExitCode.USAGE)
     params = dict(max_tokens=max_tokens, temperature=temperature, choices=choice, force_tier=force_tier, max_tier=max_tier)
     try:
         with Client(router, api_key=api_key) as client:
@@ -32,11 +49,11 @@ def ask(
                 typer.echo()
             else:
                 completion = client.complete(prompt, **params)
-                typer.echo(completion.text)
+                typer.echo(json.dumps(completion_record(completion)) if as_json else completion.text)
     except TierlmError as exc:
-        typer.echo(f"error: {exc.code.name}: {exc.details}", err=True)
-        raise typer.Exit(1) from None
-    if completion is not None:
+        unreachable = exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        raise CommandError(f"{exc.code.name}: {exc.details}", ExitCode.UNREACHABLE if unreachable else ExitCode.FAILED) from None
+    if completion is not None and not as_json:
         typer.echo(f"-- tier {completion.tier}, cost {completion.cost:.6g}, {completion.completion_tokens} tokens", err=True)
         if trace:
             for attempt in completion.trace.attempts:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import typer
 
 from tierlm.app.commands import server_options as opt
+from tierlm.app.errors import CommandError, ExitCode
 
 app = typer.Typer(help="Run the cascade router and read its cost ledger.", no_args_is_help=True)
 
@@ -20,8 +23,8 @@ DEFAULT_LEDGER = Path("tierlm-ledger.sqlite")
 def serve(
     policy: Path = typer.Option(..., "--policy", exists=True, dir_okay=False, help="Cascade policy YAML (reloaded on change and on SIGHUP)."),
     tenants: Path | None = typer.Option(None, "--tenants", exists=True, dir_okay=False, help="Extra tenants file: name -> key_sha256 and budgets."),
-    port: int = typer.Option(50051, "--port", help="gRPC port of the Router service."),
-    http_port: int | None = typer.Option(None, "--http-port", help="Also serve an OpenAI-compatible HTTP API on this port."),
+    port: int = typer.Option(50051, "--port", min=0, max=opt.MAX_PORT, help="gRPC port of the Router service."),
+    http_port: int | None = typer.Option(None, "--http-port", min=0, max=opt.MAX_PORT, help="Also serve an OpenAI-compatible HTTP API on this port."),
     ledger: Path = typer.Option(DEFAULT_LEDGER, "--ledger", help="SQLite cost ledger (created if missing)."),
     host: str = opt.HOST,
     metrics_port: int | None = opt.METRICS_PORT,
@@ -34,6 +37,9 @@ def serve(
     """Serve tierlm.v1.Router until SIGTERM; calls need a tenant key when the policy has tenants."""
     from tierlm.router.serve.server import serve as run
 
+    if http_port is not None and tls_cert is not None:
+        raise CommandError("--http-port and --tls-cert conflict: the OpenAI HTTP endpoint reaches the router over loopback without TLS",
+                           ExitCode.USAGE)
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
 
     def ready(server, bound_http_port: int | None) -> None:
@@ -50,6 +56,7 @@ def ledger_summary(
     tenant: str = typer.Option(..., "--tenant", help="Tenant to summarize."),
     since: str = typer.Option("", "--since", help="ISO date or datetime (UTC), e.g. 2026-11-01; default: everything."),
     ledger: Path = typer.Option(DEFAULT_LEDGER, "--ledger", exists=True, dir_okay=False, help="The router's SQLite ledger."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Summarize one tenant's requests, answers per tier and cost."""
     from tierlm.router.serve.ledger import Ledger
@@ -64,6 +71,10 @@ def ledger_summary(
     book = Ledger(ledger)
     summary = book.summarize(tenant, since_ts)
     book.close()
+    if as_json:
+        since_iso = datetime.fromtimestamp(since_ts, timezone.utc).isoformat() if since_ts else None
+        typer.echo(json.dumps(dataclasses.asdict(summary) | {"since": since_iso}))
+        return
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ts)) if since_ts else "the beginning"
     typer.echo(f"tenant {summary.tenant} since {when} UTC: {summary.requests} requests, {summary.ok} answered, "
                f"cost {summary.cost:.6g}, tokens {summary.prompt_tokens} in / {summary.completion_tokens} out")
