@@ -8,6 +8,8 @@ typo in a policy from a port that another process holds.
 
 from __future__ import annotations
 
+import os
+
 import grpc
 
 
@@ -47,3 +49,8 @@ class PortUnavailable(OSError):
     def __init__(self, what: str, address: str, reason: str):
         super().__init__(f"cannot listen on {address} ({what}): {reason}")
         self.address = address
+
+    @classmethod
+    def refused(cls, what: str, address: str, exc: OSError) -> PortUnavailable:
+        """From the OS's refusal, in its own words ("Address already in use")."""
+        return cls(what, address, os.strerror(exc.errno) if exc.errno else str(exc))

@@ -187,7 +187,7 @@ def probe_port(what: str, host: str, port: int) -> PortUnavailable | None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC and uvicorn bind
             probe.bind((host, port))
     except OSError as exc:
-        return PortUnavailable(what, f"{host}:{port}", exc.strerror or str(exc))
+        return PortUnavailable.refused(what, f"{host}:{port}", exc)
     return None
 
 
@@ -250,7 +250,7 @@ class GrpcServer:
                 self._metrics_server, _ = start_http_server(config.metrics_port, addr=config.host)
             except OSError as exc:
                 await server.stop(0)
-                raise PortUnavailable("metrics", f"{config.host}:{config.metrics_port}", exc.strerror or str(exc)) from None
+                raise PortUnavailable.refused("metrics", f"{config.host}:{config.metrics_port}", exc) from None
             self.metrics_port = self._metrics_server.server_port
         await server.start()
         self._server = server

@@ -174,7 +174,7 @@ async def serve_http(app: FastAPI, host: str, port: int) -> Any:
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
-        raise PortUnavailable("OpenAI HTTP", f"{host}:{port}", exc.strerror or str(exc)) from None
+        raise PortUnavailable.refused("OpenAI HTTP", f"{host}:{port}", exc) from None
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
