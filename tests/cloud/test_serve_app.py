@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -18,11 +19,27 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["The market rose today", "Gold prices fell sharply after", "Oil futures", "Headlines: stocks up"]
 
 
-def ray_processes() -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+def ray_processes() -> list[psutil.Process]:
+    """The Ray and vLLM processes this test session runs: its descendants (on a shared machine
+    other sessions run clusters of their own)."""
     # VLLM:: names vLLM's engine-core and worker processes, which a vLLM replica starts.
     markers = ("ray::", "raylet", "gcs_server", "VLLM::")
-    return [line for line in listing if any(marker in line for marker in markers)]
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if any(marker in " ".join(process.cmdline()) or marker in process.name() for marker in markers):
+                found.append(process)
+    return found
+
+
+def still_running(processes: list[psutil.Process]) -> list[str]:
+    """Those of `processes` still alive (orphaned ones included: their pid is checked, not the tree)."""
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{process.pid} {process.name()}")
+    return alive
 
 
 # DecoderEngine options per engine; vLLM runs fp32 so its greedy tokens equal the edge engine's.
@@ -132,8 +149,11 @@ def test_shutdown_leaves_no_ray_processes(cloud):
     # Runs last in this module (pytest keeps file order): stop the cluster and look.
     from tierlm.cloud.runner import stop_cloud
 
+    # Taken before stopping: a worker whose raylet is gone is no longer our descendant.
+    ours = ray_processes()
+    assert ours, "no Ray processes found while the cloud tier runs"
     stop_cloud()
     deadline = time.monotonic() + 30
-    while ray_processes() and time.monotonic() < deadline:
+    while still_running(ours) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert ray_processes() == []
+    assert still_running(ours) == []
