@@ -37,7 +37,9 @@ def start_cloud(config: CloudConfig, num_cpus: int | None = None) -> CloudEndpoi
         # Replicas import tierlm from the installed package, so no working_dir upload.
         # $RAY_TMPDIR, when set, is the operator's choice; else the temp folder if its socket paths fit.
         temp_dir = None if "RAY_TMPDIR" in os.environ else os.path.join(socket_root(RAY_SOCKET_TAIL), "ray")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+        # address="local": a cluster of this process's own, never one that `ray start` (or another
+        # user on a shared machine) left in <temp>/ray/ray_current_cluster or $RAY_ADDRESS.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
     serve.start(
         http_options={"host": config.host, "port": config.http_port},
         grpc_options=gRPCOptions(port=config.grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS),
