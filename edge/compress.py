@@ -7,6 +7,8 @@ tokens, and writes the artifact the edge runtime loads.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 
 from tierlm.edge.decoder import load_model
 from tierlm.edge.perplexity import encode
-from tierlm.kernels.artifact import save_artifact
+from tierlm.kernels.artifact import is_artifact, read_manifest, save_artifact
 from tierlm.kernels.pipeline import Progress, compress_model
 from tierlm.kernels.recipe import Recipe
 from tierlm.kernels.vllm_export import ExportSummary, export_for_vllm
@@ -80,6 +82,28 @@ def compress(
         },
     )
     return CompressionResult(seconds, int(tokens.shape[0]), int(tokens.numel()), layer_seconds, manifest)
+
+
+def artifact_matches(folder: str | Path, recipe: Recipe) -> bool:
+    """Whether `folder` holds an artifact compressed by this very recipe (a cache can keep it)."""
+    return is_artifact(folder) and read_manifest(folder).get("recipe") == recipe.model_dump(mode="json")
+
+
+def build_artifact(
+    model_path: str | Path, recipe: Recipe, calib_text: str, out: str | Path, progress: Progress | None = None
+) -> CompressionResult:
+    """:func:`compress` into a staging folder beside `out` that replaces `out` only when complete,
+    so an interrupted build leaves nothing for a cache to trust."""
+    out = Path(out)
+    staging = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        result = compress(model_path, recipe, calib_text, staging, progress)
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
 
 
 def export_artifact_for_vllm(artifact: str | Path, out: str | Path) -> ExportSummary:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tierlm.errors import MissingResource
+
 SUPPORTED_MODEL_TYPES = ("llama", "gemma3_text")
 
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
@@ -141,6 +143,8 @@ class ModelConfig:
     def from_dir(cls, path: str | Path) -> ModelConfig:
         """Read `config.json` (and `generation_config.json` for extra EOS ids) from a model folder."""
         path = Path(path)
+        if not (path / "config.json").is_file():
+            raise MissingResource(f"{path}: not a model folder (no config.json); give an HF folder or a `tierlm compress` artifact")
         config = cls.from_hf(json.loads((path / "config.json").read_text()))
         gen_path = path / "generation_config.json"
         if gen_path.exists():

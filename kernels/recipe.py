@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tierlm.kernels.composite import CompositeCompressor
 from tierlm.kernels.methods import QUANTIZERS
 from tierlm.kernels.quant.base import Quantizer
+from tierlm.errors import ConfigError
 from tierlm.yaml_source import YamlDocument, load_yaml, load_yaml_file
 
 
@@ -163,7 +164,7 @@ class Recipe(BaseModel):
         return set().union(*(spec.build().needs for spec in specs if spec is not None))
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe file that does not validate; the message names each bad field and its line."""
 
 

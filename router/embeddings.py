@@ -11,7 +11,6 @@ torch and transformers are imported only when an :class:`Encoder` is built.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from tierlm.edge.catalog import cache_root
 
 DIM = 384
 """Width of an all-MiniLM-L6-v2 embedding."""
@@ -45,9 +46,8 @@ def default_model_dir() -> Path:
 
 
 def default_cache_path() -> Path:
-    """``$TIERLM_CACHE_DIR/embeddings.sqlite``, else ``~/.cache/tierlm/embeddings.sqlite``."""
-    root = os.environ.get("TIERLM_CACHE_DIR") or Path.home() / ".cache" / "tierlm"
-    return Path(root) / "embeddings.sqlite"
+    """``embeddings.sqlite`` in the tierlm cache (``$TIERLM_CACHE``, else ``~/.cache/tierlm``)."""
+    return cache_root() / "embeddings.sqlite"
 
 
 def offline_encoder(threads: int | None = None) -> Encoder:

@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tierlm.errors import ConfigError
 from tierlm.router.judges import JUDGES, Judge
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -131,7 +132,7 @@ class WorkloadProblem:
     message: str
 
 
-class WorkloadError(ValueError):
+class WorkloadError(ConfigError):
     """A workload file that must not be used; str() lists every problem as ``file:line: field: message``."""
 
     def __init__(self, source: str, problems: Sequence[WorkloadProblem]):

@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random Llama and Gemma 3 HF folders, and a tiny llama GGUF with its conversion."""
+"""Shared fixtures: tiny random Llama and Gemma 3 HF folders, a tiny llama GGUF with its
+conversion, the real models and a compressed artifact prepared into the tierlm cache; and the
+plugin that fails the session on a skip other than a missing CUDA device."""
 
 from __future__ import annotations
 
@@ -7,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import skip_check
 from tests.support.tiny_gguf import write_tiny_llama_gguf
 from tierlm.edge.tiny import build_model
+
+pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(skip_check.SkipCheck(), skip_check.NAME)
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,15 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
+from tierlm.errors import ConfigError
 from tierlm.yaml_source import YamlDocument, load_yaml, load_yaml_file
 
 NonNegative = Annotated[float, Field(ge=0.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TierName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+
+# What `tierlm router train` writes into a scorer folder first (tierlm/router/learn/scorer.py).
+SCORER_FILE = "scorer.json"
 
 _HOST_PORT = r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})"
 # host:port (gRPC resolves the name through DNS), or gRPC's explicit targets: dns:///host:port, and
@@ -129,7 +133,8 @@ class TierConfig(_Strict):
     tls: TLSClientConfig | None = None
     # Name of the environment variable holding the key this tier expects, if it has auth on.
     api_key_env: str | None = None
-    # What the tier serves: a model name from `tierlm model list` or a model/artifact folder.
+    # What the tier serves: a model name from `tierlm model list`, a no-LLM model (knn-vote,
+    # minilm-probe) or a model/artifact folder (a path: it holds a "/" or starts with "~" or ".").
     # Offline tools (`tierlm router collect`) run it in-process from here.
     model: str | None = None
     # FrugalGPT's prompt adaptation: with a strategy, the router sends the tier a prompt of its
@@ -288,7 +293,7 @@ class PolicyProblem:
     line: int | None
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigError):
     """A policy file that must not be used; str() lists every problem as `file:line: field: message`."""
 
     def __init__(self, source: str, problems: list[PolicyProblem]):
@@ -310,9 +315,62 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     return text
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read, validate and cross-check a policy file; raise PolicyError naming field and line."""
-    return _policy_from(load_yaml_file(path))
+def load_policy(path: str | Path, *, check_files: bool = False) -> Policy:
+    """Read, validate and cross-check a policy file; raise PolicyError naming field and line.
+
+    With `check_files`, every file and folder the policy names (see `policy_references`) must
+    exist too, as the router and `tierlm up` will read them from the working folder."""
+    document = load_yaml_file(path)
+    policy = _policy_from(document)
+    if check_files:
+        problems = [PolicyProblem(ref.path, problem, document.line_of(ref.path))
+                    for ref in policy_references(policy) if (problem := ref.problem()) is not None]
+        if problems:
+            raise PolicyError(document.source, sorted(problems, key=lambda p: p.line or 0))
+    return policy
+
+
+@dataclass(frozen=True)
+class PolicyReference:
+    """A file or folder a policy names: where (`path` in the document), what it must be."""
+
+    path: tuple[str | int, ...]
+    target: Path
+    kind: Literal["file", "model folder", "scorer folder"]
+
+    def problem(self) -> str | None:
+        """Why the reference is unusable, or None."""
+        target = self.target.expanduser()
+        where = f"{self.target}" + ("" if target.is_absolute() else f" (from {Path.cwd()})")
+        if self.kind == "file":
+            return None if target.is_file() else f"no such file: {where}"
+        if not target.is_dir():
+            return f"no such folder: {where}"
+        needed = "config.json" if self.kind == "model folder" else SCORER_FILE
+        return None if (target / needed).is_file() else f"not a {self.kind} (no {needed}): {where}"
+
+
+def is_model_path(model: str) -> bool:
+    """Whether a tier's `model` names a folder rather than a registered or no-LLM model."""
+    return "/" in model or model.startswith(("~", "."))
+
+
+def policy_references(policy: Policy) -> list[PolicyReference]:
+    """Every file and folder the policy names: the scorer, the pool, tiers' fixed prompts,
+    CA files and model folders. Relative paths are read from the working folder."""
+    refs = []
+    if policy.scorer is not None:
+        refs.append(PolicyReference(("scorer", "path"), policy.scorer.path, "scorer folder"))
+    if policy.pool is not None:
+        refs.append(PolicyReference(("pool",), policy.pool, "file"))
+    for index, tier in enumerate(policy.tiers):
+        if tier.prompt is not None and tier.prompt.fixed_prompt is not None:
+            refs.append(PolicyReference(("tiers", index, "prompt", "fixed_prompt"), tier.prompt.fixed_prompt, "file"))
+        if tier.tls is not None and tier.tls.ca_file is not None:
+            refs.append(PolicyReference(("tiers", index, "tls", "ca_file"), tier.tls.ca_file, "file"))
+        if tier.model is not None and is_model_path(tier.model):
+            refs.append(PolicyReference(("tiers", index, "model"), Path(tier.model), "model folder"))
+    return refs
 
 
 def parse_policy(text: str, source: str = "<string>") -> Policy:

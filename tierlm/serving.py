@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import logging
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 from tierlm import tracing
 from tierlm.auth import KeyRing, key_from_metadata
+from tierlm.errors import PortUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ RPC_SECONDS = Histogram(
 )
 
 Registrar = Callable[[grpc.aio.Server], None]
+MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,25 @@ def _observe(method: str, metadata: Any, context: grpc.aio.ServicerContext) -> I
             tracing.set_status(span, code_name, code_name == "OK")
 
 
+def probe_port(what: str, host: str, port: int) -> PortUnavailable | None:
+    """Bind `host:port` on a plain socket, as servers do: why the OS refuses it, else None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC and uvicorn bind
+            probe.bind((host, port))
+    except OSError as exc:
+        return PortUnavailable.refused(what, f"{host}:{port}", exc)
+    return None
+
+
+def require_free_port(what: str, host: str, port: int) -> None:
+    """Raise PortUnavailable now if a server could not listen on `host:port` (0 is always free):
+    for servers that would otherwise fail minutes later, or deep inside another process."""
+    if port and (refused := probe_port(what, host, port)) is not None:
+        raise refused
+
+
 class GrpcServer:
     """A started grpc.aio server with health, reflection, auth, limits and metrics.
 
@@ -236,20 +258,30 @@ class GrpcServer:
             [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
+        for port in (config.port, config.metrics_port):
+            if port is not None and not 0 <= port <= MAX_PORT:
+                # gRPC would quietly bind the port number modulo 65536.
+                raise ValueError(f"port {port} is out of range 0..{MAX_PORT}")
         address = f"{config.host}:{config.port}"
-        if config.tls is not None:
-            self.port = server.add_secure_port(address, config.tls.credentials())
-        else:
-            self.port = server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"could not bind gRPC server to {address}")
+        try:
+            if config.tls is not None:
+                self.port = server.add_secure_port(address, config.tls.credentials())
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError:  # gRPC says only that binding failed; ask the OS why
+            refused = probe_port("gRPC", config.host, config.port)
+            raise refused or PortUnavailable("gRPC", address, "gRPC could not bind it") from None
         if config.local_socket is not None:
             server.add_insecure_port(f"unix:{config.local_socket}")
+        if config.metrics_port is not None:
+            try:
+                self._metrics_server, _ = start_http_server(config.metrics_port, addr=config.host)
+            except OSError as exc:
+                await server.stop(0)
+                raise PortUnavailable.refused("metrics", f"{config.host}:{config.metrics_port}", exc) from None
+            self.metrics_port = self._metrics_server.server_port
         await server.start()
         self._server = server
-        if config.metrics_port is not None:
-            self._metrics_server, _ = start_http_server(config.metrics_port, addr=config.host)
-            self.metrics_port = self._metrics_server.server_port
         await self.set_serving(True)
         log.info("serving %s on %s:%d", ", ".join(self._service_names), config.host, self.port)
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from tierlm.errors import ConfigError
+
 Path_ = tuple[str | int, ...]
 
 
@@ -32,7 +34,7 @@ class YamlDocument:
         return None
 
 
-class YamlSyntaxError(ValueError):
+class YamlSyntaxError(ConfigError):
     """The text is not YAML; the message carries the line."""
 
 

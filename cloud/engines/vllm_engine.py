@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tierlm.cloud.sockets import VLLM_SOCKET_TAIL, socket_root
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest
 from tierlm.edge.prepare import PreparedRequest, RequestPreparer
 from tierlm.edge.requests import ChoiceScore, Completion, FinishReason, GenerationRequest, TokenDelta
@@ -59,6 +60,8 @@ class VLLMTextEngine:
         kv_cache_gib = options.pop(CPU_KV_CACHE_OPTION, 1)
         # Process-wide, read by the engine-core process vLLM spawns; ignored by the CUDA build.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))
+        # vLLM's engine-core sockets live in $VLLM_RPC_BASE_PATH (default: the temp folder).
+        os.environ.setdefault("VLLM_RPC_BASE_PATH", socket_root(VLLM_SOCKET_TAIL))
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

@@ -34,6 +34,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+from tierlm.config import SCORER_FILE
+from tierlm.errors import MissingResource
 from tierlm.router.embeddings import TextEncoder
 from tierlm.router.learn.features import (
     CONFIDENCE_FEATURES,
@@ -147,7 +149,7 @@ class Scorer:
             }
         np.savez(directory / "coefficients.npz", **arrays)
         meta = dict(self.metadata, models=list(self._models))
-        (directory / "scorer.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (directory / SCORER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         (directory / _OUT_OF_FOLD).write_text(json.dumps(self.out_of_fold) + "\n")
 
     @classmethod
@@ -159,9 +161,12 @@ class Scorer:
                 must equal the one the scorer was trained with.
 
         Raises:
+            MissingResource: when ``directory`` holds no saved scorer.
             ValueError: on an unknown format version or a different encoder.
         """
-        meta = json.loads((directory / "scorer.json").read_text())
+        if not (directory / SCORER_FILE).is_file():
+            raise MissingResource(f"no scorer in {directory} (no {SCORER_FILE}): train one with `tierlm router train`")
+        meta = json.loads((directory / SCORER_FILE).read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{directory}: scorer format {meta.get('format_version')}, expected {FORMAT_VERSION}")
         if encoder is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +21,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tierlm.errors import PortUnavailable
 from tierlm.serving import TLSServerFiles
 
 log = logging.getLogger(__name__)
@@ -113,8 +115,14 @@ class HttpServer:
 
 async def serve_http(app: Any, options: HttpOptions, tls: TLSServerFiles | None = None) -> HttpServer:
     """Start serving `app`; returns once it listens (raises why it could not, e.g. port in use)."""
+    # Bound here rather than by uvicorn, which logs a failed bind and exits the process.
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    try:
+        sock = socket.create_server((options.host, options.port), family=family)
+    except OSError as exc:
+        raise PortUnavailable.refused("OpenAI HTTP", f"{options.host}:{options.port}", exc) from None
     server = uvicorn.Server(_config(app, options, tls))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()

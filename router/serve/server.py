@@ -644,7 +644,12 @@ async def serve(
 
             app = build_app(f"unix:{config.local_socket}", lambda: service.policy, lambda: server.config.keys,
                             config.max_request_bytes)
-            http_server = await serve_http(app, http, config.tls)
+            try:
+                http_server = await serve_http(app, http, config.tls)
+            except BaseException:  # its port is taken, say: the gRPC side goes too
+                await server.stop(0)
+                await service.store.close()
+                raise
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, service.reload)
         background = [asyncio.create_task(service.watch_files(service.file_watch())),

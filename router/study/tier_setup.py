@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tierlm.config import PromptStrategy, TierConfig
 from tierlm.edge import catalog
+from tierlm.errors import MissingResource
 from tierlm.router.embeddings import TextEncoder
 from tierlm.router.nollm.base import EmbeddingTier
 from tierlm.router.nollm.knn_tier import KnnGenerator
@@ -37,7 +38,7 @@ def model_folder(tier: TierConfig) -> Path:
         return catalog.prepare(tier.model)
     folder = Path(tier.model).expanduser()
     if not folder.is_dir():
-        raise ValueError(f"tier {tier.name!r}: model {tier.model!r} is neither a known model name nor a folder")
+        raise MissingResource(f"tier {tier.name!r}: model {tier.model!r} is neither a known model name nor a folder")
     return folder
 
 

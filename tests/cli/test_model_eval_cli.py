@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tierlm.app.cli import app
 from tierlm.app.commands import eval as eval_commands
 from tierlm.app.commands import model as model_commands
 
@@ -37,9 +38,9 @@ def test_model_list_names_every_registered_model(tmp_path: Path) -> None:
 
 
 def test_model_prepare_rejects_an_unknown_name(tmp_path: Path) -> None:
-    result = runner.invoke(model_commands.app, ["prepare", "nope", "--cache-dir", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "unknown model 'nope'" in result.output
+    result = runner.invoke(app, ["model", "prepare", "nope", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 4
+    assert result.stderr.startswith("Error: unknown model 'nope'; known: gemma-3-270m, smollm2-135m")
 
 
 def test_eval_ppl_json_on_a_folder(tiny_folder: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.models import cached_artifact
 from tierlm.edge.requests import GenerationRequest
 
 pytest.importorskip("vllm", reason="needs vLLM (requirements/cloud-cpu.txt)")
@@ -28,7 +29,12 @@ NEW_TOKENS = 16
 TIE_NATS = 0.1
 SUBJECTS = ["gold", "oil", "the dollar", "tech shares", "bond yields", "copper", "wheat", "the euro", "bitcoin", "rates"]
 PROMPTS = [f"Headline: {s} prices {verb} today\nSummary:" for s in SUBJECTS for verb in ("rise", "fall")]
-SMOLLM2_ARTIFACT = Path("~/.cache/tierlm/artifacts/smollm2-135m/rtn-w4g64").expanduser()
+
+
+@pytest.fixture(scope="session")
+def smollm2_rtn_w4g64() -> Path:
+    """`tierlm compress --model smollm2-135m --recipe examples/recipes/rtn-w4g64.yaml`, cached."""
+    return cached_artifact("smollm2-135m", "rtn-w4g64")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +114,7 @@ def test_tiny_gptq_llama_matches_our_runtime(tmp_path, runner):
     assert check_parity(tmp_path / "vllm", results) >= 0.9
 
 
-def test_smollm2_rtn_w4_matches_our_runtime(tmp_path, runner):
+def test_smollm2_rtn_w4_matches_our_runtime(tmp_path, runner, smollm2_rtn_w4g64):
     """SmolLM2 135M, int4 g64: Gemma 3's quantized path cannot run in vLLM's CPU build here.
 
     vLLM refuses float16 for Gemma 3 (numerical instability), its int4/int8 CPU kernels have no
@@ -116,9 +122,7 @@ def test_smollm2_rtn_w4_matches_our_runtime(tmp_path, runner):
     """
     from tierlm.edge.compress import export_artifact_for_vllm
 
-    if not SMOLLM2_ARTIFACT.is_dir():
-        pytest.skip(f"no {SMOLLM2_ARTIFACT}: tierlm compress --model smollm2-135m --recipe examples/recipes/rtn-w4g64.yaml ...")
-    export_artifact_for_vllm(SMOLLM2_ARTIFACT, tmp_path / "vllm")
+    export_artifact_for_vllm(smollm2_rtn_w4g64, tmp_path / "vllm")
     results = compare(tmp_path / "vllm", runner, max_model_len=512)
     rate = check_parity(tmp_path / "vllm", results)
     print(f"SmolLM2 135M rtn-w4g64: {rate:.0%} of {len(results)} prompts match exactly over {NEW_TOKENS} tokens")

@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 
+from tests.support.models import prepared_model
 from tierlm.edge import catalog
 from tierlm.edge.requests import GenerationRequest
 
@@ -37,9 +38,7 @@ def prompts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def gemma_folder():
-    if not catalog.MODELS[NAME].is_installed():
-        pytest.skip(catalog.MODELS[NAME].install)
-    return catalog.prepare(NAME)
+    return prepared_model(NAME)
 
 
 def test_greedy_tokens_match_transformers(gemma_folder):

@@ -19,6 +19,7 @@ from tierlm.edge import (
     QueueFull,
     TokenDelta,
 )
+from tierlm.errors import MissingResource
 
 MAX_SEQ = 128
 PROMPTS = [
@@ -404,5 +405,5 @@ def test_from_pretrained_loads_on_a_thread_that_has_exited(llama_dir, monkeypatc
 
 
 def test_a_failed_load_raises_on_the_callers_thread(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(MissingResource, match="no config.json"):
         DecoderEngine.from_pretrained(tmp_path, max_batch=1)

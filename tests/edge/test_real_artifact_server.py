@@ -1,8 +1,7 @@
-"""A real edge node on 127.0.0.1 serving the real compressed Gemma 3 270M (int4 GPTQ artifact).
+"""A real edge node on 127.0.0.1 serving the real compressed Gemma 3 270M (an int4 artifact).
 
-Uses the cached ``gptq-w4g128`` artifact under ``~/.cache/tierlm/artifacts/gemma-3-270m``;
-without one, builds the data-free ``rtn-w4g128`` artifact (same int4 format and kernels, a
-minute) from the prepared model; skips when neither the artifact nor the model package is here.
+The artifact is the data-free ``rtn-w4g128`` (the int4 format and kernels of the GPTQ recipes),
+built from the prepared model into the tierlm cache on the first run (a minute) and reused.
 The reference is the runtime run directly: the artifact loaded into our decoder and decoded
 greedily one token at a time, no engine and no server.
 
@@ -27,11 +26,10 @@ import pytest
 import torch
 
 from tests.support.aio import BackgroundLoop
-from tierlm.edge import catalog
+from tests.support.models import cached_artifact
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
 MODEL = "gemma-3-270m"
-ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [
     "Gold prices fell sharply after the central bank raised rates, and traders said",
     "The quick brown fox",
@@ -46,26 +44,9 @@ TIE_MARGIN = 1.0  # logits
 pytestmark = pytest.mark.slow
 
 
-def _artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cached = catalog.cache_root() / "artifacts" / MODEL / "gptq-w4g128"
-    if (cached / "tierlm_compression.json").is_file():
-        return cached
-    spec = catalog.get_spec(MODEL)
-    if not catalog.is_prepared(catalog.prepared_dir(MODEL)) and not spec.is_installed():
-        pytest.skip(f"no cached {cached} and the model package is absent ({spec.install})")
-    from tierlm.edge.compress import compress
-    from tierlm.kernels.recipe import load_recipe
-    from tierlm.edge.perplexity import read_text
-
-    out = tmp_path_factory.mktemp("artifact") / "rtn-w4g128"
-    recipe = load_recipe(ROOT / "examples" / "recipes" / "rtn-w4g128.yaml")
-    compress(catalog.prepare(MODEL), recipe, read_text(ROOT / "data" / "text" / "python-docs" / "calib"), out)
-    return out
-
-
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    return _artifact(tmp_path_factory)
+def artifact() -> Path:
+    return cached_artifact(MODEL, "rtn-w4g128")
 
 
 @pytest.fixture(scope="module")

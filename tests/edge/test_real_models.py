@@ -1,52 +1,33 @@
-"""The runtime on the prepared real models (Gemma 3 270M, SmolLM2 135M), where present.
-
-Every folder under $TIERLM_MODELS_DIR (default ~/.cache/tierlm/models) with a supported
-config.json is checked; a machine without prepared models skips these.
-"""
+"""The runtime on the real models (Gemma 3 270M, SmolLM2 135M), prepared into the tierlm cache
+by the fixture (minutes on an empty cache, then reused)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from tierlm.edge.config import SUPPORTED_MODEL_TYPES
+from tests.support.models import prepared_model
+from tierlm.edge import catalog
 
-MODELS_DIR = Path(os.environ.get("TIERLM_MODELS_DIR", Path.home() / ".cache" / "tierlm" / "models"))
-
-
-def _prepared() -> list[Path]:
-    if not MODELS_DIR.is_dir():
-        return []
-    found = []
-    for config in sorted(MODELS_DIR.glob("*/config.json")):
-        if json.loads(config.read_text()).get("model_type") in SUPPORTED_MODEL_TYPES:
-            found.append(config.parent)
-    return found
+pytestmark = pytest.mark.slow
 
 
-MODELS = _prepared()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not MODELS, reason=f"no prepared models under {MODELS_DIR}"),
-]
-
-
-@pytest.fixture(scope="module", params=MODELS, ids=lambda p: p.name)
+@pytest.fixture(scope="module", params=sorted(catalog.MODELS))
 def real(request):
     from transformers import AutoModelForCausalLM
 
     from tierlm.edge import DecoderEngine
 
+    folder = prepared_model(request.param)
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    hf = AutoModelForCausalLM.from_pretrained(request.param, dtype=torch.float32).eval()
-    engine = DecoderEngine.from_pretrained(request.param, max_batch=2, max_queue=0, max_seq_len=1024, prefill_chunk=128)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    engine = DecoderEngine.from_pretrained(folder, max_batch=2, max_queue=0, max_seq_len=1024, prefill_chunk=128)
     yield hf, engine
     engine.close()
+    torch.set_num_threads(threads)  # the rest of the session runs one thread (tests/conftest.py)
 
 
 @torch.inference_mode()

@@ -222,7 +222,7 @@ def test_edge_api_keys_come_from_a_secret(chart):
     objects = chart.render({"edge": {"apiKeys": {"existingSecret": "edge-keys", "existingSecretKey": "keys.yaml"}}})
     spec = chart.one(objects, "Deployment", chart.EDGE)["spec"]["template"]["spec"]
     args = spec["containers"][0]["args"]
-    keys_file = args[args.index("--api-keys") + 1]
+    keys_file = args[args.index("--tenants") + 1]
     (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if keys_file.startswith(m["mountPath"] + "/")]
     (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
     assert volume["secret"] == {"secretName": "edge-keys", "items": [{"key": "keys.yaml", "path": keys_file.rsplit("/", 1)[1]}]}

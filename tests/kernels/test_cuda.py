@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+
+from tests.support.skip_check import NEEDS_CUDA
 from tierlm.kernels.calibration import LayerStats, StatsSpec
 from tierlm.kernels.modules import QuantEmbedding, QuantLinear
 from tierlm.kernels.methods import QUANTIZERS
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=NEEDS_CUDA)
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+
+from tests.support.skip_check import NEEDS_CUDA
 from tierlm.kernels.modules import QuantLinear
 from tierlm.kernels.ops.sparse_mm import SemiStructuredMatMul, semi_structured_supports
 from tierlm.kernels.methods import QUANTIZERS
 from tierlm.kernels.sparse import SparseTensor, SparsityPattern, select_mask
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=NEEDS_CUDA)
 
 
 def _rel(a, b):
@@ -17,7 +19,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("batch", [1, 8, 64])
 def test_semi_structured_two_four_matches_dense(batch):
     if torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("2:4 sparse tensor cores need sm80+")
+        pytest.skip(f"{NEEDS_CUDA} with 2:4 sparse tensor cores (sm80+)")
     g = torch.Generator().manual_seed(0)
     w = torch.randn(2048, 640, generator=g) * 0.02
     p = SparsityPattern.parse("2:4")

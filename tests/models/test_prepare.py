@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tests.support.models import prepared_model
 from tierlm.edge import catalog
 
 
@@ -100,7 +101,7 @@ def test_cache_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_unknown_and_missing_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(KeyError, match="gemma-3-270m"):
+    with pytest.raises(catalog.UnknownModel, match="gemma-3-270m"):
         catalog.prepare("no-such-model", tmp_path)
     spec = catalog.ModelSpec(
         name="absent",
@@ -122,9 +123,7 @@ def test_unknown_and_missing_models(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("name", sorted(catalog.MODELS))
 def test_real_models_prepare_and_reload(name: str) -> None:
     """The real packages: minutes on the first run, seconds once the default cache is warm."""
-    if not catalog.MODELS[name].is_installed():
-        pytest.skip(catalog.MODELS[name].install)
-    folder = catalog.prepare(name)
+    folder = prepared_model(name)
     model, tokenizer = catalog.load_folder(folder)
     config = model.config
     if name == "gemma-3-270m":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,6 +51,14 @@ def test_serve_ask_reload_ledger(tmp_path):
         assert first.stdout.strip() == "cloud: a tricky one"
         assert "tier cloud" in first.stderr and "edge: low_score" in first.stderr
 
+        as_json = subprocess.run([*TIERLM, "ask", "--json", "another tricky one"], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert as_json.returncode == 0, as_json.stderr
+        answer = json.loads(as_json.stdout)
+        assert (answer["text"], answer["tier"]) == ("cloud: another tricky one", "cloud") and answer["cost"] > 0
+        assert [a["tier"] for a in answer["trace"]["attempts"]] == ["edge", "cloud"]
+        assert answer["trace"]["attempts"][0]["outcome"] == "TIER_OUTCOME_LOW_SCORE"
+
         settings = yaml.safe_load(policy.read_text())
         settings["cascade"]["thresholds"]["edge"] = 0.0
         policy.write_text(yaml.safe_dump(settings))
@@ -73,16 +82,23 @@ def test_serve_ask_reload_ledger(tmp_path):
 
         refused = subprocess.run([*TIERLM, "ask", "hi"], cwd=REPO, env={**env, "TIERLM_API_KEY": "bad"},
                                  capture_output=True, text=True, timeout=60)
-        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+        assert refused.returncode == 1
+        assert refused.stderr == "Error: UNAUTHENTICATED: missing or unknown API key (send it as x-api-key)\n"
 
         router.send_signal(signal.SIGTERM)
         assert router.wait(timeout=30) == 0
         summary = subprocess.run([*TIERLM, "router", "ledger", "--tenant", "acme", "--store", str(ledger)],
                                  cwd=REPO, capture_output=True, text=True, timeout=60)
         assert summary.returncode == 0, summary.stderr
-        # 2 via gRPC, 3 via HTTP; unauthenticated calls never reach the ledger (no tenant to book them to).
-        assert "5 requests, 5 answered" in summary.stdout
-        assert "cloud: 3 answers" in summary.stdout and "edge: 2 answers" in summary.stdout
+        # 3 via gRPC, 3 via HTTP; unauthenticated calls never reach the ledger (no tenant to book them to).
+        assert "6 requests, 6 answered" in summary.stdout
+        assert "cloud: 4 answers" in summary.stdout and "edge: 2 answers" in summary.stdout
+        as_json = subprocess.run([*TIERLM, "router", "ledger", "--tenant", "acme", "--store", str(ledger), "--json"],
+                                 cwd=REPO, capture_output=True, text=True, timeout=60)
+        booked = json.loads(as_json.stdout)
+        assert booked["tenant"] == "acme" and booked["since"] is None
+        assert (booked["requests"], booked["ok"], booked["by_tier"]) == (6, 6, {"cloud": 4, "edge": 2})
+        assert booked["cost"] > 0 and booked["prompt_tokens"] > 0
     finally:
         for process, _ in processes:
             process.kill()

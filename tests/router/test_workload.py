@@ -77,7 +77,7 @@ def test_empty_and_non_utf8_files_are_refused(tmp_path: Path) -> None:
 def test_the_check_command_reports_and_fails_with_nothing_else(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.jsonl", '{"id": "1", "prompt": "p"}')
     result = CliRunner().invoke(app, ["workload", "check", str(bad)])
-    assert result.exit_code == 1 and f"{bad}:1: reference: Field required" in result.output
+    assert result.exit_code == 3 and result.stderr == f"Error: {bad}:1: reference: Field required\n"
     good = CliRunner().invoke(app, ["workload", "check", str(HEADLINES / "dev.jsonl")])
     assert good.exit_code == 0 and "2500 rows (dev 2500); judges: choice" in good.output
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tierlm.app.demo_steps import ModeResult, ensure_models
+from tierlm.app.demo_steps import ModeResult, Narrator, ensure_models
 from tierlm.config import parse_policy
+from tierlm.errors import MissingResource
 
 from tests.support.workloads import LABELS
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_mode_result_row_counts_failures_as_wrong():
@@ -29,8 +34,8 @@ def test_a_missing_artifact_that_cannot_be_built_is_named(tmp_path):
         "tiers": [{"name": "edge", "address": "127.0.0.1:5", "model": str(tmp_path / "nowhere" / "w8a8"),
                    "launch": {"runtime": "edge"}}],
         "cascade": {"order": ["edge"]}}))
-    with pytest.raises(ValueError, match="nowhere"):
-        ensure_models(policy)
+    with pytest.raises(MissingResource, match="nowhere"):
+        ensure_models(policy, Narrator(io.StringIO()))
 
 
 def test_demo_routes_dev_queries_and_writes_its_table_and_plot(tmp_path, llama_dir, gemma_dir):
@@ -41,16 +46,35 @@ def test_demo_routes_dev_queries_and_writes_its_table_and_plot(tmp_path, llama_d
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({"tiers": [tier("edge", llama_dir, 1e-9), tier("cloud", gemma_dir, 1e-7)],
                                       "cascade": {"order": ["edge", "cloud"], "thresholds": {"edge": 0.5}}}))
-    out = tmp_path / "results"
+    committed = REPO / "bench" / "results" / "demo.json"
+    before = committed.stat().st_mtime_ns
+    run = tmp_path / "run"
     demo = subprocess.run([sys.executable, "-m", "tierlm.app.cli", "demo", "--policy", str(policy), "--queries", "12",
-                           "--concurrency", "4", "--out-dir", str(out), "--run-dir", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=600)
+                           "--concurrency", "4", "--run-dir", str(run)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "cascade" in demo.stdout and "edge-only" in demo.stdout and "of cloud-only's cost" in demo.stdout
-    rows = {r["name"]: r for r in json.loads((out / "demo.json").read_text())["rows"]}
+    # It says what it does while it works: each service as it comes up, each pass and its progress.
+    said = demo.stderr
+    for line in ("edge ready on 127.0.0.1:", "router ready on 127.0.0.1:", "pass 1 of 2: edge-only and cloud-only",
+                 "edge-only: 12/12 queries", "cloud-only: 12/12 queries", "pass 2 of 2: the cascade", "cascade: 12/12 queries"):
+        assert line in said, said
+    # The results go to the run folder; the committed ones are left alone.
+    assert committed.stat().st_mtime_ns == before
+    rows = {r["name"]: r for r in json.loads((run / "demo.json").read_text())["rows"]}
     assert set(rows) == {"edge-only", "cloud-only", "cascade"}
     assert rows["edge-only"]["answered"] == {"edge": 1.0} and rows["cloud-only"]["answered"] == {"cloud": 1.0}
     assert all(r["queries"] == 12 and r["failed"] == 0 for r in rows.values())
     # Forced to the dearer tier, every query pays its price; the cascade pays it only when it escalates.
     assert rows["cascade"]["cost_per_query"] <= rows["cloud-only"]["cost_per_query"]
-    assert (out / "demo_cost_accuracy.png").stat().st_size > 0
+    assert (run / "demo_cost_accuracy.png").stat().st_size > 0
+
+
+def test_the_narrator_reports_each_tenth_once() -> None:
+    stream = io.StringIO()
+    say = Narrator(stream)
+    for done in range(1, 26):
+        say.progress("edge-only", done, 25, "queries")
+    say("done")
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert lines == [*(f"edge-only: {n}/25 queries" for n in (3, 5, 8, 10, 13, 15, 18, 20, 23, 25)), "done"]

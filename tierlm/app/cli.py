@@ -8,6 +8,7 @@ import logging
 import typer
 
 import tierlm
+from tierlm.app.errors import EPILOG, CommandGroup
 
 # (group name, module) pairs; each module exposes `app`. Modules import their heavy
 # dependencies (torch, ray, ...) inside commands, so `tierlm --help` stays fast.
@@ -27,6 +28,8 @@ app = typer.Typer(
     name="tierlm",
     help="Cloud-edge LLM inference: compressed edge models, a Ray Serve cloud tier and a learned cascade router.",
     no_args_is_help=True,
+    cls=CommandGroup,
+    epilog=EPILOG,
     pretty_exceptions_enable=False,
     # Plain click output: an error is one unwrapped line whatever the terminal's width, so it can
     # be read, grepped and tested the same everywhere.

@@ -5,10 +5,12 @@ start the stack the demo policy launches (knn tier, edge node, Ray Serve cloud t
 send dev queries through the SDK three ways (edge only and cloud only with `force_tier`,
 then the fitted cascade), print one table and write the cost-accuracy plot. The policy's
 scorer and thresholds were fitted on HEADLINES *train* answers (`fit_policy`), never on dev.
+Every step says what it does as it starts, and long ones say how far they got (`Narrator`).
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -16,14 +18,38 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 from tierlm.config import Policy, load_policy
+from tierlm.errors import MissingResource
 from tierlm.router.workload import Workload, WorkloadRow
 
 RECIPE = Path("examples/recipes/w8a8.yaml")
 CALIB = Path("data/text/python-docs/calib")
+
+
+class Narrator:
+    """Says what the demo is doing: one line per step on stderr, with the seconds since it began.
+
+    Plain lines rather than live bars, so a terminal, `make demo | tee` and a CI log all show
+    the same thing while it happens; long steps report each tenth of their work."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self._start = time.perf_counter()
+        self._tenths: dict[str, int] = {}
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self._start:5.0f} s] {message}", file=self._stream, flush=True)
+
+    def progress(self, what: str, done: int, total: int, unit: str) -> None:
+        """Say `what: done/total unit` each time `done` reaches another tenth of `total`."""
+        tenth = 10 * done // total if total else 10
+        if tenth > self._tenths.get(what, 0):
+            self._tenths[what] = tenth
+            self(f"{what}: {done}/{total} {unit}")
 
 
 @dataclass
@@ -59,14 +85,18 @@ def run_cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "tierlm.app.cli", *args], check=True)
 
 
-def ensure_models(policy: Policy) -> None:
+def ensure_models(policy: Policy, say: Narrator) -> None:
     """Prepare every registered model the policy's tiers name, and build the edge artifact
     if a tier names a missing one under the cache's artifacts (cached for later runs)."""
     from tierlm.edge import catalog
+    from tierlm.edge.compress import build_artifact
+    from tierlm.edge.perplexity import read_text
+    from tierlm.kernels.recipe import load_recipe
 
     for tier in policy.tiers:
         if tier.model in catalog.MODELS:
-            catalog.prepare(tier.model)
+            say(f"{tier.name}: preparing {tier.model} (converted from its GGUF once, then cached)")
+            catalog.prepare(tier.model, report=say)
             continue
         if tier.model is None or tier.launch is None or tier.launch.runtime == "knn":
             continue
@@ -77,25 +107,26 @@ def ensure_models(policy: Policy) -> None:
         base = folder.parent.name
         recipe = RECIPE.parent / f"{folder.name.removeprefix('demo-')}.yaml"
         if base not in catalog.MODELS or not recipe.is_file():
-            raise ValueError(f"tier {tier.name!r}: {folder} is missing and is not <cache>/artifacts/<model>/<recipe> to build")
-        print(f"building the {tier.name} artifact {folder} (once; {recipe}) ...", flush=True)
-        partial = folder.with_name(folder.name + ".partial")
-        run_cli("compress", "--model", base, "--recipe", str(recipe), "--calib", str(CALIB), "--out", str(partial))
-        partial.rename(folder)
+            raise MissingResource(f"tier {tier.name!r}: {folder} is missing and is not <cache>/artifacts/<model>/<recipe> to build")
+        say(f"{tier.name}: building {folder} from {base} by {recipe} (once; minutes)")
+        source = catalog.prepare(base, report=say)
+        what = f"{tier.name}: compressing"
+        build_artifact(source, load_recipe(recipe), read_text(CALIB), folder,
+                       progress=lambda done, total, _: say.progress(what, done, total, "layers"))
 
 
-async def run_mode(address: str, name: str, workload: Workload, rows: Sequence[WorkloadRow], concurrency: int, progress,
-                   **routing) -> ModeResult:
+async def run_mode(address: str, name: str, workload: Workload, rows: Sequence[WorkloadRow], concurrency: int,
+                   say: Narrator, **routing) -> ModeResult:
     """Send every row's query through the SDK (at most `concurrency` in flight); its judge scores the answer."""
     from tierlm.app.loadgen import send_all
     from tierlm.client import AsyncClient, TierlmError
 
-    task = progress.add_task(name, total=len(rows))
+    finished = itertools.count(1)
     started = time.perf_counter()
     async with AsyncClient(address, timeout_s=300.0) as client:
         outcomes = await send_all(
             client, [row.query for row in rows], concurrency=concurrency,
-            on_done=lambda: progress.advance(task), max_tokens=1, **routing,
+            on_done=lambda: say.progress(name, next(finished), len(rows), "queries"), max_tokens=1, **routing,
         )  # fmt: skip
     result = ModeResult(name, wall_s=time.perf_counter() - started)
     for row, outcome in zip(rows, outcomes):

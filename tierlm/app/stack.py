@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import yaml
 from tierlm.app import lifeline
 from tierlm.config import Policy, TierConfig, load_policy
 from tierlm.router.store import is_postgres
+from tierlm.serving import require_free_port
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +289,11 @@ class LocalStack:
     def router_addresses(self) -> list[str]:
         return [router.address for router in self.plan.routers]
 
-    def start(self) -> None:
+    def start(self, on_ready: Callable[[Service], None] | None = None) -> None:
+        """Start every service and wait until all are healthy; `on_ready` hears of each in turn."""
+        # A taken port fails here in one line, not minutes later in a child's log.
+        for service in self.plan.services:
+            require_free_port(service.name, service.host, service.port)
         try:
             # Everything loads side by side (the router connects to tiers lazily, so it may
             # come up first); the stack is ready when every service answers health checks.
@@ -296,6 +302,8 @@ class LocalStack:
             for service in self.plan.services:
                 service.wait_healthy()
                 log.info("%s healthy on %s", service.name, service.address)
+                if on_ready is not None:
+                    on_ready(service)
         except BaseException:
             self.stop()
             raise

@@ -19,13 +19,8 @@ def serve(
     """Start Ray Serve with the Generator gRPC proxy and serve until SIGTERM/SIGINT."""
     from tierlm.cloud.config import load_cloud_config
     from tierlm.cloud.runner import start_cloud, stop_cloud
-    from tierlm.config import PolicyError
 
-    try:
-        settings = load_cloud_config(config)
-    except (PolicyError, ValueError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
+    settings = load_cloud_config(config)
     stop = stop_on_signals()
     try:
         endpoints = start_cloud(settings, num_cpus)

@@ -20,23 +20,21 @@ def compress(
     threads: Annotated[int, typer.Option(min=1, help="torch intra-op threads.")] = 2,
 ) -> None:
     """Calibrate and compress a model layer by layer and write a loadable artifact."""
-    from tierlm.kernels.recipe import RecipeError, load_recipe
+    from tierlm.kernels.recipe import load_recipe
 
-    try:
-        parsed = load_recipe(recipe)
-    except (RecipeError, ValueError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--recipe") from None
+    parsed = load_recipe(recipe)
 
     import torch
 
     from tierlm.edge import catalog
     from tierlm.edge.compress import compress as run
     from tierlm.edge.perplexity import read_text
+    from tierlm.errors import MissingResource
 
     torch.set_num_threads(threads)
     folder = catalog.prepare(model) if model in catalog.MODELS else Path(model)
     if not (folder / "config.json").is_file():
-        raise typer.BadParameter(f"{model}: not an HF folder (no config.json) nor a registered name", param_hint="--model")
+        raise MissingResource(f"{model}: not an HF folder (no config.json) nor a registered name (`tierlm model list`)")
     text = read_text(calib)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_status

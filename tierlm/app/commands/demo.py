@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ def demo(
     queries: int = typer.Option(200, "--queries", min=1, help="HEADLINES dev rows to send (the first N)."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight from the SDK."),
     single: list[str] = typer.Option(["edge", "cloud"], "--single", help="Tiers to also measure alone (force_tier), repeatable."),
-    out_dir: Path = typer.Option(Path("bench/results"), "--out-dir", help="Where demo.json and demo_cost_accuracy.png go."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for demo.json and demo_cost_accuracy.png (default: the run folder)."),
     refit: bool = typer.Option(False, "--refit", help="Re-run collect -> train -> fit on HEADLINES train (out-of-fold scores) and rewrite the policy's scorer and cascade."),
     fit_rows: int = typer.Option(300, "--fit-rows", min=10, help="Train rows for --refit."),
     budget_share: float = typer.Option(0.25, "--budget-share", min=0.0, help="--refit: mean-cost budget as a share of the dearest tier's."),
@@ -33,59 +34,63 @@ def demo(
 ) -> None:
     """Prepare models, start knn + edge + cloud (Ray Serve) + router on 127.0.0.1, route dev
     queries as edge only and cloud only (side by side), then the fitted cascade; print the
-    table, write the plot."""
+    table, write the result and the plot into the run folder (or --out)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from tierlm.app import demo_steps as steps
     from tierlm.app.commands.up import default_run_dir
+    from tierlm.app.errors import CommandError
+    from tierlm.app.stack import LocalStack, StackError, plan_stack
     from tierlm.config import load_policy
     from tierlm.edge.catalog import cache_root
     from tierlm.results import write_results
-    from tierlm.app.stack import LocalStack, StackError, plan_stack
     from tierlm.router.workload import load_workload
 
-    console = Console(stderr=True)
-    signal.signal(signal.SIGTERM, _interrupt)
     started = time.perf_counter()
+    say = steps.Narrator()
+    # The narrator reports each service as it comes up; the stack's own log lines would repeat it.
+    logging.getLogger("tierlm.app.stack").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)
     parsed = load_policy(policy)
     unknown = [name for name in single if name not in {t.name for t in parsed.tiers}]
     if unknown:
         raise typer.BadParameter(f"no tiers {unknown} in {policy}", param_hint="--single")
-    steps.ensure_models(parsed)
-    if refit:
-        cascade = steps.fit_policy(policy, HEADLINES / "train.jsonl", cache_root() / "demo" / "answers.sqlite", fit_rows,
-                                   budget_share, policy.parent / "scorer")
-        console.print(f"fitted on train: {cascade}")
+    run_dir = run_dir or default_run_dir()
+    out = out or run_dir
     dev = load_workload(HEADLINES / "dev.jsonl")
     rows = list(dev)[:queries]
+    say(f"tierlm demo: {len(rows)} HEADLINES dev queries through {policy}; results go to {out}")
+    steps.ensure_models(parsed, say)
+    if refit:
+        say(f"refitting the policy's scorer and cascade on {fit_rows} HEADLINES train rows")
+        cascade = steps.fit_policy(policy, HEADLINES / "train.jsonl", cache_root() / "demo" / "answers.sqlite", fit_rows,
+                                   budget_share, policy.parent / "scorer")
+        say(f"fitted on train: {cascade}")
     # The demo's own clients call a router on 127.0.0.1 that lives as long as the demo: no tenants.
-    plan = plan_stack(policy, run_dir or default_run_dir(), router_port=0, free_ports=True, no_auth=True)
+    plan = plan_stack(policy, run_dir, router_port=0, free_ports=True, no_auth=True)
     stack = LocalStack(plan)
     try:
-        with console.status(f"starting {', '.join(s.name for s in plan.services)} (logs: {plan.run_dir / 'logs'})"):
-            stack.start()
-        ready_s = time.perf_counter() - started
-        console.print(f"stack up in {ready_s:.0f} s: " + ", ".join(f"{s.name} {s.address}" for s in plan.services))
+        say(f"starting {', '.join(s.name for s in plan.services)} (the cloud tier takes a minute or two; logs: {plan.run_dir / 'logs'})")
+        stack.start(on_ready=lambda service: say(f"{service.name} ready on {service.address}"))
+        ready_s = time.perf_counter() - started  # models prepared and every service healthy
 
         async def measure():
-            with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console) as progress:
-                # Each forced tier loads only its own process (one core each here), so the
-                # single-tier passes run side by side; the cascade then has the stack to itself.
-                alone = await asyncio.gather(*(
-                    steps.run_mode(stack.router_address, f"{name}-only", dev, rows, concurrency, progress, force_tier=name)
-                    for name in single))
-                return [*alone, await steps.run_mode(stack.router_address, "cascade", dev, rows, concurrency, progress)]
+            # Each forced tier loads only its own process (one core each here), so the
+            # single-tier passes run side by side; the cascade then has the stack to itself.
+            say(f"pass 1 of 2: {' and '.join(f'{n}-only' for n in single)} side by side, {len(rows)} queries each")
+            alone = await asyncio.gather(*(
+                steps.run_mode(stack.router_address, f"{name}-only", dev, rows, concurrency, say, force_tier=name)
+                for name in single))
+            say(f"pass 2 of 2: the cascade, {len(rows)} queries")
+            return [*alone, await steps.run_mode(stack.router_address, "cascade", dev, rows, concurrency, say)]
 
         results = asyncio.run(measure())
     except StackError as exc:
-        console.print(f"[red]{exc}")
-        raise typer.Exit(1) from None
+        raise CommandError(str(exc)) from None
     finally:
-        with console.status("stopping the stack"):
-            stack.stop()
+        say("stopping the stack")
+        stack.stop()
     table = Table(title=f"HEADLINES dev, first {len(rows)} queries, through the router ({concurrency} in flight)")
     for column in ("route", "accuracy", "mean cost / query", "answered by", "p50 ms", "p95 ms", "failed"):
         table.add_column(column, justify="left" if column in ("route", "answered by") else "right")
@@ -101,13 +106,12 @@ def demo(
                         f"accuracy {100 * (cascade['accuracy'] - cloud['accuracy']):+.1f} points")
     from tierlm.router.study.frontier_plot import plot_cost_accuracy
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     plot = plot_cost_accuracy(
-        out_dir / "demo_cost_accuracy.png", frontier=[(cascade["cost_per_query"], cascade["accuracy"])],
+        out / "demo_cost_accuracy.png", frontier=[(cascade["cost_per_query"], cascade["accuracy"])],
         frontier_label="cascade (live)", single_tiers={r["name"]: (r["cost_per_query"], r["accuracy"]) for r in report[:-1]},
         log_x=True, title=f"tierlm demo: HEADLINES dev, {len(rows)} queries",
     )
-    path = write_results("demo", report, folder=out_dir, queries=len(rows), concurrency=concurrency,
+    path = write_results("demo", report, folder=out, queries=len(rows), concurrency=concurrency,
                          policy=str(policy), stack_ready_s=round(ready_s, 1))
-    total_s = time.perf_counter() - started
-    Console().print(f"wrote {path} and {plot}; total {total_s / 60:.1f} min (stack ready after {ready_s:.0f} s)")
+    say(f"wrote {path} and {plot}")

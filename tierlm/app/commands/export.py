@@ -22,18 +22,19 @@ def vllm(
     The packed tensors are reused as they are; modules vLLM cannot run (AWQ and SmoothQuant
     input scales, act-order, int3, NF4, sparse or low-rank) are refused with the reason.
     """
-    from tierlm.kernels.artifact import is_artifact
+    from tierlm.app.errors import CommandError
     from tierlm.edge.compress import export_artifact_for_vllm
+    from tierlm.errors import MissingResource
+    from tierlm.kernels.artifact import is_artifact
     from tierlm.kernels.vllm_export import ExportError
 
     if not is_artifact(artifact):
-        raise typer.BadParameter(f"{artifact}: not a tierlm artifact (no tierlm_compression.json)", param_hint="--artifact")
+        raise MissingResource(f"{artifact}: not a tierlm artifact (no tierlm_compression.json); `tierlm compress` writes one")
     with _status.status(f"exporting {artifact} for vLLM"):
         try:
             summary = export_artifact_for_vllm(artifact, out)
         except ExportError as exc:
-            _status.print(f"[red]cannot export for vLLM:[/red] {exc}")
-            raise typer.Exit(1) from None
+            raise CommandError(f"cannot export for vLLM: {exc}") from None
     schemes = ", ".join(f"{n} linears {fmt}" for fmt, n in summary.schemes.items())
     tables = f"; float32 tables: {', '.join(summary.dequantized)}" if summary.dequantized else ""
     print(f"{out}: {schemes}{tables}")

@@ -23,7 +23,7 @@ def _group() -> None:
 def serve(
     pool: Path = typer.Option(..., "--pool", exists=True, dir_okay=False, help="Workload file of labelled rows the tier learns from (a train split)."),
     model: str = typer.Option("knn-vote", "--model", help="knn-vote or minilm-probe."),
-    port: int = typer.Option(50081, "--port", help="gRPC port."),
+    port: int = typer.Option(50081, "--port", min=0, max=opt.MAX_PORT, help="gRPC port."),
     tier_name: str = typer.Option("knn", "--tier-name", help="Tier name put on answers."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads of the sentence encoder."),
     api_keys: Path | None = opt.API_KEYS,

@@ -48,17 +48,13 @@ def prepare(
 ) -> None:
     """Convert a model's GGUF once into a cached HF folder and print the folder's path."""
     start = time.perf_counter()
-    try:
-        with _status.status(f"{name}: starting") as status:
+    with _status.status(f"{name}: starting") as status:
 
-            def report(message: str) -> None:
-                elapsed = time.perf_counter() - start
-                status.update(f"[{elapsed:5.0f} s] {message}")
-                _status.log(message)
+        def report(message: str) -> None:
+            elapsed = time.perf_counter() - start
+            status.update(f"[{elapsed:5.0f} s] {message}")
+            _status.log(message)
 
-            folder = catalog.prepare(name, cache_dir, force=force, verify=verify, report=report)
-    except (KeyError, catalog.ModelNotInstalled) as exc:
-        _status.print(f"[red]error:[/] {exc.args[0]}")
-        raise typer.Exit(2) from None
+        folder = catalog.prepare(name, cache_dir, force=force, verify=verify, report=report)
     print(folder)
 

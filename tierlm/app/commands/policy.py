@@ -7,20 +7,21 @@ from pathlib import Path
 import typer
 
 from tierlm.auth import hash_key
-from tierlm.config import PolicyError, load_policy
-from tierlm.yaml_source import YamlSyntaxError
+from tierlm.config import load_policy
 
 app = typer.Typer(help="Validate cascade policy files and hash tenant API keys.", no_args_is_help=True)
 
 
 @app.command()
 def validate(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Policy YAML to check.")) -> None:
-    """Check FILE; print OK, or each problem as file:line: field: message and exit 1."""
-    try:
-        policy = load_policy(file)
-    except (PolicyError, YamlSyntaxError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
+    """Check FILE and the files it names (scorer folder, pool workload, fixed prompts, CA files,
+    model folders; relative paths from the working folder, as the router reads them). Print OK,
+    or each problem as file:line: field: message and exit 3."""
+    from tierlm.router.workload import load_workload
+
+    policy = load_policy(file, check_files=True)
+    if policy.pool is not None:
+        load_workload(policy.pool)  # a bad row is named by the pool's own file:line
     typer.echo(f"OK: {file}: {len(policy.tiers)} tiers, cascade {' -> '.join(policy.cascade.order)}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ import typer
 
 from tierlm import tracing
 from tierlm.app.commands import server_options as opt
+from tierlm.app.errors import CommandError, ExitCode
 
 if TYPE_CHECKING:
     from tierlm.router.store import Store
@@ -34,8 +36,8 @@ STORE_HELP = ("Ledger and budgets: a SQLite file (one router, or workers on one 
 def serve(
     policy: Path = typer.Option(..., "--policy", exists=True, dir_okay=False, help="Cascade policy YAML (reloaded on change and on SIGHUP)."),
     tenants: Path | None = typer.Option(None, "--tenants", exists=True, dir_okay=False, help="Extra tenants file: name -> key_sha256 and budgets."),
-    port: int = typer.Option(50051, "--port", help="gRPC port of the Router service."),
-    http_port: int | None = typer.Option(None, "--http-port", help="Also serve an OpenAI-compatible HTTP API on this port (TLS when --tls-cert is given)."),
+    port: int = typer.Option(50051, "--port", min=0, max=opt.MAX_PORT, help="gRPC port of the Router service."),
+    http_port: int | None = typer.Option(None, "--http-port", min=0, max=opt.MAX_PORT, help="Also serve an OpenAI-compatible HTTP API on this port (TLS when --tls-cert is given)."),
     http_read_timeout: float = typer.Option(30.0, "--http-read-timeout", min=0.1, help="Seconds an HTTP client may take to send one whole request."),
     http_max_connections: int = typer.Option(1024, "--http-max-connections", min=1, help="Open HTTP connections beyond this are closed on accept."),
     no_auth: bool = opt.NO_AUTH,
@@ -53,6 +55,9 @@ def serve(
     from tierlm.router.serve.http_server import HttpOptions
     from tierlm.router.serve.server import serve as run
 
+    if http_port is not None and tls_cert is not None:
+        raise CommandError("--http-port and --tls-cert conflict: the OpenAI HTTP endpoint reaches the router over loopback without TLS",
+                           ExitCode.USAGE)
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
 
     def ready(server, bound_http_port: int | None) -> None:
@@ -103,10 +108,15 @@ def ledger_summary(
     tenant: str = typer.Option(..., "--tenant", help="Tenant to summarize."),
     since: str = typer.Option("", "--since", help="ISO date or datetime (UTC), e.g. 2026-11-01; default: everything."),
     store: str = typer.Option(DEFAULT_STORE, "--store", envvar="TIERLM_STORE", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Summarize one tenant's requests, answers per tier and cost."""
     since_ts = parse_since(since)
     summary = asyncio.run(with_store(existing_store(store), lambda opened: opened.summarize(tenant, since_ts)))
+    if as_json:
+        since_iso = datetime.fromtimestamp(since_ts, timezone.utc).isoformat() if since_ts else None
+        typer.echo(json.dumps(dataclasses.asdict(summary) | {"since": since_iso}))
+        return
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ts)) if since_ts else "the beginning"
     typer.echo(f"tenant {summary.tenant} since {when} UTC: {summary.requests} requests, {summary.ok} answered, "
                f"cost {summary.cost:.6g}, tokens {summary.prompt_tokens} in / {summary.completion_tokens} out")

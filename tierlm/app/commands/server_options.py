@@ -8,12 +8,12 @@ from pathlib import Path
 import typer
 
 from tierlm.auth import KeyRing
-from tierlm.serving import ServerConfig, TLSServerFiles
+from tierlm.serving import MAX_PORT, ServerConfig, TLSServerFiles
 
 log = logging.getLogger(__name__)
 
 HOST = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 inside containers).")
-METRICS_PORT = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port (off if unset).")
+METRICS_PORT = typer.Option(None, "--metrics-port", min=0, max=MAX_PORT, help="Serve Prometheus metrics on this port (off if unset).")
 TLS_CERT = typer.Option(None, "--tls-cert", exists=True, dir_okay=False, help="PEM certificate; enables TLS with --tls-key.")
 TLS_KEY = typer.Option(None, "--tls-key", exists=True, dir_okay=False, help="PEM private key for --tls-cert.")
 TLS_CLIENT_CA = typer.Option(None, "--tls-client-ca", exists=True, dir_okay=False, help="Require client certificates signed by this CA.")

@@ -12,14 +12,10 @@ app = typer.Typer(help="Workload files: labelled queries as JSON lines.", no_arg
 
 @app.command()
 def check(path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Workload file (JSON lines).")) -> None:
-    """Validate a workload file: every problem is printed as file:line: field: message (exit 1)."""
-    from tierlm.router.workload import WorkloadError, load_workload
+    """Validate a workload file: every problem is printed as file:line: field: message (exit 3)."""
+    from tierlm.router.workload import load_workload
 
-    try:
-        workload = load_workload(path)
-    except WorkloadError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
+    workload = load_workload(path)
     splits = ", ".join(f"{name} {len(workload.split(name))}" for name in workload.splits)
     judges = sorted({row.judge_spec.name for row in workload})
     typer.echo(f"{path}: {len(workload)} rows ({splits}); judges: {', '.join(judges)}")
