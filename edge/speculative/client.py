@@ -1,7 +1,15 @@
-"""The drafter's gRPC client of a verifier (an edge node or the cloud tier's Verify rpc)."""
+"""The drafter's gRPC client of a verifier (an edge node or the cloud tier's Verify rpc).
+
+A round that meets a verifier being restarted (connection refused, the call cancelled by its
+shutdown) is sent again until the round's timeout: a round is idempotent (the verifier cuts the
+session back to the round's start), and the restarted verifier answers with a lost session,
+which the drafter rebuilds. A verifier still unreachable at the timeout fails the generation.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +23,9 @@ from tierlm.v1 import generator_pb2_grpc
 
 # As the router's tier clients: a verifier that restarted is reachable again within 2 s.
 CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
+# Failures that a verifier restart causes; the round is sent again while its time lasts.
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+RESEND_PAUSE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -63,16 +74,40 @@ class GrpcVerifier:
 
     async def verify(self, round_: VerifyRound) -> VerifyOutcome:
         stub = self._open()
-        try:
-            reply = await stub.Verify(round_to_proto(round_), timeout=self.endpoint.timeout_s, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            held = dict(exc.trailing_metadata() or ()).get(SESSION_LENGTH_KEY)
-            if exc.code() is grpc.StatusCode.INVALID_ARGUMENT and held is not None:
-                raise SessionLost(exc.details() or "", int(held)) from None
-            raise VerifierFailed(f"verifier {self.endpoint.address}: {exc.code().name}: {exc.details()}") from None
-        return outcome_from_proto(reply, round_.logprobs)
+        message = round_to_proto(round_)
+        deadline = time.monotonic() + self.endpoint.timeout_s
+        while True:
+            try:
+                # wait_for_ready: while the verifier is down, wait for it (within the timeout)
+                # instead of failing at once.
+                reply = await stub.Verify(
+                    message, timeout=max(0.0, deadline - time.monotonic()), metadata=self._metadata, wait_for_ready=True
+                )
+                return outcome_from_proto(reply, round_.logprobs)
+            except grpc.aio.AioRpcError as exc:
+                held = dict(exc.trailing_metadata() or ()).get(SESSION_LENGTH_KEY)
+                if exc.code() is grpc.StatusCode.INVALID_ARGUMENT and held is not None:
+                    raise SessionLost(exc.details() or "", int(held)) from None
+                if exc.code() not in TRANSIENT or time.monotonic() + RESEND_PAUSE_S >= deadline:
+                    raise VerifierFailed(f"verifier {self.endpoint.address}: {exc.code().name}: {exc.details()}") from None
+            await asyncio.sleep(RESEND_PAUSE_S)
 
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
+
+
+class AddedLatency(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds ``rtt_s`` to every unary call, half before it is sent and half after its answer: a
+    network round trip simulated on the channel (benchmarks and fault tests use it)."""
+
+    def __init__(self, rtt_s: float) -> None:
+        self.rtt_s = rtt_s
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        await asyncio.sleep(self.rtt_s / 2)
+        call = await continuation(client_call_details, request)
+        response = await call  # raises the call's error, after which no delay matters
+        await asyncio.sleep(self.rtt_s / 2)
+        return response

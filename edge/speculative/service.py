@@ -16,7 +16,7 @@ from tierlm.edge.protocol import EventStream, TextEngine
 from tierlm.edge.requests import Completion
 from tierlm.edge.speculative.drafter import Drafter, SpeculativeCompletion, VerifierFailed
 from tierlm.edge.speculative.sessions import SessionLost
-from tierlm.edge.speculative.verifier import Verifier
+from tierlm.edge.speculative.verifier import Verifier, VerifyUnsupported
 from tierlm.edge.speculative.wire import SESSION_LENGTH_KEY, STATS_KEY, outcome_to_proto, round_from_proto, stats_to_proto
 from tierlm.errors import GenerationError
 from tierlm.v1 import generator_pb2
@@ -44,6 +44,8 @@ class SpeculativeGenerator(ProtoGenerator):
     def error(self, exc: EngineError) -> GenerationError:
         if isinstance(exc, _NoDrafter):
             return GenerationError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        if isinstance(exc, VerifyUnsupported):
+            return GenerationError(grpc.StatusCode.UNIMPLEMENTED, str(exc))
         if isinstance(exc, VerifierFailed):
             # What the rounds so far cost travels with the failure, so the caller can bill it.
             stats = stats_to_proto(exc.stats).SerializeToString()
@@ -54,6 +56,8 @@ class SpeculativeGenerator(ProtoGenerator):
         message = super()._final(done, request_id, with_text)
         if isinstance(done, SpeculativeCompletion):
             message.speculative.CopyFrom(stats_to_proto(done.speculative))
+            # The text is the verifier model's, token for token (or in distribution).
+            message.model = done.speculative.verifier_model or message.model
         return message
 
     async def verify(self, request: generator_pb2.VerifyRequest, tenant: str = "") -> generator_pb2.VerifyResponse:

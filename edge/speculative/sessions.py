@@ -209,8 +209,8 @@ class SessionEngine:
         bad = next((t for t in tokens if not 0 <= t < self.vocab_size), None)
         if bad is not None:
             raise InvalidRequest(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
-        if isinstance(step, Score) and not 1 <= step.rows <= len(tokens):
-            raise InvalidRequest(f"rows must be in 1..{len(tokens)}, got {step.rows}")
+        if isinstance(step, Score) and not 1 <= step.rows <= min(len(tokens), self.chunk):
+            raise InvalidRequest(f"rows must be in 1..{min(len(tokens), self.chunk)} (the tokens fed, at most a chunk), got {step.rows}")
         if isinstance(step, Draft) and step.k < 1:
             raise InvalidRequest(f"k must be >= 1, got {step.k}")
         end = start + len(tokens) + (step.k - 1 if isinstance(step, Draft) else 0)

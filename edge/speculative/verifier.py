@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from tierlm.edge.errors import InvalidRequest
+from tierlm.edge.errors import EngineError, InvalidRequest
 from tierlm.edge.prepare import MAX_SEED, MAX_TEMPERATURE
 from tierlm.edge.speculative.acceptance import (
     MAX_SUPPORT, SparseDistribution, accept_greedy, accept_sampled, round_generator,
@@ -59,12 +59,16 @@ class VerifyOutcome:
     model: str = ""  # the verifier's model, as it names itself
 
 
+class VerifyUnsupported(EngineError):
+    """This verifier cannot verify rounds of this kind (UNIMPLEMENTED); the message says why."""
+
+
 class Verifier(Protocol):
     """What serves Verify: the torch verifier here, vLLM's in the cloud tier."""
 
     async def verify(self, round_: VerifyRound) -> VerifyOutcome:
         """Raises ``InvalidRequest`` for a bad round, ``SessionLost`` for a session it does not hold
-        (as far as ``round_.start``), and the engine errors."""
+        (as far as ``round_.start``), ``VerifyUnsupported`` and the engine errors."""
 
     async def aclose(self) -> None: ...
 

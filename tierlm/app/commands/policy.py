@@ -15,10 +15,15 @@ app = typer.Typer(help="Validate cascade policy files and hash tenant API keys."
 
 @app.command()
 def validate(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Policy YAML to check.")) -> None:
-    """Check FILE; print OK, or each problem as file:line: field: message and exit 1."""
+    """Check FILE; print OK, or each problem as file:line: field: message and exit 1.
+
+    A speculative pair's tokenizers are compared too, as the router does when it loads the file."""
+    from tierlm.router.serve.speculative import check_tokenizers
+
     try:
         policy = load_policy(file)
-    except (PolicyError, YamlSyntaxError) as exc:
+        check_tokenizers(policy)
+    except (PolicyError, YamlSyntaxError, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     typer.echo(f"OK: {file}: {len(policy.tiers)} tiers, cascade {' -> '.join(policy.cascade.order)}")
