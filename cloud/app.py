@@ -1,8 +1,9 @@
 """The cloud tier as a Ray Serve application.
 
 One `LLMServer` deployment per configured model (its own replicas, autoscaling and
-resources, a text engine chosen by config and served through `ProtoGenerator`) behind one `GeneratorIngress`, which implements
-the tierlm.v1 Generator rpc names for Ray Serve's gRPC proxy, plus grpc.health.v1 Check so
+resources, a text engine chosen by config and served through `SpeculativeGenerator`, which adds
+the Verify rpc for edge drafters when the config asks for it) behind one `GeneratorIngress`, which
+implements the tierlm.v1 Generator rpc names for Ray Serve's gRPC proxy, plus grpc.health.v1 Check so
 Kubernetes gRPC probes work against the proxy. The router calls the proxy exactly as it
 calls an edge node; gRPC metadata `tierlm-model` picks a model other than the first.
 
@@ -23,8 +24,8 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from tierlm.cloud.config import CloudConfig, ModelDeploymentConfig
-from tierlm.cloud.engines import make_text_engine
-from tierlm.edge.generator import ProtoGenerator
+from tierlm.cloud.engines import make_text_engine, make_verifier
+from tierlm.edge.speculative.service import SpeculativeGenerator
 from tierlm.errors import GenerationError
 from tierlm.v1 import generator_pb2
 
@@ -44,7 +45,8 @@ class LLMServer:
 
     def __init__(self, model: dict[str, Any], tier_name: str):
         self.config = ModelDeploymentConfig.model_validate(model)
-        self.generator = ProtoGenerator(make_text_engine(self.config), self.config.name, tier_name)
+        engine = make_text_engine(self.config)
+        self.generator = SpeculativeGenerator(engine, self.config.name, tier_name, verifier=make_verifier(self.config, engine))
 
     async def generate(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
         return await self.generator.generate(request)
@@ -52,6 +54,9 @@ class LLMServer:
     async def generate_stream(self, request: generator_pb2.GenerateRequest) -> AsyncIterator[generator_pb2.GenerateResponse]:
         async for chunk in self.generator.stream(request):
             yield chunk
+
+    async def verify(self, request: generator_pb2.VerifyRequest) -> generator_pb2.VerifyResponse:
+        return await self.generator.verify(request)
 
     async def check_health(self) -> None:
         # Serve calls this every health_check_period_s; raising restarts the replica.
@@ -61,6 +66,7 @@ class LLMServer:
 
     async def __del__(self) -> None:
         await self.generator.engine.aclose(timeout=self.config.graceful_shutdown_timeout_s)
+        await self.generator.aclose_speculation()
 
 
 # The ingress only forwards; reserving no CPU keeps a whole core for the model replicas on
@@ -96,6 +102,15 @@ class GeneratorIngress:
         except GenerationError as exc:
             grpc_context.set_code(exc.code)
             grpc_context.set_details(str(exc))
+
+    async def Verify(self, request: generator_pb2.VerifyRequest, grpc_context: RayServegRPCContext):
+        try:
+            return await self._server(grpc_context).verify.remote(request)
+        except GenerationError as exc:
+            grpc_context.set_code(exc.code)
+            grpc_context.set_details(str(exc))
+            grpc_context.set_trailing_metadata(list(exc.trailing_metadata()))
+            return generator_pb2.VerifyResponse()
 
     def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
         # Reaching this method means the proxy, this replica and Serve's routing work;

@@ -36,6 +36,18 @@ class ReplicaResources(_Strict):
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
 
 
+class VerifyConfig(_Strict):
+    """Serve the Verify rpc for edge drafters (speculative decoding, docs/speculative.md).
+
+    The torch engine verifies on its own copy of the model with ``max_sessions`` KV-cache
+    sessions, an idle one dropped after ``session_ttl_s``; vLLM verifies greedy rounds on its
+    own engine, reusing the context through its automatic prefix caching.
+    """
+
+    max_sessions: Annotated[int, Field(ge=1)] = 16
+    session_ttl_s: Annotated[float, Field(gt=0)] = 300.0
+
+
 class ModelDeploymentConfig(_Strict):
     """One model, served by one Serve deployment with its own replicas."""
 
@@ -47,6 +59,8 @@ class ModelDeploymentConfig(_Strict):
     # Passed to the engine: vLLM engine args (dtype, max_model_len, enforce_eager, ...) for
     # "vllm"; threads, max_batch, max_queue for "torch".
     engine_options: dict[str, Any] = {}
+    # Set to serve Verify for edge drafters; unset, Verify answers UNIMPLEMENTED.
+    verify: VerifyConfig | None = None
     autoscaling: AutoscalingConfig = AutoscalingConfig()
     max_ongoing_requests: Annotated[int, Field(gt=0)] = 32
     resources: ReplicaResources = ReplicaResources()

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest, QueueFull
-from tierlm.edge.protocol import TextEngine
+from tierlm.edge.protocol import EventStream, TextEngine
 from tierlm.edge.requests import ChatMessage, Completion, FinishReason, GenerationRequest, TokenDelta
 from tierlm.errors import GenerationError
 from tierlm.v1 import generator_pb2
@@ -78,9 +78,9 @@ class ProtoGenerator:
         Leaving the iteration early (client cancel, deadline) cancels the engine request,
         which frees its batch slot within one decode step."""
         try:
-            events = self.engine.stream(to_generation_request(request))
+            events = self.open(request)
         except EngineError as exc:
-            raise _generation_error(exc) from None
+            raise self.error(exc) from None
         try:
             async for event in events:
                 if isinstance(event, Completion):
@@ -89,9 +89,18 @@ class ProtoGenerator:
                 if deltas:
                     yield self._delta(event)
         except EngineError as exc:
-            raise _generation_error(exc) from None
+            raise self.error(exc) from None
         finally:
             events.cancel()
+
+    def open(self, request: generator_pb2.GenerateRequest) -> EventStream:
+        """Admit ``request``: the engine's event stream for it (a subclass may serve some
+        requests from elsewhere, e.g. a speculative drafter)."""
+        return self.engine.stream(to_generation_request(request))
+
+    def error(self, exc: EngineError) -> GenerationError:
+        """The status an engine error gets."""
+        return _generation_error(exc)
 
     def _delta(self, delta: TokenDelta) -> generator_pb2.GenerateResponse:
         message = generator_pb2.GenerateResponse(text=delta.text)

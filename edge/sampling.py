@@ -6,24 +6,32 @@ import torch
 from torch import Tensor
 
 
+def probabilities(logits: Tensor, temperature: float, top_p: float) -> Tensor:
+    """The distribution sampling draws from, for rows of logits ([..., V]) and temperature > 0.
+
+    softmax(logits / T), cut to the smallest set of most likely tokens whose mass reaches
+    `top_p` and renormalised. A speculative verifier accepts drafts against exactly this.
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True, dim=-1)
+        # Keep a token if the mass before it is still short of top_p (the first always stays).
+        keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < top_p
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
 def sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
     """Pick a token id from one row of logits ([V]).
 
-    `temperature == 0` is greedy (argmax). Otherwise the distribution softmax(logits / T) is
-    cut to the smallest set of most likely tokens whose mass reaches `top_p`, and one token is
-    drawn with `generator`, so a seeded generator reproduces the same draws.
+    `temperature == 0` is greedy (argmax). Otherwise one token is drawn from
+    `probabilities(logits, temperature, top_p)` with `generator`, so a seeded generator
+    reproduces the same draws.
     """
     if temperature == 0.0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep a token if the mass before it is still short of top_p (the first always stays).
-        keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < top_p
-        sorted_probs = sorted_probs * keep
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(torch.multinomial(probabilities(logits, temperature, top_p), 1, generator=generator))
 
 
 def token_logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:

@@ -1,17 +1,25 @@
-"""The edge node: the Generator service over the continuous-batching engine."""
+"""The edge node: the Generator service over the continuous-batching engine.
+
+Optionally the node takes part in speculative decoding (docs/speculative.md): with a verifier
+it drafts (GenerateRequests carrying `speculative` options), with verify sessions it verifies
+(the Verify rpc) for other nodes' drafters.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from tierlm.edge.generator import ProtoGenerator
+from tierlm.edge.speculative.client import VerifierEndpoint
+from tierlm.edge.speculative.service import SpeculativeGenerator
 from tierlm.errors import GenerationError
-from tierlm.serving import GrpcServer, ServerConfig
+from tierlm.serving import GrpcServer, ServerConfig, current_tenant
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,14 @@ class EdgeGenerator(generator_pb2_grpc.GeneratorServicer):
         except GenerationError as exc:
             await context.abort(exc.code, str(exc), trailing_metadata=exc.trailing_metadata())
 
+    async def Verify(self, request: generator_pb2.VerifyRequest, context: grpc.aio.ServicerContext):
+        try:
+            if not isinstance(self.generator, SpeculativeGenerator):
+                raise GenerationError(grpc.StatusCode.UNIMPLEMENTED, "this node does not verify")
+            return await self.generator.verify(request, current_tenant.get())
+        except GenerationError as exc:
+            await context.abort(exc.code, str(exc), trailing_metadata=exc.trailing_metadata())
+
 
 async def start_edge(generator: ProtoGenerator, config: ServerConfig) -> GrpcServer:
     from tierlm.edge.telemetry import bind_load_gauges
@@ -48,17 +64,43 @@ async def start_edge(generator: ProtoGenerator, config: ServerConfig) -> GrpcSer
     return server
 
 
+@dataclass(frozen=True)
+class SpeculationConfig:
+    """The node's part in speculative decoding.
+
+    ``verifier``: draft for this verifier (``draft_sessions`` generations at once, ``k`` and
+    ``max_k`` unless a request says otherwise). ``verify_sessions`` > 0: serve Verify with that
+    many sessions, each idle one dropped after ``session_ttl_s``.
+    """
+
+    verifier: VerifierEndpoint | None = None
+    draft_sessions: int = 8
+    k: int = 4
+    max_k: int = 8
+    verify_sessions: int = 0
+    session_ttl_s: float = 300.0
+
+
 def load_generator(
-    model_path: Path, tier_name: str, threads: int | None, max_batch: int, max_queue: int, **engine_options
-) -> ProtoGenerator:
-    """Load a model folder (HF or tierlm artifact) into an engine with Prometheus hooks."""
+    model_path: Path, tier_name: str, threads: int | None, max_batch: int, max_queue: int,
+    speculation: SpeculationConfig = SpeculationConfig(), **engine_options,
+) -> SpeculativeGenerator:
+    """Load a model folder (HF or tierlm artifact) into an engine with Prometheus hooks, with a
+    drafter and a verifier on the same model when ``speculation`` asks for them."""
     from tierlm.edge.engine import DecoderEngine
+    from tierlm.edge.speculative.parts import drafter_for, verifier_for
     from tierlm.edge.telemetry import PrometheusObserver
 
     engine = DecoderEngine.from_pretrained(
         model_path, threads=threads, max_batch=max_batch, max_queue=max_queue, observer=PrometheusObserver(), **engine_options
     )
-    return ProtoGenerator(engine, model_name=Path(model_path).name, tier_name=tier_name)
+    drafter = verifier = None
+    if speculation.verifier is not None:
+        drafter = drafter_for(model_path, engine, speculation.verifier, speculation.draft_sessions, speculation.k,
+                              speculation.max_k, threads)
+    if speculation.verify_sessions:
+        verifier = verifier_for(model_path, speculation.verify_sessions, speculation.session_ttl_s, threads)
+    return SpeculativeGenerator(engine, Path(model_path).name, tier_name, drafter=drafter, verifier=verifier)
 
 
 async def serve_edge(generator: ProtoGenerator, config: ServerConfig, ready: Callable[[GrpcServer], None] | None = None) -> None:
@@ -70,4 +112,6 @@ async def serve_edge(generator: ProtoGenerator, config: ServerConfig, ready: Cal
         await server.run_until_signal()
     finally:
         await generator.engine.aclose(drain=True, timeout=config.drain_grace_s)
+        if isinstance(generator, SpeculativeGenerator):
+            await generator.aclose_speculation()
         log.info("edge engine closed")

@@ -167,6 +167,36 @@ class CascadeConfig(_Strict):
     budget_per_query: NonNegative | None = None
 
 
+class SpeculativeConfig(_Strict):
+    """Speculative decoding across two tiers (docs/speculative.md): for a request whose
+    max_tokens is above ``min_max_tokens``, the cascade reaches the ``verify`` tier through the
+    ``draft`` tier, which drafts ``k`` tokens a round (adapting up to ``max_k``) and has the verify
+    tier check them; the answer is the verify tier's own. If speculation fails midway, the
+    ``fallback`` tier answers alone (the verify tier unless set). Both tiers name their `model`,
+    and the router refuses the policy when the two models' tokenizers differ."""
+
+    draft: TierName
+    verify: TierName
+    k: Annotated[int, Field(ge=1, le=16)] = 4
+    max_k: Annotated[int, Field(ge=1, le=16)] = 8
+    min_max_tokens: Annotated[int, Field(ge=0)] = 64
+    fallback: TierName | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpeculativeConfig:
+        if self.draft == self.verify:
+            raise ValueError("draft and verify must be two different tiers")
+        if self.k > self.max_k:
+            raise ValueError(f"k ({self.k}) must not exceed max_k ({self.max_k})")
+        if self.fallback is not None and self.fallback not in (self.draft, self.verify):
+            raise ValueError(f"fallback must be the draft ({self.draft!r}) or the verify ({self.verify!r}) tier")
+        return self
+
+    @property
+    def fallback_tier(self) -> str:
+        return self.fallback or self.verify
+
+
 class TenantConfig(_Strict):
     # SHA-256 of the tenant's API key, hex; the key itself never appears in the file.
     key_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -272,6 +302,7 @@ class Policy(_Strict):
     # OpenAI `model` names of the HTTP endpoint and the route each selects. Unset: "cascade" runs
     # the cascade and each tier's name forces that tier.
     models: dict[ModelName, ModelRoute] = {}
+    speculative: SpeculativeConfig | None = None
 
     def tier(self, name: str) -> TierConfig:
         for tier in self.tiers:
@@ -439,6 +470,14 @@ def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append((("models", model, "force_tier"), f"unknown tier {route.force_tier!r}; tiers are {sorted(seen)}"))
         if route.max_tier is not None and route.max_tier not in order:
             problems.append((("models", model, "max_tier"), f"{route.max_tier!r} is not in cascade.order {order}"))
+    speculative = policy.speculative
+    if speculative is not None:
+        for role in ("draft", "verify"):
+            name = getattr(speculative, role)
+            if name not in seen:
+                problems.append((("speculative", role), f"unknown tier {name!r}; tiers are {sorted(seen)}"))
+            elif policy.tier(name).model is None:
+                problems.append((("speculative", role), f"tier {name!r} needs a `model`, so the router can check the two tiers' tokenizers match"))
     for name in policy.cascade.thresholds:
         path = ("cascade", "thresholds", name)
         if name not in order:

@@ -94,6 +94,27 @@ class VLLMTextEngine:
             events = self._generate_events(prepared, request_id)
         return _RequestStream(events)
 
+    @property
+    def vocab_size(self) -> int:
+        return self._llm.model_config.get_vocab_size()
+
+    @property
+    def max_model_len(self) -> int:
+        return self._llm.model_config.max_model_len
+
+    async def final_output(self, prompt_ids: Sequence[int], params, request_id: str):
+        """vLLM's final `RequestOutput` for one prompt (``params`` with FINAL_ONLY output), errors
+        mapped as for every request; for callers that need more of vLLM than a completion."""
+        if self._closed:
+            raise EngineClosed("the engine is shutting down; send the request elsewhere")
+        final = None
+        async with contextlib.aclosing(self._outputs(prompt_ids, params, request_id)) as outputs:
+            async for output in outputs:
+                final = output
+        if final is None:
+            raise EngineError("vLLM ended the request without an output")
+        return final
+
     async def generate(self, request: GenerationRequest) -> Completion:
         """Run `request` to completion and return its `Completion`."""
         async for event in self.stream(request):
@@ -216,10 +237,7 @@ class VLLMTextEngine:
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY)
 
         async def score(index: int, choice: str, choice_ids: tuple[int, ...]) -> ChoiceScore:
-            final = None
-            async with contextlib.aclosing(self._outputs(prompt_ids + list(choice_ids), params, f"{request_id}-choice{index}")) as outputs:
-                async for output in outputs:
-                    final = output
+            final = await self.final_output(prompt_ids + list(choice_ids), params, f"{request_id}-choice{index}")
             entries = final.prompt_logprobs[len(prompt_ids) :]
             logprob = sum(entry[t].logprob for entry, t in zip(entries, choice_ids))
             return ChoiceScore(text=choice, logprob=logprob, num_tokens=len(choice_ids))

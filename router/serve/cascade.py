@@ -31,6 +31,7 @@ from tierlm.router.prompting import request_query
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.scoring import AnswerScorer
+from tierlm.router.serve.speculative import SpeculativePair, failure_stats
 from tierlm.router.serve.tiers import Tier, TierFailure
 from tierlm.v1 import generator_pb2, router_pb2
 
@@ -140,6 +141,8 @@ class RoutedRequest:
     query: RequestQuery
     tier_requests: dict[str, generator_pb2.GenerateRequest]
     trace: router_pb2.RoutingTrace = field(default_factory=router_pb2.RoutingTrace)
+    # The most calling each tier of the plan may cost (a speculative stage: both tiers, and its fallback).
+    stage_costs: dict[str, float] = field(default_factory=dict)
     # The best answer that was scored below its threshold, kept in case every later tier fails.
     fallback: tuple[generator_pb2.GenerateResponse, router_pb2.TierAttempt] | None = None
     # Every answer a tier gave, with its score where it was scored: what learning records
@@ -153,7 +156,7 @@ class RoutedRequest:
 
     def worst_case_cost(self, plan_: CascadePlan) -> float:
         """What the request may cost at most: every tier of the plan called, with its own request."""
-        return sum(worst_case_cost(tier, self.tier_requests[tier.name]) for tier in plan_.tiers)
+        return sum(self.stage_costs[tier.name] for tier in plan_.tiers)
 
     def add(self, tier: str, outcome: int, reason: str, cost: float = 0.0, latency_ms: float = 0.0) -> router_pb2.TierAttempt:
         attempt = self.trace.attempts.add(tier=tier, outcome=outcome, reason=reason, cost=cost, latency_ms=latency_ms)
@@ -179,6 +182,9 @@ class _Call:
     answer: generator_pb2.GenerateResponse
     cost: float
     latency_ms: float
+    # When a speculative stage answered: how (or, after a fallback, which tier answered and why).
+    speculative: router_pb2.SpeculativeAttempt | None = None
+    fallback_of: TierConfig | None = None
 
 
 class CascadeRunner:
@@ -191,6 +197,8 @@ class CascadeRunner:
         on_tier_call: ``(tier, seconds, ok)`` after every call, for metrics.
         rewrite: the request a tier is sent (per-tier prompt adaptation); default: unchanged.
         query_of: the request's query (its text, and its embedding on first use).
+        speculation: the policy's speculative pair, through which long generations reach its
+            verify tier (:mod:`tierlm.router.serve.speculative`).
     """
 
     def __init__(
@@ -201,8 +209,10 @@ class CascadeRunner:
         on_tier_call: Callable[[str, float, bool], None] | None = None,
         rewrite: Rewrite | None = None,
         query_of: Callable[[generator_pb2.GenerateRequest], RequestQuery] = lambda r: RequestQuery(request_query(r)),
+        speculation: SpeculativePair | None = None,
     ):
         self.tiers = tiers
+        self.speculation = speculation
         self.breakers = breakers
         self.scorer = scorer
         self._rewrite = rewrite or (lambda tier, request, query: request)
@@ -213,7 +223,13 @@ class CascadeRunner:
         """What each tier of the plan will be sent, before anything is called."""
         routed = RoutedRequest(request, self._query_of(request), {})
         for tier in plan_.tiers:
-            self.request_for(routed, tier.name)
+            tier_request = self.request_for(routed, tier.name)
+            routed.stage_costs[tier.name] = worst_case_cost(tier, tier_request)
+            pair = self.speculation
+            if pair is not None and pair.applies(tier, tier_request):
+                fallback = self.request_for(routed, pair.fallback.name)
+                speculative = pair.worst_case_cost(prompt_token_bound(tier_request), tier_request.max_tokens)
+                routed.stage_costs[tier.name] = speculative + worst_case_cost(pair.fallback, fallback)
         return routed
 
     def request_for(self, routed: RoutedRequest, tier: str) -> generator_pb2.GenerateRequest:
@@ -288,17 +304,20 @@ class CascadeRunner:
                 self.breakers[tier.name].release()
                 break
             is_last = index == len(plan_.tiers) - 1
-            if is_last and stream_last:
+            # A speculative stage is called unary even when last: it may still fall back.
+            speculate = self._speculates(tier, routed)
+            if is_last and stream_last and not speculate:
                 async for chunk in self._stream_last(tier, routed, remaining, started):
                     yield chunk
                 if routed.trace.accepted_tier:
                     return
                 continue
-            call = await self._attempt(tier, routed, remaining)
+            call = await (self._speculate(tier, routed, remaining) if speculate else self._attempt(tier, routed, remaining))
             if call is None:
                 continue
-            if self._decide(tier, call, routed, plan_, is_last):
-                yield self._finish(call.answer, routed, tier.name, started)
+            answered = call.fallback_of or tier
+            if self._decide(answered, call, routed, plan_, is_last):
+                yield self._finish(call.answer, routed, answered.name, started)
                 return
         if routed.fallback is not None:
             answer, attempt = routed.fallback
@@ -315,7 +334,7 @@ class CascadeRunner:
         A None from a breaker in the half-open state has claimed its single probe: every
         outcome of the call then records a verdict or releases it."""
         if plan_.budget_per_query is not None:
-            would_spend = routed.trace.total_cost + worst_case_cost(tier, routed.tier_requests[tier.name])
+            would_spend = routed.trace.total_cost + routed.stage_costs.get(tier.name, worst_case_cost(tier, routed.tier_requests[tier.name]))
             if would_spend > plan_.budget_per_query:
                 return f"may cost {would_spend:.6g} in all, over budget_per_query {plan_.budget_per_query:g}"
         breaker = self.breakers[tier.name]
@@ -346,20 +365,82 @@ class CascadeRunner:
     def _decide(self, tier: TierConfig, call: _Call, routed: RoutedRequest, plan_: CascadePlan, is_last: bool) -> bool:
         """Whether the cascade stops at this answer: the last stage always does; an earlier one
         when the scorer's P(correct) reaches the stage's threshold. Records the attempt."""
+        note = "; answered alone after speculation failed" if call.fallback_of is not None else ""
         if is_last:
-            routed.add(tier.name, Outcome.TIER_OUTCOME_ACCEPTED, "last stage", call.cost, call.latency_ms)
+            attempt = routed.add(tier.name, Outcome.TIER_OUTCOME_ACCEPTED, "last stage" + note, call.cost, call.latency_ms)
+            if call.speculative is not None:
+                attempt.speculative.CopyFrom(call.speculative)
             routed.saw(tier.name, call.answer, call.cost, None)
             return True
         threshold = plan_.thresholds.get(tier.name, 0.0)
         score = float(self.scorer.score(routed.query, call.answer, tier.name))
         accepted = bool(accepts(score, threshold))
         outcome, relation = (Outcome.TIER_OUTCOME_ACCEPTED, ">=") if accepted else (Outcome.TIER_OUTCOME_LOW_SCORE, "<")
-        attempt = routed.add(tier.name, outcome, f"score {score:.3f} {relation} threshold {threshold:.3f}", call.cost, call.latency_ms)
+        attempt = routed.add(tier.name, outcome, f"score {score:.3f} {relation} threshold {threshold:.3f}{note}", call.cost, call.latency_ms)
         attempt.score, attempt.has_score, attempt.threshold = score, True, threshold
+        if call.speculative is not None:
+            attempt.speculative.CopyFrom(call.speculative)
         routed.saw(tier.name, call.answer, call.cost, score)
         if not accepted and (routed.fallback is None or score > routed.fallback[1].score):
             routed.fallback = (call.answer, attempt)
         return accepted
+
+    def _speculates(self, tier: TierConfig, routed: RoutedRequest) -> bool:
+        """Whether this stage goes through the speculative pair: the request qualifies and both
+        tiers are well (a stage whose breaker is probing calls its tier directly: that is the probe)."""
+        pair = self.speculation
+        return (
+            pair is not None
+            and pair.applies(tier, routed.tier_requests[tier.name])
+            and self.breakers[pair.draft.name].state is BreakerState.CLOSED
+            and self.breakers[tier.name].state is BreakerState.CLOSED
+        )
+
+    async def _speculate(self, tier: TierConfig, routed: RoutedRequest, remaining: float | None) -> _Call | None:
+        """Reach ``tier`` (the verify tier) through the draft tier; if that fails, the policy's
+        fallback tier answers alone, and the trace says both."""
+        pair = self.speculation
+        request = pair.request(routed.tier_requests[tier.name])
+        started = time.perf_counter()
+        try:
+            # The generation takes as long as the verify tier's would: its timeout bounds the call.
+            answer = await self.tiers[pair.draft.name].generate(request, remaining, timeout_s=tier.timeout_s)
+        except TierFailure as failure:
+            stats = failure_stats(failure)
+            latency = (time.perf_counter() - started) * 1e3
+            cost = pair.cost(prompt_token_estimate(request) if stats.rounds else 0, stats)
+            attempt = routed.add(tier.name, Outcome.TIER_OUTCOME_FAILED,
+                                 f"speculation through {pair.draft.name!r} failed ({failure}); "
+                                 f"falling back to {pair.fallback.name!r} alone", cost, latency)
+            attempt.speculative.draft_tier = pair.draft.name
+            attempt.speculative.stats.CopyFrom(stats)
+            attempt.speculative.fallback_tier = pair.fallback.name
+            self._on_tier_call(pair.draft.name, latency / 1e3, False)
+            return await self._fall_back(pair.fallback, routed, remaining, started)
+        except asyncio.CancelledError:
+            self._cut(routed, tier, started, completion_tokens=0)
+            raise
+        latency = (time.perf_counter() - started) * 1e3
+        self.breakers[pair.draft.name].record_success()
+        self.breakers[tier.name].record_success()
+        self._on_tier_call(pair.draft.name, latency / 1e3, True)
+        attempt = router_pb2.SpeculativeAttempt(draft_tier=pair.draft.name)
+        attempt.stats.CopyFrom(answer.speculative)
+        return _Call(answer, pair.cost(answer.usage.prompt_tokens, answer.speculative), latency, speculative=attempt)
+
+    async def _fall_back(
+        self, fallback: TierConfig, routed: RoutedRequest, remaining: float | None, started: float
+    ) -> _Call | None:
+        """The fallback tier's own answer (None, recorded, if it fails or its breaker is open)."""
+        if remaining is not None:
+            remaining -= time.perf_counter() - started
+        self.request_for(routed, fallback.name)
+        breaker = self.breakers[fallback.name]
+        if not breaker.allow():
+            routed.add(fallback.name, Outcome.TIER_OUTCOME_SKIPPED, f"circuit breaker {breaker.state.value}")
+            return None
+        call = await self._attempt(fallback, routed, remaining)
+        return None if call is None else replace(call, fallback_of=fallback)
 
     async def _stream_last(
         self, tier: TierConfig, routed: RoutedRequest, remaining: float | None, started: float

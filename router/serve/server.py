@@ -40,6 +40,7 @@ from tierlm.router.serve.prompts import TierPrompts, needs_encoder
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.response_cache import ResponseCache, cache_key
 from tierlm.router.serve.scoring import AnswerScorer, load_scorer
+from tierlm.router.serve.speculative import SpeculativePair, check_tokenizers
 from tierlm.router.store import (
     BudgetExceeded, DuplicateRequest, LedgerRow, NotYourRequest, Reservation, Store, StoreUnavailable, UnknownRequest,
     Verdict, open_store,
@@ -128,6 +129,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         encoder = self._encoder if needs_encoder(policy) else None
         scorer = load_scorer(policy, encoder)
         prompts = TierPrompts.from_policy(policy, encoder)
+        check_tokenizers(policy)
         retired = []
         for tier in policy.tiers:
             client = self._clients.get(tier.name)
@@ -146,6 +148,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         runner = CascadeRunner(
             dict(self._clients), dict(self._breakers), _TimedScorer(scorer), self._observe_tier,
             rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), encoder),
+            speculation=SpeculativePair.from_policy(policy),
         )
         cache = ResponseCache(policy.cache.max_entries, policy.cache.ttl_s) if policy.cache.enabled else None
         learning = TrafficLearning(policy, version, self.store, runner, ROUTER_ID)

@@ -20,12 +20,14 @@ from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
 
 class TierFailure(Exception):
-    """A tier did not answer; `code` is the gRPC status the router saw (UNAVAILABLE, ...)."""
+    """A tier did not answer; `code` is the gRPC status the router saw (UNAVAILABLE, ...) and
+    `metadata` the call's trailing metadata (e.g. what a failed speculative generation cost)."""
 
-    def __init__(self, tier: str, code: grpc.StatusCode, details: str):
+    def __init__(self, tier: str, code: grpc.StatusCode, details: str, metadata: tuple[tuple[str, str | bytes], ...] = ()):
         self.tier = tier
         self.code = code
         self.details = details
+        self.metadata = metadata
         super().__init__(f"{code.name}: {details}")
 
 
@@ -80,21 +82,25 @@ class TierClient:
         key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
         self._metadata = (("x-api-key", key),) if key else ()
 
-    def timeout(self, remaining_s: float | None) -> float:
-        """The call's deadline: the tier's own timeout, or less if the caller has less left."""
-        return self.config.timeout_s if remaining_s is None else max(0.0, min(remaining_s, self.config.timeout_s))
+    def timeout(self, remaining_s: float | None, timeout_s: float | None = None) -> float:
+        """The call's deadline: ``timeout_s`` (default: the tier's own timeout), or less if the
+        caller has less left."""
+        limit = self.config.timeout_s if timeout_s is None else timeout_s
+        return limit if remaining_s is None else max(0.0, min(remaining_s, limit))
 
     async def generate(
-        self, request: generator_pb2.GenerateRequest, remaining_s: float | None
+        self, request: generator_pb2.GenerateRequest, remaining_s: float | None, timeout_s: float | None = None
     ) -> generator_pb2.GenerateResponse:
+        """The whole answer; ``timeout_s`` replaces the tier's timeout (a speculative generation
+        through this tier takes as long as the verify tier's)."""
         with self._span("Generate") as span:
             try:
                 answer = await self._stub.Generate(
-                    request, timeout=self.timeout(remaining_s), metadata=tracing.with_context(self._metadata)
+                    request, timeout=self.timeout(remaining_s, timeout_s), metadata=tracing.with_context(self._metadata)
                 )
             except grpc.aio.AioRpcError as exc:
                 tracing.set_status(span, exc.code().name, False)
-                raise TierFailure(self.config.name, exc.code(), exc.details() or "") from None
+                raise TierFailure(self.config.name, exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ())) from None
             _record_usage(span, answer)
             return answer
 

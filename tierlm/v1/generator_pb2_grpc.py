@@ -44,6 +44,11 @@ class GeneratorStub:
                 request_serializer=tierlm_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=tierlm_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/tierlm.v1.Generator/Verify',
+                request_serializer=tierlm_dot_v1_dot_generator__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=tierlm_dot_v1_dot_generator__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServicer:
@@ -61,6 +66,14 @@ class GeneratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """One round of speculative decoding for a drafter (see VerifyRequest). Servers that cannot
+        verify answer UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +86,11 @@ def add_GeneratorServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=tierlm_dot_v1_dot_generator__pb2.GenerateRequest.FromString,
                     response_serializer=tierlm_dot_v1_dot_generator__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=tierlm_dot_v1_dot_generator__pb2.VerifyRequest.FromString,
+                    response_serializer=tierlm_dot_v1_dot_generator__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +147,33 @@ class Generator:
             '/tierlm.v1.Generator/GenerateStream',
             tierlm_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
             tierlm_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierlm.v1.Generator/Verify',
+            tierlm_dot_v1_dot_generator__pb2.VerifyRequest.SerializeToString,
+            tierlm_dot_v1_dot_generator__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

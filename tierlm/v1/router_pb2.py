@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tierlm.v1 import generator_pb2 as tierlm_dot_v1_dot_generator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tierlm/v1/router.proto\x12\ttierlm.v1\x1a\x19tierlm/v1/generator.proto\"j\n\x0eRoutingOptions\x12\x1d\n\x10\x62udget_per_query\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08max_tier\x18\x02 \x01(\t\x12\x12\n\nforce_tier\x18\x03 \x01(\tB\x13\n\x11_budget_per_query\"j\n\x0f\x43ompleteRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tierlm.v1.GenerateRequest\x12*\n\x07routing\x18\x02 \x01(\x0b\x32\x19.tierlm.v1.RoutingOptions\"\xab\x01\n\x0bTierAttempt\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.tierlm.v1.TierOutcome\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\thas_score\x18\x04 \x01(\x08\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x01\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\"x\n\x0cRoutingTrace\x12(\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x16.tierlm.v1.TierAttempt\x12\x15\n\raccepted_tier\x18\x02 \x01(\t\x12\x12\n\ntotal_cost\x18\x03 \x01(\x01\x12\x13\n\x0boverhead_ms\x18\x04 \x01(\x01\"g\n\x10\x43ompleteResponse\x12+\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x1b.tierlm.v1.GenerateResponse\x12&\n\x05trace\x18\x02 \x01(\x0b\x32\x17.tierlm.v1.RoutingTrace\"4\n\x0cUsageRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x14\n\x0csince_unix_s\x18\x02 \x01(\x01\"\xff\x01\n\rUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x03\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x44\n\x0f\x61nswers_by_tier\x18\x07 \x03(\x0b\x32+.tierlm.v1.UsageResponse.AnswersByTierEntry\x1a\x34\n\x12\x41nswersByTierEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"i\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\x07\x63orrect\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05score\x18\x03 \x01(\x01H\x00\x12\x13\n\treference\x18\x04 \x01(\tH\x00\x42\t\n\x07verdict\"6\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06stored\x18\x02 \x01(\x08*\x95\x01\n\x0bTierOutcome\x12\x1c\n\x18TIER_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15TIER_OUTCOME_ACCEPTED\x10\x01\x12\x1a\n\x16TIER_OUTCOME_LOW_SCORE\x10\x02\x12\x17\n\x13TIER_OUTCOME_FAILED\x10\x03\x12\x18\n\x14TIER_OUTCOME_SKIPPED\x10\x04\x32\x9e\x02\n\x06Router\x12\x43\n\x08\x43omplete\x12\x1a.tierlm.v1.CompleteRequest\x1a\x1b.tierlm.v1.CompleteResponse\x12K\n\x0e\x43ompleteStream\x12\x1a.tierlm.v1.CompleteRequest\x1a\x1b.tierlm.v1.CompleteResponse0\x01\x12=\n\x08GetUsage\x12\x17.tierlm.v1.UsageRequest\x1a\x18.tierlm.v1.UsageResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.tierlm.v1.FeedbackRequest\x1a\x1b.tierlm.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tierlm/v1/router.proto\x12\ttierlm.v1\x1a\x19tierlm/v1/generator.proto\"j\n\x0eRoutingOptions\x12\x1d\n\x10\x62udget_per_query\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08max_tier\x18\x02 \x01(\t\x12\x12\n\nforce_tier\x18\x03 \x01(\tB\x13\n\x11_budget_per_query\"j\n\x0f\x43ompleteRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tierlm.v1.GenerateRequest\x12*\n\x07routing\x18\x02 \x01(\x0b\x32\x19.tierlm.v1.RoutingOptions\"\xdf\x01\n\x0bTierAttempt\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.tierlm.v1.TierOutcome\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\thas_score\x18\x04 \x01(\x08\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x01\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x32\n\x0bspeculative\x18\t \x01(\x0b\x32\x1d.tierlm.v1.SpeculativeAttempt\"k\n\x12SpeculativeAttempt\x12\x12\n\ndraft_tier\x18\x01 \x01(\t\x12*\n\x05stats\x18\x02 \x01(\x0b\x32\x1b.tierlm.v1.SpeculativeStats\x12\x15\n\rfallback_tier\x18\x03 \x01(\t\"x\n\x0cRoutingTrace\x12(\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x16.tierlm.v1.TierAttempt\x12\x15\n\raccepted_tier\x18\x02 \x01(\t\x12\x12\n\ntotal_cost\x18\x03 \x01(\x01\x12\x13\n\x0boverhead_ms\x18\x04 \x01(\x01\"g\n\x10\x43ompleteResponse\x12+\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x1b.tierlm.v1.GenerateResponse\x12&\n\x05trace\x18\x02 \x01(\x0b\x32\x17.tierlm.v1.RoutingTrace\"4\n\x0cUsageRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x14\n\x0csince_unix_s\x18\x02 \x01(\x01\"\xff\x01\n\rUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x03\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x44\n\x0f\x61nswers_by_tier\x18\x07 \x03(\x0b\x32+.tierlm.v1.UsageResponse.AnswersByTierEntry\x1a\x34\n\x12\x41nswersByTierEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"i\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\x07\x63orrect\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05score\x18\x03 \x01(\x01H\x00\x12\x13\n\treference\x18\x04 \x01(\tH\x00\x42\t\n\x07verdict\"6\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06stored\x18\x02 \x01(\x08*\x95\x01\n\x0bTierOutcome\x12\x1c\n\x18TIER_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15TIER_OUTCOME_ACCEPTED\x10\x01\x12\x1a\n\x16TIER_OUTCOME_LOW_SCORE\x10\x02\x12\x17\n\x13TIER_OUTCOME_FAILED\x10\x03\x12\x18\n\x14TIER_OUTCOME_SKIPPED\x10\x04\x32\x9e\x02\n\x06Router\x12\x43\n\x08\x43omplete\x12\x1a.tierlm.v1.CompleteRequest\x1a\x1b.tierlm.v1.CompleteResponse\x12K\n\x0e\x43ompleteStream\x12\x1a.tierlm.v1.CompleteRequest\x1a\x1b.tierlm.v1.CompleteResponse0\x01\x12=\n\x08GetUsage\x12\x17.tierlm.v1.UsageRequest\x1a\x18.tierlm.v1.UsageResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.tierlm.v1.FeedbackRequest\x1a\x1b.tierlm.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USAGERESPONSE_ANSWERSBYTIERENTRY']._loaded_options = None
   _globals['_USAGERESPONSE_ANSWERSBYTIERENTRY']._serialized_options = b'8\001'
-  _globals['_TIEROUTCOME']._serialized_start=1157
-  _globals['_TIEROUTCOME']._serialized_end=1306
+  _globals['_TIEROUTCOME']._serialized_start=1318
+  _globals['_TIEROUTCOME']._serialized_end=1467
   _globals['_ROUTINGOPTIONS']._serialized_start=64
   _globals['_ROUTINGOPTIONS']._serialized_end=170
   _globals['_COMPLETEREQUEST']._serialized_start=172
   _globals['_COMPLETEREQUEST']._serialized_end=278
   _globals['_TIERATTEMPT']._serialized_start=281
-  _globals['_TIERATTEMPT']._serialized_end=452
-  _globals['_ROUTINGTRACE']._serialized_start=454
-  _globals['_ROUTINGTRACE']._serialized_end=574
-  _globals['_COMPLETERESPONSE']._serialized_start=576
-  _globals['_COMPLETERESPONSE']._serialized_end=679
-  _globals['_USAGEREQUEST']._serialized_start=681
-  _globals['_USAGEREQUEST']._serialized_end=733
-  _globals['_USAGERESPONSE']._serialized_start=736
-  _globals['_USAGERESPONSE']._serialized_end=991
-  _globals['_USAGERESPONSE_ANSWERSBYTIERENTRY']._serialized_start=939
-  _globals['_USAGERESPONSE_ANSWERSBYTIERENTRY']._serialized_end=991
-  _globals['_FEEDBACKREQUEST']._serialized_start=993
-  _globals['_FEEDBACKREQUEST']._serialized_end=1098
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1100
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1154
-  _globals['_ROUTER']._serialized_start=1309
-  _globals['_ROUTER']._serialized_end=1595
+  _globals['_TIERATTEMPT']._serialized_end=504
+  _globals['_SPECULATIVEATTEMPT']._serialized_start=506
+  _globals['_SPECULATIVEATTEMPT']._serialized_end=613
+  _globals['_ROUTINGTRACE']._serialized_start=615
+  _globals['_ROUTINGTRACE']._serialized_end=735
+  _globals['_COMPLETERESPONSE']._serialized_start=737
+  _globals['_COMPLETERESPONSE']._serialized_end=840
+  _globals['_USAGEREQUEST']._serialized_start=842
+  _globals['_USAGEREQUEST']._serialized_end=894
+  _globals['_USAGERESPONSE']._serialized_start=897
+  _globals['_USAGERESPONSE']._serialized_end=1152
+  _globals['_USAGERESPONSE_ANSWERSBYTIERENTRY']._serialized_start=1100
+  _globals['_USAGERESPONSE_ANSWERSBYTIERENTRY']._serialized_end=1152
+  _globals['_FEEDBACKREQUEST']._serialized_start=1154
+  _globals['_FEEDBACKREQUEST']._serialized_end=1259
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1261
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1315
+  _globals['_ROUTER']._serialized_start=1470
+  _globals['_ROUTER']._serialized_end=1756
 # @@protoc_insertion_point(module_scope)

@@ -40,7 +40,7 @@ class CompleteRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[_generator_pb2.GenerateRequest, _Mapping]] = ..., routing: _Optional[_Union[RoutingOptions, _Mapping]] = ...) -> None: ...
 
 class TierAttempt(_message.Message):
-    __slots__ = ("tier", "outcome", "score", "has_score", "threshold", "cost", "latency_ms", "reason")
+    __slots__ = ("tier", "outcome", "score", "has_score", "threshold", "cost", "latency_ms", "reason", "speculative")
     TIER_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class TierAttempt(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     tier: str
     outcome: TierOutcome
     score: float
@@ -57,7 +58,18 @@ class TierAttempt(_message.Message):
     cost: float
     latency_ms: float
     reason: str
-    def __init__(self, tier: _Optional[str] = ..., outcome: _Optional[_Union[TierOutcome, str]] = ..., score: _Optional[float] = ..., has_score: _Optional[bool] = ..., threshold: _Optional[float] = ..., cost: _Optional[float] = ..., latency_ms: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    speculative: SpeculativeAttempt
+    def __init__(self, tier: _Optional[str] = ..., outcome: _Optional[_Union[TierOutcome, str]] = ..., score: _Optional[float] = ..., has_score: _Optional[bool] = ..., threshold: _Optional[float] = ..., cost: _Optional[float] = ..., latency_ms: _Optional[float] = ..., reason: _Optional[str] = ..., speculative: _Optional[_Union[SpeculativeAttempt, _Mapping]] = ...) -> None: ...
+
+class SpeculativeAttempt(_message.Message):
+    __slots__ = ("draft_tier", "stats", "fallback_tier")
+    DRAFT_TIER_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_TIER_FIELD_NUMBER: _ClassVar[int]
+    draft_tier: str
+    stats: _generator_pb2.SpeculativeStats
+    fallback_tier: str
+    def __init__(self, draft_tier: _Optional[str] = ..., stats: _Optional[_Union[_generator_pb2.SpeculativeStats, _Mapping]] = ..., fallback_tier: _Optional[str] = ...) -> None: ...
 
 class RoutingTrace(_message.Message):
     __slots__ = ("attempts", "accepted_tier", "total_cost", "overhead_ms")

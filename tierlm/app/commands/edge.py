@@ -9,6 +9,7 @@ import typer
 
 from tierlm import tracing
 from tierlm.app.commands import server_options as opt
+from tierlm.app.errors import CommandError, ExitCode
 
 app = typer.Typer(help="Run an edge node: a compressed small model behind the Generator gRPC service.", no_args_is_help=True)
 
@@ -30,13 +31,35 @@ def serve(
     tls_client_ca: Path | None = opt.TLS_CLIENT_CA,
     max_request_bytes: int = opt.MAX_REQUEST_BYTES,
     drain_s: float = opt.DRAIN_S,
+    verifier: str | None = typer.Option(
+        None, "--verifier", help="host:port of a Verify server (the cloud tier): draft for it when a request asks for speculative decoding."),
+    verifier_key_env: str | None = typer.Option(None, "--verifier-key-env", help="Environment variable holding the verifier's API key."),
+    verifier_ca: Path | None = typer.Option(None, "--verifier-ca", exists=True, dir_okay=False,
+                                            help="PEM CA of the verifier's certificate (turns TLS on)."),
+    verifier_timeout_s: float = typer.Option(10.0, "--verifier-timeout", min=0.1, help="Seconds one verify round may take."),
+    draft_k: int = typer.Option(4, "--draft-k", min=1, max=16, help="Draft tokens per round to start with (then adaptive)."),
+    max_draft_k: int = typer.Option(8, "--max-draft-k", min=1, max=16, help="The most draft tokens per round."),
+    draft_sessions: int = typer.Option(8, "--draft-sessions", min=1, help="Speculative generations drafted at once."),
+    verify_sessions: int = typer.Option(0, "--verify-sessions", min=0,
+                                        help="Serve Verify for other nodes' drafters with this many sessions (0: off)."),
+    session_ttl_s: float = typer.Option(300.0, "--session-ttl", min=1.0, help="Seconds an idle verify session is kept."),
 ) -> None:
     """Serve tierlm.v1.Generator for MODEL until SIGTERM (in-flight streams drain first)."""
-    from tierlm.edge.server import load_generator, serve_edge
+    import os
+
+    from tierlm.edge.server import SpeculationConfig, load_generator, serve_edge
+    from tierlm.edge.speculative.client import VerifierEndpoint
 
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
     config.keys = opt.key_ring(api_keys, no_auth)
-    generator = load_generator(model, tier_name, threads, max_batch, max_queue)
+    if draft_k > max_draft_k:
+        raise CommandError("--draft-k must not exceed --max-draft-k", ExitCode.USAGE)
+    endpoint = None
+    if verifier is not None:
+        key = os.environ.get(verifier_key_env, "") if verifier_key_env else ""
+        endpoint = VerifierEndpoint(verifier, verifier_timeout_s, key, ca_file=str(verifier_ca) if verifier_ca else None)
+    speculation = SpeculationConfig(endpoint, draft_sessions, draft_k, max_draft_k, verify_sessions, session_ttl_s)
+    generator = load_generator(model, tier_name, threads, max_batch, max_queue, speculation)
 
     def ready(server) -> None:
         typer.echo(f"EDGE_PORT {server.port}")

@@ -15,13 +15,16 @@ app = typer.Typer(help="Validate cascade policy files and hash tenant API keys."
 @app.command()
 def validate(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Policy YAML to check.")) -> None:
     """Check FILE and the files it names (scorer folder, pool workload, fixed prompts, CA files,
-    model folders; relative paths from the working folder, as the router reads them). Print OK,
-    or each problem as file:line: field: message and exit 3."""
+    model folders; relative paths from the working folder, as the router reads them), and that a
+    speculative pair's tokenizers match, as the router does when it loads the file. Print OK, or
+    each problem as file:line: field: message and exit 3."""
+    from tierlm.router.serve.speculative import check_tokenizers
     from tierlm.router.workload import load_workload
 
     policy = load_policy(file, check_files=True)
     if policy.pool is not None:
         load_workload(policy.pool)  # a bad row is named by the pool's own file:line
+    check_tokenizers(policy)
     typer.echo(f"OK: {file}: {len(policy.tiers)} tiers, cascade {' -> '.join(policy.cascade.order)}")
 
 

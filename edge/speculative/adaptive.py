@@ -1,0 +1,51 @@
+"""How many tokens to draft next round, from the acceptance rate and what rounds cost.
+
+With a per-token acceptance rate a, a round of k drafts yields (1 - a^(k+1)) / (1 - a) tokens
+on average (Leviathan et al. 2023, eq. 1) and takes k draft steps plus one verify call (the
+round trip and the verifier's pass). The drafter picks the k that maximises tokens per second
+under its running estimates of all three, so a slow link or a poor draft shortens rounds and a
+good draft on a fast link lengthens them.
+"""
+
+from __future__ import annotations
+
+#: Weight of the newest observation in the running estimates.
+SMOOTHING = 0.3
+
+
+def expected_tokens(acceptance: float, k: int) -> float:
+    """Tokens a round of ``k`` drafts commits on average at per-token acceptance ``acceptance``."""
+    if acceptance >= 1.0:
+        return k + 1.0
+    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+
+
+class DraftLength:
+    """The drafter's running choice of k, within 1..``max_k``, starting at ``k``."""
+
+    def __init__(self, k: int, max_k: int, prior_acceptance: float = 0.7) -> None:
+        if not 1 <= k <= max_k:
+            raise ValueError(f"need 1 <= k <= max_k, got k={k}, max_k={max_k}")
+        self.k = k
+        self.max_k = max_k
+        self.acceptance = prior_acceptance
+        self._step_s: float | None = None  # one draft step
+        self._verify_s: float | None = None  # one verify call, round trip included
+
+    def observe(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        """Account for one round and choose the next k."""
+        # Per-token acceptance under the geometric model: accepted tokens over accepted tokens
+        # plus the one rejection, if the round had one.
+        rejected = 1 if accepted < drafted else 0
+        rate = accepted / (accepted + rejected) if accepted + rejected else self.acceptance
+        self.acceptance = (1 - SMOOTHING) * self.acceptance + SMOOTHING * rate
+        self._step_s = _smooth(self._step_s, draft_s / drafted)
+        self._verify_s = _smooth(self._verify_s, verify_s)
+        self.k = max(
+            range(1, self.max_k + 1),
+            key=lambda k: expected_tokens(self.acceptance, k) / (k * self._step_s + self._verify_s),
+        )
+
+
+def _smooth(current: float | None, new: float) -> float:
+    return new if current is None else (1 - SMOOTHING) * current + SMOOTHING * new
