@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from itertools import islice
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ import numpy as np
 from tierlm.config import PromptStrategy
 from tierlm.router.embeddings import TextEncoder
 from tierlm.v1 import generator_pb2
+
+
+#: Rows retrieved beyond ``k`` in case some are the query itself (see PromptBuilder._retrieve).
+_RETRIEVAL_SPARES = 8
 
 
 @dataclass(frozen=True)
@@ -207,13 +212,18 @@ class PromptBuilder:
                 raise ValueError("retrieved selection needs an encoder or the query's embedding")
             query_embedding = self._encoder.encode([query])[0]
         similarity = self._pool_embeddings @ np.asarray(query_embedding, dtype=np.float32)
-        nearest: list[Labelled] = []
-        # A stable sort breaks similarity ties by pool order, so retrieval is deterministic.
-        for i in np.argsort(-similarity, kind="stable"):
-            if len(nearest) == self.strategy.k:
+        k = self.strategy.k
+        # Only the top rows need ordering (the router does this per request): every row at least
+        # as similar as the (k + spare)-th, ordered by similarity then pool position, which is
+        # what a stable sort of the whole pool gives. The spares stand in for rows skipped as
+        # the query itself; if too many are skipped, the whole pool is sorted.
+        reach = min(k + _RETRIEVAL_SPARES, len(similarity))
+        cutoff = np.partition(similarity, len(similarity) - reach)[len(similarity) - reach]
+        candidates = np.flatnonzero(similarity >= cutoff)
+        for order in (candidates[np.lexsort((candidates, -similarity[candidates]))], np.argsort(-similarity, kind="stable")):
+            nearest = list(islice((self.pool[i] for i in order if not _same_text(self.pool[i].query, query)), k))
+            if len(nearest) == k:
                 break
-            if not _same_text(self.pool[i].query, query):
-                nearest.append(self.pool[i])
         return nearest[::-1]  # most similar last, right before the query
 
     def build_prompt(self, query: str, query_embedding: np.ndarray | None = None) -> str:

@@ -162,7 +162,7 @@ class CascadeRunner:
         scorer: judges answers of tiers that may still be escalated from.
         on_tier_call: ``(tier, seconds, ok)`` after every call, for metrics.
         rewrite: the request a tier is sent (per-tier prompt adaptation); default: unchanged.
-        query_of: the request's query (its text, and its embedding on first use).
+        query_of: the request's query (its text, and how to embed it).
     """
 
     def __init__(
@@ -181,12 +181,15 @@ class CascadeRunner:
         self._query_of = query_of
         self._on_tier_call = on_tier_call or (lambda tier, seconds, ok: None)
 
-    def prepare(self, request: generator_pb2.GenerateRequest, plan_: CascadePlan) -> RoutedRequest:
-        """What each tier of the plan will be sent, before anything is called."""
+    async def prepare(self, request: generator_pb2.GenerateRequest, plan_: CascadePlan) -> RoutedRequest:
+        """What each tier of the plan will be sent, before anything is called. The query is
+        embedded here (off the event loop, batched with other requests'), once for retrieval and
+        the scorer alike."""
         base = generator_pb2.GenerateRequest()
         base.CopyFrom(request)
         base.return_logprobs = True  # the scorer needs them; stripped again in _finish
         query = self._query_of(request)
+        await query.embedded()
         tier_requests = {tier.name: self._rewrite(tier.name, base, query) for tier in plan_.tiers}
         return RoutedRequest(request, query, tier_requests)
 
@@ -229,7 +232,7 @@ class CascadeRunner:
             call = await self._attempt(tier, routed, remaining)
             if call is None:
                 continue
-            if self._decide(tier, call, routed, plan_, is_last):
+            if await self._decide(tier, call, routed, plan_, is_last):
                 yield self._finish(call.answer, routed, tier.name, started)
                 return
         if routed.fallback is not None:
@@ -275,14 +278,14 @@ class CascadeRunner:
         self._on_tier_call(tier.name, latency_ms / 1e3, True)
         return _Call(answer, tier.cost.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens), latency_ms)
 
-    def _decide(self, tier: TierConfig, call: _Call, routed: RoutedRequest, plan_: CascadePlan, is_last: bool) -> bool:
+    async def _decide(self, tier: TierConfig, call: _Call, routed: RoutedRequest, plan_: CascadePlan, is_last: bool) -> bool:
         """Whether the cascade stops at this answer: the last stage always does; an earlier one
         when the scorer's P(correct) reaches the stage's threshold. Records the attempt."""
         if is_last:
             routed.add(tier.name, Outcome.TIER_OUTCOME_ACCEPTED, "last stage", call.cost, call.latency_ms)
             return True
         threshold = plan_.thresholds.get(tier.name, 0.0)
-        score = float(self.scorer.score(routed.query, call.answer, tier.name))
+        score = float(await self.scorer.score(routed.query, call.answer, tier.name))
         accepted = bool(accepts(score, threshold))
         outcome, relation = (Outcome.TIER_OUTCOME_ACCEPTED, ">=") if accepted else (Outcome.TIER_OUTCOME_LOW_SCORE, "<")
         attempt = routed.add(tier.name, outcome, f"score {score:.3f} {relation} threshold {threshold:.3f}", call.cost, call.latency_ms)

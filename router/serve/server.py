@@ -28,7 +28,8 @@ from tierlm.auth import KeyRing
 from tierlm.config import LimitsConfig, Policy, TenantConfig, load_policy, load_tenants
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
-from tierlm.router.embeddings import Encoder
+from tierlm.router.onnx_encoder import OnnxEncoder
+from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.cascade import CascadeError, CascadePlan, CascadeRunner, plan
 from tierlm.router.serve.prompts import TierPrompts, needs_encoder
 from tierlm.router.serve.query import RequestQuery
@@ -70,9 +71,9 @@ class _TimedScorer:
     def __init__(self, scorer: AnswerScorer):
         self._scorer = scorer
 
-    def score(self, query: RequestQuery, answer: generator_pb2.GenerateResponse, tier: str) -> float:
+    async def score(self, query: RequestQuery, answer: generator_pb2.GenerateResponse, tier: str) -> float:
         with telemetry.SCORER_SECONDS.time():
-            return self._scorer.score(query, answer, tier)
+            return await self._scorer.score(query, answer, tier)
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
@@ -86,9 +87,12 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self._late_bookings: set[asyncio.Task] = set()
         self._generation: _Generation | None = None
         self._inflight = 0
-        # One sentence encoder per router, built when a policy first needs one and shared by
-        # retrieval and the scorer (each request's query is embedded once, see RequestQuery).
-        self._encoder: Encoder | None = None
+        # One sentence encoder per router (int8 ONNX, no torch), built when a policy first needs
+        # one and shared by retrieval and the scorer through one batcher: each request's query is
+        # embedded once, off the event loop, batched with concurrent requests' (RequestQuery).
+        self._batcher: EncodeBatcher | None = None
+        # The same model in float32, for the few scores too close to a threshold to trust int8 with.
+        self._exact: EncodeBatcher | None = None
         self._on_keys_changed: list[Callable[[KeyRing | None], None]] = []
         self._apply(*self._read_files())
 
@@ -108,11 +112,15 @@ class RouterService(router_pb2_grpc.RouterServicer):
     def _apply(self, policy: Policy, tenants: dict[str, TenantConfig]) -> None:
         # Everything that can fail (loading the scorer, the prompt builders) comes before the
         # first change to the running state, so a failed reload leaves it untouched.
-        if needs_encoder(policy) and self._encoder is None:
-            self._encoder = Encoder(threads=1)
-        encoder = self._encoder if needs_encoder(policy) else None
-        scorer = load_scorer(policy, encoder)
-        prompts = TierPrompts.from_policy(policy, encoder)
+        if needs_encoder(policy) and self._batcher is None:
+            self._batcher = EncodeBatcher(OnnxEncoder(threads=1))
+        if policy.scorer is not None and self._exact is None:
+            self._exact = EncodeBatcher(OnnxEncoder(precision="float32", threads=1))
+        batcher = self._batcher if needs_encoder(policy) else None
+        exact = self._exact if policy.scorer is not None else None
+        scorer = load_scorer(policy, batcher, exact)
+        prompts = TierPrompts.from_policy(policy, batcher.encoder if batcher else None)
+        embed, exact_embed = (batcher.embed if batcher else None), (exact.embed if exact else None)
         retired = []
         for tier in policy.tiers:
             client = self._clients.get(tier.name)
@@ -130,7 +138,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
             self._breakers.pop(gone, None)
         runner = CascadeRunner(
             dict(self._clients), dict(self._breakers), _TimedScorer(scorer), self._observe_tier,
-            rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), encoder),
+            rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), embed, exact_embed),
         )
         cache = ResponseCache(policy.cache.max_entries, policy.cache.ttl_s) if policy.cache.enabled else None
         self._generation = _Generation(policy, tenants, runner, cache)
@@ -247,7 +255,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 await self._finish(book)
                 yield router_pb2.CompleteResponse(answer=cached, trace=book.trace)
                 return
-            routed = generation.runner.prepare(inner, cascade_plan)
+            routed = await generation.runner.prepare(inner, cascade_plan)
             book.trace = routed.trace
             book.reservation = await self._reserve(generation, book, routed.worst_case_cost(cascade_plan), cascade_plan)
             remaining = context.time_remaining()
@@ -389,6 +397,12 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self._late_bookings.add(task)
         task.add_done_callback(self._late_bookings.discard)
 
+    def close(self) -> None:
+        """Stop the encoding threads (the store is the caller's to close)."""
+        for batcher in (self._batcher, self._exact):
+            if batcher is not None:
+                batcher.close()
+
     async def drain_bookings(self, timeout_s: float = 10.0) -> None:
         """Wait (a bounded time) for bookings still being written."""
         if self._late_bookings:
@@ -503,6 +517,7 @@ async def stop_router(server: GrpcServer, service: RouterService, grace_s: float
     """Stop serving, write the bookings still pending, close the store."""
     await server.stop(grace_s=grace_s)
     await service.drain_bookings()
+    service.close()
     await service.store.close()
 
 
@@ -541,4 +556,5 @@ async def serve(
             task.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
         await service.drain_bookings()
+        service.close()
         await service.store.close()
