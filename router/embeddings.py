@@ -57,6 +57,40 @@ def offline_encoder(threads: int | None = None) -> Encoder:
     return Encoder(threads=threads, cache=EmbeddingCache(default_cache_path()))
 
 
+class Similarities:
+    """Dot products of embeddings with a fixed matrix of embeddings (a retrieval pool), computed
+    by onnxruntime on one thread. numpy's OpenBLAS spreads a 5,000 x 384 product over every core,
+    and on a busy 2-core machine that cost 2 ms of CPU per query against 0.12 ms here (measured).
+
+    Args:
+        rows: (n, dim) float32, e.g. the pool's unit-norm embeddings.
+    """
+
+    def __init__(self, rows: np.ndarray) -> None:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        self.rows = np.ascontiguousarray(rows, dtype=np.float32)
+        n, dim = self.rows.shape
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["queries", "rows_t"], ["similarity"])], "similarities",
+            [helper.make_tensor_value_info("queries", TensorProto.FLOAT, ["batch", dim])],
+            [helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["batch", n])],
+            [numpy_helper.from_array(np.ascontiguousarray(self.rows.T), "rows_t")],
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, queries: np.ndarray) -> np.ndarray:
+        """``(m, n)`` similarities of ``m`` query embeddings (or ``(n,)`` for one)."""
+        single = queries.ndim == 1
+        out = self._session.run(None, {"queries": np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)})[0]
+        return out[0] if single else out
+
+
 class EmbeddingCache:
     """Embeddings on disk in SQLite, keyed by a hash of (model id, text).
 

@@ -20,6 +20,7 @@ from tierlm.config import Policy
 from tierlm.router.learn.features import joint_text, separate_features
 from tierlm.router.learn.records import AnswerRecord
 from tierlm.router.learn.scorer import Scorer
+from tierlm.router.serve import telemetry
 from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.query import Embed, RequestQuery
 from tierlm.v1 import generator_pb2
@@ -100,6 +101,7 @@ class LearnedScorer:
         threshold = self._thresholds.get(tier)
         if self._exact_available and threshold is not None and abs(value - threshold) < self.margin:
             self.rescored += 1
+            telemetry.EXACT_RESCORES.inc()
             value = await self._score(query, record, exact=True)
         return value
 

@@ -23,3 +23,7 @@ LEDGER_WRITES_LOST = Counter(
     "tierlm_router_ledger_writes_lost_total", "Requests that ended without an answer and could not be ledgered (store down)"
 )
 AUTH_FAILURES = Counter("tierlm_router_auth_failures_total", "Calls refused for a missing or unknown API key")
+EXACT_RESCORES = Counter(
+    "tierlm_router_exact_rescores_total",
+    "Scores within the margin of their threshold, computed again from float32 embeddings (the router embeds in int8)",
+)

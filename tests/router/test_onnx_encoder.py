@@ -5,7 +5,6 @@ cache, and a router that serves the learned path where torch cannot even be impo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from tierlm.router.serve.scoring import load_scorer
 from tierlm.router.workload import load_workload
 from tierlm.v1 import generator_pb2, router_pb2
 
+from tests.support.echo_server import scripted_label_answer
 from tests.support.workloads import headlines
 
 pytestmark = pytest.mark.slow  # MiniLM over the 5,000-row pool twice (torch from the disk cache): ~1-3 min
@@ -83,29 +83,17 @@ def test_the_graph_is_built_once_into_the_cache(tmp_path) -> None:
     assert OnnxEncoder(cache_dir=tmp_path).path == path
 
 
-def scripted_label_logprobs(tier: str, query: str, labels: list[str]) -> list[float]:
-    """Fixed label log-probs per (tier, query): the same whichever encoder routes."""
-    seed = int.from_bytes(hashlib.sha256(f"{tier}\0{query}".encode()).digest()[:8], "little")
-    logits = np.random.default_rng(seed).normal(scale=2.0, size=len(labels))
-    return (logits - np.log(np.exp(logits).sum())).tolist()
-
-
 class ScriptedLabels:
-    """An in-memory LLM tier: the label choices it is asked for, with fixed log-probs; keeps the
-    prompts it was sent (so retrieval can be compared too)."""
+    """An in-memory LLM tier: label choices with fixed log-probs per query
+    (:func:`scripted_label_answer`); keeps the prompts it was sent (to compare retrieval)."""
 
     def __init__(self, name: str):
         self.name = name
         self.prompts: dict[str, str] = {}
 
     async def generate(self, request, remaining_s):
-        query = request.prompt.rsplit("\n\n", 1)[-1]
-        self.prompts[query] = request.prompt
-        choices = list(request.choices)
-        logprobs = scripted_label_logprobs(self.name, query, choices)
-        return generator_pb2.GenerateResponse(
-            text=choices[int(np.argmax(logprobs))], is_final=True, usage=generator_pb2.Usage(prompt_tokens=100, completion_tokens=1),
-            choice_logprobs=[generator_pb2.ChoiceLogprob(choice=c, logprob=v) for c, v in zip(choices, logprobs)])
+        self.prompts[request.prompt.rsplit("\n\n", 1)[-1]] = request.prompt
+        return scripted_label_answer(self.name, request)
 
 
 class InProcess:
