@@ -29,11 +29,13 @@ import argparse
 import asyncio
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -163,6 +165,24 @@ def summarize(results: list, elapsed_s: float) -> dict:
 # -- the run ------------------------------------------------------------------------------------
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` consecutive free ports (worker i of the router serves metrics on the first + i)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return list(range(first, first + count))
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports")
+
+
 def spawn(args: list[str]) -> tuple[subprocess.Popen, dict[str, int]]:
     """Start a server process; the ports it prints on its first line (``PORTS a=1 b=2`` or
     ``ROUTER_PORT 1``)."""
@@ -175,6 +195,32 @@ def spawn(args: list[str]) -> tuple[subprocess.Popen, dict[str, int]]:
     if words[0] == "ROUTER_PORT":
         return process, {"router": int(words[1])}
     return process, {k: int(v) for k, v in (w.split("=") for w in words[1:])}
+
+
+def encoder_cpu_ms(queries: list[str]) -> dict[str, float]:
+    """CPU ms per query embedded alone (one thread), for each precision the router uses."""
+    from tierlm.router.onnx_encoder import PRECISIONS, OnnxEncoder
+
+    out = {}
+    for precision in PRECISIONS:
+        encoder = OnnxEncoder(precision=precision, threads=1)
+        for text in queries[:20]:
+            encoder.encode([text])
+        started = time.process_time()
+        for text in queries[:200]:
+            encoder.encode([text])
+        out[precision] = round((time.process_time() - started) / 200 * 1e3, 3)
+    return out
+
+
+def counter(metrics_ports: list[int], name: str) -> float:
+    """A Prometheus counter summed over the workers' metrics endpoints."""
+    total = 0.0
+    for port in metrics_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            total += sum(float(line.rsplit(" ", 1)[1]) for line in reply.read().decode().splitlines()
+                         if line.startswith(name) and not line.startswith("#"))
+    return total
 
 
 def demo_policy(work: Path, ports: dict[str, int]) -> Path:
@@ -249,6 +295,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     processes: list[subprocess.Popen] = []
     rows: list[dict] = []
+    rescored: dict[int, float] = {}
     try:
         tiers, ports = spawn([sys.executable, __file__, "--serve", "tiers"])
         processes.append(tiers)
@@ -261,12 +308,15 @@ def main() -> None:
             policy = demo_policy(work, ports)
             for workers in args.workers:
                 print(f"learned router, {workers} worker(s)", flush=True)
+                metrics = free_ports(workers)
                 router, router_ports = spawn([sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", "router", "serve",
                                               "--policy", str(policy), "--port", "0", "--store", str(work / f"ledger-{workers}.sqlite"),
-                                              "--workers", str(workers)])
+                                              "--workers", str(workers), "--metrics-port", str(metrics[0])])
                 try:
                     rows += asyncio.run(measure(f"127.0.0.1:{router_ports['router']}", queries,
                                                 {"path": "learned", "workers": workers}, args, args.rates))
+                    rescored[workers] = round(counter(metrics, "tierlm_router_exact_rescores_total")
+                                              / counter(metrics, "tierlm_router_requests_total"), 3)
                 finally:
                     router.terminate()
                     router.wait(timeout=120)
@@ -285,6 +335,8 @@ def main() -> None:
                   "5,000-row HEADLINES pool, knn/edge/cloud cascade) with instant scripted tiers, MiniLM int8 ONNX "
                   "embedding every query, SQLite ledger; passthrough: a proxy forwarding to one instant tier. "
                   "overhead = client latency - the tiers' latency in the trace; client, tiers and router share the machine"),
+        encoder_cpu_ms_per_query=encoder_cpu_ms(queries),
+        exact_rescores_per_request=rescored,
         load_average_1m={"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
     )
     print(f"wrote {path}")
