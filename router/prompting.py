@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from itertools import islice
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,12 @@ from typing import Protocol
 import numpy as np
 
 from tierlm.config import PromptStrategy
-from tierlm.router.embeddings import TextEncoder
+from tierlm.router.embeddings import Similarities, TextEncoder
 from tierlm.v1 import generator_pb2
+
+
+#: Rows retrieved beyond ``k`` in case some are the query itself (see PromptBuilder._retrieve).
+_RETRIEVAL_SPARES = 8
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class PromptBuilder:
         self._encoder = encoder
         self._fixed: list[Labelled] = []
         self._by_label: dict[str, list[tuple[int, Labelled]]] = {}  # label -> (permutation rank, row)
-        self._pool_embeddings: np.ndarray | None = None
+        self._pool_similarity: Similarities | None = None
         if strategy.selection == "fixed":
             self._fixed = self._fixed_demonstrations(strategy.fixed_prompt)
         elif strategy.selection == "balanced":
@@ -180,7 +185,7 @@ class PromptBuilder:
             pool_embeddings = self._encoder.encode([row.query for row in self.pool])
         if pool_embeddings.shape[0] != len(self.pool):
             raise ValueError(f"{pool_embeddings.shape[0]} pool embeddings for {len(self.pool)} pool rows")
-        self._pool_embeddings = np.asarray(pool_embeddings, dtype=np.float32)
+        self._pool_similarity = Similarities(pool_embeddings)
 
     def demonstrations(self, query: str, query_embedding: np.ndarray | None = None) -> list[Labelled]:
         """The demonstrations for ``query``, in prompt order.
@@ -201,20 +206,28 @@ class PromptBuilder:
         return self._retrieve(query, query_embedding)
 
     def _retrieve(self, query: str, query_embedding: np.ndarray | None) -> list[Labelled]:
-        assert self._pool_embeddings is not None
+        assert self._pool_similarity is not None
         if query_embedding is None:
             if self._encoder is None:
                 raise ValueError("retrieved selection needs an encoder or the query's embedding")
             query_embedding = self._encoder.encode([query])[0]
-        similarity = self._pool_embeddings @ np.asarray(query_embedding, dtype=np.float32)
-        nearest: list[Labelled] = []
-        # A stable sort breaks similarity ties by pool order, so retrieval is deterministic.
-        for i in np.argsort(-similarity, kind="stable"):
-            if len(nearest) == self.strategy.k:
-                break
-            if not _same_text(self.pool[i].query, query):
-                nearest.append(self.pool[i])
+        similarity = self._pool_similarity(np.asarray(query_embedding, dtype=np.float32))
+        k = self.strategy.k
+        # Only the top rows need ordering (the router does this per request): every row at least
+        # as similar as the (k + spare)-th, ordered by similarity then pool position, which is
+        # what a stable sort of the whole pool gives. The spares stand in for rows skipped as
+        # the query itself; if too many are skipped, the whole pool is sorted after all.
+        reach = min(k + _RETRIEVAL_SPARES, len(similarity))
+        cutoff = np.partition(similarity, len(similarity) - reach)[len(similarity) - reach]
+        candidates = np.flatnonzero(similarity >= cutoff)
+        nearest = self._unlike(query, candidates[np.lexsort((candidates, -similarity[candidates]))], k)
+        if len(nearest) < k:
+            nearest = self._unlike(query, np.argsort(-similarity, kind="stable"), k)
         return nearest[::-1]  # most similar last, right before the query
+
+    def _unlike(self, query: str, order: np.ndarray, k: int) -> list[Labelled]:
+        """The first ``k`` pool rows in ``order`` that are not the query itself."""
+        return list(islice((self.pool[i] for i in order if not _same_text(self.pool[i].query, query)), k))
 
     def build_prompt(self, query: str, query_embedding: np.ndarray | None = None) -> str:
         """The full prompt for ``query``."""

@@ -85,6 +85,9 @@ class ServerConfig:
     max_request_bytes: int = 1 << 20
     # How long SIGTERM waits for in-flight calls before cancelling them.
     drain_grace_s: float = 30.0
+    # Share the port with other processes that set it too (SO_REUSEPORT: the kernel spreads
+    # connections across them, see router/serve/workers.py); off, a port in use is an error.
+    reuse_port: bool = False
     # Told about every call refused for its key, with the method and the (parsed) request, so a
     # server can account for it; it must not raise or block.
     on_auth_failure: Callable[[str, Any], None] | None = None
@@ -240,7 +243,7 @@ class GrpcServer:
         config = self.config
         options = [
             ("grpc.max_receive_message_length", config.max_request_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(config.reuse_port)),
             *config.extra_options,
         ]
         if config.max_connection_age_s is not None:

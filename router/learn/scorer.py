@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tierlm.config import SCORER_FILE
 from tierlm.errors import MissingResource
-from tierlm.router.embeddings import TextEncoder
+from tierlm.router.embeddings import TextEncoder, compatible
 from tierlm.router.learn.features import (
     CONFIDENCE_FEATURES,
     TextFeatures,
@@ -63,8 +63,15 @@ class _Linear:
     coef: np.ndarray
     intercept: float
 
+    def __post_init__(self) -> None:
+        # Standardising and the dot product folded into one: ((x - mean) / scale) @ coef + b
+        # == x @ (coef / scale) + (b - mean @ (coef / scale)): one pass over the features.
+        weights = self.coef / self.scale
+        object.__setattr__(self, "_weights", weights)
+        object.__setattr__(self, "_bias", self.intercept - float(self.mean @ weights))
+
     def predict(self, x: np.ndarray) -> np.ndarray:
-        z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
+        z = x @ self._weights + self._bias
         return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without exp overflow
 
 
@@ -120,6 +127,15 @@ class Scorer:
         embeddings = None if query_embedding is None else np.atleast_2d(query_embedding)
         return float(self.score_records([record], query_embeddings=embeddings)[0])
 
+    def score_text_features(self, text: np.ndarray, record: AnswerRecord) -> float:
+        """P(correct) for one answer whose text features the caller computed (the router embeds
+        off its event loop): for ``separate`` features :func:`separate_features` of the query's
+        and the answer's embeddings, for ``joint`` the embedding of :func:`joint_text`."""
+        if record.tier not in self.tiers:
+            raise ValueError(f"tier {record.tier!r} unknown to this scorer (trained on {list(self.tiers)})")
+        x = _assemble(np.atleast_2d(text), [record], self.tiers if not self.per_tier else ())
+        return float(self._models[record.tier if self.per_tier else _SHARED].predict(x)[0])
+
     def score_records(
         self, records: Sequence[AnswerRecord], *, query_embeddings: np.ndarray | None = None
     ) -> np.ndarray:
@@ -157,8 +173,9 @@ class Scorer:
         """Load a scorer saved by :meth:`save`.
 
         Args:
-            encoder: the encoder to use; defaults to a fresh MiniLM ``Encoder``. Its ``model_id``
-                must equal the one the scorer was trained with.
+            encoder: the encoder to use; defaults to a fresh MiniLM ``Encoder``. It must be the
+                one the scorer was trained with, or a checked approximation of it
+                (:func:`~tierlm.router.embeddings.compatible`).
 
         Raises:
             MissingResource: when ``directory`` holds no saved scorer.
@@ -173,7 +190,7 @@ class Scorer:
             from tierlm.router.embeddings import Encoder
 
             encoder = Encoder()
-        if encoder.model_id != meta["encoder"]:
+        if not compatible(encoder, meta["encoder"]):
             raise ValueError(f"{directory}: trained with encoder {meta['encoder']}, given {encoder.model_id}")
         # allow_pickle=False: the file holds plain float arrays and must never run code.
         with np.load(directory / "coefficients.npz", allow_pickle=False) as arrays:

@@ -196,7 +196,7 @@ class CascadeRunner:
         scorer: judges answers of tiers that may still be escalated from.
         on_tier_call: ``(tier, seconds, ok)`` after every call, for metrics.
         rewrite: the request a tier is sent (per-tier prompt adaptation); default: unchanged.
-        query_of: the request's query (its text, and its embedding on first use).
+        query_of: the request's query (its text, and how to embed it).
         speculation: the policy's speculative pair, through which long generations reach its
             verify tier (:mod:`tierlm.router.serve.speculative`).
     """
@@ -219,9 +219,12 @@ class CascadeRunner:
         self._query_of = query_of
         self._on_tier_call = on_tier_call or (lambda tier, seconds, ok: None)
 
-    def prepare(self, request: generator_pb2.GenerateRequest, plan_: CascadePlan) -> RoutedRequest:
-        """What each tier of the plan will be sent, before anything is called."""
+    async def prepare(self, request: generator_pb2.GenerateRequest, plan_: CascadePlan) -> RoutedRequest:
+        """What each tier of the plan will be sent, before anything is called. The query is
+        embedded here (off the event loop, batched with other requests'), once for retrieval and
+        the scorer alike."""
         routed = RoutedRequest(request, self._query_of(request), {})
+        await routed.query.embedded()
         for tier in plan_.tiers:
             tier_request = self.request_for(routed, tier.name)
             routed.stage_costs[tier.name] = worst_case_cost(tier, tier_request)
@@ -242,12 +245,12 @@ class CascadeRunner:
             routed.tier_requests[tier] = self._rewrite(tier, base, routed.query)
         return routed.tier_requests[tier]
 
-    def score(self, routed: RoutedRequest, tier: str) -> SeenAnswer:
+    async def score(self, routed: RoutedRequest, tier: str) -> SeenAnswer:
         """A seen answer with the scorer's P(correct), scoring it now if the cascade did not."""
         seen = routed.seen[tier]
         if seen.score is not None:
             return seen
-        return replace(seen, score=float(self.scorer.score(routed.query, routed.responses[tier], tier)))
+        return replace(seen, score=float(await self.scorer.score(routed.query, routed.responses[tier], tier)))
 
     async def explore(self, routed: RoutedRequest, tiers: Sequence[TierConfig]) -> Exploration:
         """Call ``tiers`` (ones the cascade did not) for ``routed``, concurrently, after it was
@@ -265,7 +268,7 @@ class CascadeRunner:
                 found.cost += tier.cost.per_call  # a failed call is charged its fixed price, as in the cascade
                 return
             cost = tier.cost.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
-            score = float(self.scorer.score(routed.query, answer, tier.name))
+            score = float(await self.scorer.score(routed.query, answer, tier.name))
             found.answers.append(replace(seen_answer(tier.name, answer, cost, score), explored=True))
             found.cost += cost
             found.prompt_tokens += answer.usage.prompt_tokens
@@ -316,7 +319,7 @@ class CascadeRunner:
             if call is None:
                 continue
             answered = call.fallback_of or tier
-            if self._decide(answered, call, routed, plan_, is_last):
+            if await self._decide(answered, call, routed, plan_, is_last):
                 yield self._finish(call.answer, routed, answered.name, started)
                 return
         if routed.fallback is not None:
@@ -362,7 +365,7 @@ class CascadeRunner:
         self._on_tier_call(tier.name, latency_ms / 1e3, True)
         return _Call(answer, tier.cost.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens), latency_ms)
 
-    def _decide(self, tier: TierConfig, call: _Call, routed: RoutedRequest, plan_: CascadePlan, is_last: bool) -> bool:
+    async def _decide(self, tier: TierConfig, call: _Call, routed: RoutedRequest, plan_: CascadePlan, is_last: bool) -> bool:
         """Whether the cascade stops at this answer: the last stage always does; an earlier one
         when the scorer's P(correct) reaches the stage's threshold. Records the attempt."""
         note = "; answered alone after speculation failed" if call.fallback_of is not None else ""
@@ -373,7 +376,7 @@ class CascadeRunner:
             routed.saw(tier.name, call.answer, call.cost, None)
             return True
         threshold = plan_.thresholds.get(tier.name, 0.0)
-        score = float(self.scorer.score(routed.query, call.answer, tier.name))
+        score = float(await self.scorer.score(routed.query, call.answer, tier.name))
         accepted = bool(accepts(score, threshold))
         outcome, relation = (Outcome.TIER_OUTCOME_ACCEPTED, ">=") if accepted else (Outcome.TIER_OUTCOME_LOW_SCORE, "<")
         attempt = routed.add(tier.name, outcome, f"score {score:.3f} {relation} threshold {threshold:.3f}{note}", call.cost, call.latency_ms)

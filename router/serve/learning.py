@@ -68,11 +68,11 @@ class TrafficLearning:
         """Whether this request is one of the explored share (drawn before it is routed)."""
         return self.config.record and self.config.explore.share > 0 and self._draw() < self.config.explore.share
 
-    def details(self, routed: RoutedRequest, explore: bool) -> str | None:
+    async def details(self, routed: RoutedRequest, explore: bool) -> str | None:
         """What the request's ledger row keeps for learning, or None when the policy does not record."""
         if not self.config.record:
             return None
-        answers = [self.runner.score(routed, tier) for tier in routed.seen]
+        answers = [await self.runner.score(routed, tier) for tier in routed.seen]
         return details_json(routed.query.text, routed.trace.accepted_tier, answers, self.version, explore)
 
     async def explore(self, routed: RoutedRequest) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import nullcontext
 
-from tierlm.config import Policy
-from tierlm.router.embeddings import Encoder
+from tierlm.config import Policy, PromptStrategy
+from tierlm.router.embeddings import CachingEncoder
 from tierlm.router.prompting import PromptBuilder, query_pattern, request_query
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.workload import load_workload
@@ -33,14 +33,19 @@ class TierPrompts:
         self._wrappers = list(dict.fromkeys(query_pattern(b.strategy.template) for b in self._builders.values()))
 
     @classmethod
-    def from_policy(cls, policy: Policy, encoder: Encoder | None) -> TierPrompts:
+    def from_policy(cls, policy: Policy, encoder: CachingEncoder | None) -> TierPrompts:
+        """One builder per distinct strategy: tiers that share one (the demo's edge and cloud)
+        share its demonstrations, retrieved once per request."""
         strategies = {t.name: t.prompt for t in policy.tiers if t.prompt is not None}
         pool = list(load_workload(policy.pool)) if policy.pool is not None else []
+        distinct: list[tuple[PromptStrategy, PromptBuilder]] = []
         # The pool's embeddings come from the disk cache after the first start (a 5,000-row
-        # pool takes minutes to embed on one core); queries never touch it.
+        # pool takes seconds to embed); queries never touch it.
         with encoder.caching() if encoder is not None else nullcontext():
-            builders = {name: PromptBuilder(strategy, pool, encoder=encoder) for name, strategy in strategies.items()}
-        return cls(builders)
+            for strategy in strategies.values():
+                if not any(strategy == known for known, _ in distinct):
+                    distinct.append((strategy, PromptBuilder(strategy, pool, encoder=encoder)))
+        return cls({name: next(b for known, b in distinct if known == strategy) for name, strategy in strategies.items()})
 
     def query_text(self, request: generator_pb2.GenerateRequest) -> str:
         """The query a strategy wraps: the prompt without a strategy's query block around it, or
@@ -61,8 +66,11 @@ class TierPrompts:
         strategy = builder.strategy
         rewritten = generator_pb2.GenerateRequest()
         rewritten.CopyFrom(request)
-        embedding = query.embedding() if strategy.selection == "retrieved" else None
-        rewritten.prompt = builder.build_prompt(query.text, query_embedding=embedding)
+        prompt = query.prompts.get(id(builder))
+        if prompt is None:
+            embedding = query.embedding() if strategy.selection == "retrieved" else None
+            prompt = query.prompts[id(builder)] = builder.build_prompt(query.text, query_embedding=embedding)
+        rewritten.prompt = prompt
         if strategy.labels:
             del rewritten.choices[:]
             rewritten.choices.extend(strategy.label_continuations)

@@ -32,8 +32,9 @@ from tierlm.client import QUOTA_KEY
 from tierlm.config import LimitsConfig, Policy, TenantConfig, load_policy, load_tenants
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
-from tierlm.router.embeddings import Encoder
 from tierlm.router.learn.traffic import policy_version
+from tierlm.router.onnx_encoder import OnnxEncoder
+from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.cascade import CascadeError, CascadePlan, CascadeRunner, plan
 from tierlm.router.serve.learning import TrafficLearning
 from tierlm.router.serve.prompts import TierPrompts, needs_encoder
@@ -82,9 +83,9 @@ class _TimedScorer:
     def __init__(self, scorer: AnswerScorer):
         self._scorer = scorer
 
-    def score(self, query: RequestQuery, answer: generator_pb2.GenerateResponse, tier: str) -> float:
+    async def score(self, query: RequestQuery, answer: generator_pb2.GenerateResponse, tier: str) -> float:
         with telemetry.SCORER_SECONDS.time():
-            return self._scorer.score(query, answer, tier)
+            return await self._scorer.score(query, answer, tier)
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
@@ -101,9 +102,12 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self._background: set[asyncio.Task] = set()
         self._generation: _Generation | None = None
         self._inflight = 0
-        # One sentence encoder per router, built when a policy first needs one and shared by
-        # retrieval and the scorer (each request's query is embedded once, see RequestQuery).
-        self._encoder: Encoder | None = None
+        # One sentence encoder per router (int8 ONNX, no torch), built when a policy first needs
+        # one and shared by retrieval and the scorer through one batcher: each request's query is
+        # embedded once, off the event loop, batched with concurrent requests' (RequestQuery).
+        self._batcher: EncodeBatcher | None = None
+        # The same model in float32, for the few scores too close to a threshold to trust int8 with.
+        self._exact: EncodeBatcher | None = None
         self._on_keys_changed: list[Callable[[KeyRing | None], None]] = []
         self._apply(*self._read_files())
 
@@ -124,11 +128,15 @@ class RouterService(router_pb2_grpc.RouterServicer):
     def _apply(self, policy: Policy, tenants: dict[str, TenantConfig], version: str) -> None:
         # Everything that can fail (loading the scorer, the prompt builders) comes before the
         # first change to the running state, so a failed reload leaves it untouched.
-        if needs_encoder(policy) and self._encoder is None:
-            self._encoder = Encoder(threads=1)
-        encoder = self._encoder if needs_encoder(policy) else None
-        scorer = load_scorer(policy, encoder)
-        prompts = TierPrompts.from_policy(policy, encoder)
+        if needs_encoder(policy) and self._batcher is None:
+            self._batcher = EncodeBatcher(OnnxEncoder(threads=1))
+        if policy.scorer is not None and self._exact is None:
+            self._exact = EncodeBatcher(OnnxEncoder(precision="float32", threads=1))
+        batcher = self._batcher if needs_encoder(policy) else None
+        exact = self._exact if policy.scorer is not None else None
+        scorer = load_scorer(policy, batcher, exact)
+        prompts = TierPrompts.from_policy(policy, batcher.encoder if batcher else None)
+        embed, exact_embed = (batcher.embed if batcher else None), (exact.embed if exact else None)
         check_tokenizers(policy)
         retired = []
         for tier in policy.tiers:
@@ -147,7 +155,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
             self._breakers.pop(gone, None)
         runner = CascadeRunner(
             dict(self._clients), dict(self._breakers), _TimedScorer(scorer), self._observe_tier,
-            rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), encoder),
+            rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), embed, exact_embed),
             speculation=SpeculativePair.from_policy(policy),
         )
         cache = ResponseCache(policy.cache.max_entries, policy.cache.ttl_s) if policy.cache.enabled else None
@@ -297,7 +305,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 await self._finish(book)
                 yield router_pb2.CompleteResponse(answer=cached, trace=book.trace)
                 return
-            routed = generation.runner.prepare(inner, cascade_plan)
+            routed = await generation.runner.prepare(inner, cascade_plan)
             book.trace = routed.trace
             explore = generation.learning.explores()
             book.reservation = await self._reserve(generation, book, routed.worst_case_cost(cascade_plan), cascade_plan)
@@ -307,7 +315,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 async for chunk in generation.runner.stream(routed, cascade_plan, deadline):
                     if chunk.is_final:
                         book.answer = chunk
-                        book.details = generation.learning.details(routed, explore)
+                        book.details = await generation.learning.details(routed, explore)
                         await self._finish(book)
                         if explore:
                             self._in_background(generation.learning.explore(routed), f"exploring request {inner.request_id}")
@@ -316,7 +324,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                         yield router_pb2.CompleteResponse(answer=chunk)
             else:
                 book.answer = await generation.runner.complete(routed, cascade_plan, deadline)
-                book.details = generation.learning.details(routed, explore)
+                book.details = await generation.learning.details(routed, explore)
                 await self._finish(book)
                 if explore:
                     self._in_background(generation.learning.explore(routed), f"exploring request {inner.request_id}")
@@ -470,6 +478,12 @@ class RouterService(router_pb2_grpc.RouterServicer):
         if self._background:
             await asyncio.wait(set(self._background), timeout=timeout_s)
 
+    def close(self) -> None:
+        """Stop the encoding threads (the store is the caller's to close)."""
+        for batcher in (self._batcher, self._exact):
+            if batcher is not None:
+                batcher.close()
+
     async def sweep_expired(self) -> None:
         """Release holds whose router died (their lease ran out), forever: at least once per
         lease margin, so a hold outlives its lease by no more than that."""
@@ -618,6 +632,7 @@ async def stop_router(server: GrpcServer, service: RouterService, grace_s: float
     """Stop serving, write the bookings still pending, close the store."""
     await server.stop(grace_s=grace_s)
     await service.drain_background()
+    service.close()
     await service.store.close()
 
 
@@ -651,6 +666,7 @@ async def serve(
                 http_server = await serve_http(app, http, config.tls)
             except BaseException:  # its port is taken, say: the gRPC side goes too
                 await server.stop(0)
+                service.close()
                 await service.store.close()
                 raise
         loop = asyncio.get_running_loop()
@@ -668,4 +684,5 @@ async def serve(
                 task.cancel()
             loop.remove_signal_handler(signal.SIGHUP)
             await service.drain_background()
+            service.close()
             await service.store.close()

@@ -45,3 +45,8 @@ LIVE_ESCALATION_RATE = Gauge(
 )
 LIVE_SERVED_ACCURACY = Gauge("tierlm_router_live_served_accuracy", "Share of labelled answers callers got that were right")
 CALIBRATION_ALARM = Gauge("tierlm_router_calibration_alarm", "1 while the policy's calibration alarm fires for the tier", ["tier"])
+
+EXACT_RESCORES = Counter(
+    "tierlm_router_exact_rescores_total",
+    "Scores within the margin of their threshold, computed again from float32 embeddings (the router embeds in int8)",
+)

@@ -71,7 +71,7 @@ class TopChoice:
     def __init__(self):
         self.calls: list[tuple[str, str]] = []
 
-    def score(self, query: RequestQuery, answer, tier: str) -> float:
+    async def score(self, query: RequestQuery, answer, tier: str) -> float:
         self.calls.append((query.text, tier))
         # Rounded: log-probs travel as float32, and a test's 0.6 must come back as 0.6.
         return round(float(np.exp(answer.choice_logprobs[0].logprob)), 6)
@@ -92,7 +92,7 @@ def route(cascade: CascadeRunner, routing: router_pb2.RoutingOptions | None = No
     cascade_plan = plan(policy, routing or router_pb2.RoutingOptions(), None)
 
     async def go():
-        routed = cascade.prepare(request, cascade_plan)
+        routed = await cascade.prepare(request, cascade_plan)
         if not stream:
             return [(await cascade.complete(routed, cascade_plan, None), routed.trace)]
         return [(chunk, routed.trace) async for chunk in cascade.stream(routed, cascade_plan, None)]
@@ -194,30 +194,28 @@ def test_a_stream_that_fails_before_its_first_chunk_falls_back() -> None:
     assert [c.text for c, _ in items] == ["up"] and items[-1][1].accepted_tier == "small"
 
 
-class CountingEncoder:
-    model_id = "counting"
-
+class CountingEmbedder:
     def __init__(self):
         self.calls = 0
 
-    def encode(self, texts):
+    async def embed(self, text):
         self.calls += 1
-        return np.ones((len(texts), 4), dtype=np.float32) / 2.0
+        return np.ones(4, dtype=np.float32) / 2.0
 
 
 def test_tiers_get_their_rewritten_request_and_the_query_is_embedded_once() -> None:
-    encoder = CountingEncoder()
+    embedder = CountingEmbedder()
 
     def rewrite(tier, request, query: RequestQuery):
-        assert query.embedding() is not None  # retrieval reads the shared embedding
+        assert query.embedding() is not None  # retrieval reads the shared embedding, awaited before
         rewritten = generator_pb2.GenerateRequest()
         rewritten.CopyFrom(request)
         rewritten.prompt = f"[{tier}] {query.text}"
         return rewritten
 
     small, large = ScriptedTier(answer("up", 0.4)), ScriptedTier(answer("down", 0.99))
-    cascade = runner(small, large, rewrite=rewrite, query_of=lambda r: RequestQuery(r.prompt, encoder))
+    cascade = runner(small, large, rewrite=rewrite, query_of=lambda r: RequestQuery(r.prompt, embedder.embed))
     route(cascade)
     assert [r.prompt for r in small.requests + large.requests] == ["[small] gold rises", "[large] gold rises"]
     assert all(r.return_logprobs for r in small.requests)  # the scorer needs them
-    assert encoder.calls == 1
+    assert embedder.calls == 1

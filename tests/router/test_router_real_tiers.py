@@ -10,8 +10,7 @@ import yaml
 from tests.support.aio import BackgroundLoop
 from tierlm.client import Client
 from tierlm.edge.server import load_generator, start_edge
-from tierlm.router.serve.query import RequestQuery
-from tierlm.router.serve.scoring import ConfidenceScorer
+from tierlm.router.serve.scoring import confidence
 from tierlm.router.serve.server import start_router, stop_router
 from tierlm.serving import ServerConfig
 from tierlm.v1 import generator_pb2, router_pb2
@@ -29,7 +28,7 @@ def stack(llama_dir, gemma_dir, tmp_path_factory):
     # The edge answers' own confidence decides: put the threshold at the median of the prompts'.
     probe = [loop.run(generators["edge"].generate(generator_pb2.GenerateRequest(prompt=p, max_tokens=6, return_logprobs=True)))
              for p in PROMPTS]
-    threshold = statistics.median(ConfidenceScorer().score(RequestQuery(p), a, "edge") for p, a in zip(PROMPTS, probe))
+    threshold = statistics.median(confidence(a) for a in probe)
     work = tmp_path_factory.mktemp("router")
     policy = work / "policy.yaml"
     policy.write_text(yaml.safe_dump({

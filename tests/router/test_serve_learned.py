@@ -13,6 +13,7 @@ from tierlm.config import load_policy
 from tierlm.router.learn.records import AnswerRecord
 from tierlm.router.learn.scorer import Scorer, train
 from tierlm.router.serve.cascade import CascadeRunner, plan
+from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.breaker import CircuitBreaker
 from tierlm.router.serve.prompts import TierPrompts
 from tierlm.router.serve.query import RequestQuery
@@ -70,23 +71,30 @@ def setup(tmp_path_factory, minilm):
 
 def test_the_learned_scorer_scores_like_the_trained_model(setup, minilm) -> None:
     policy = load_policy(setup / "policy.yaml")
-    served = load_scorer(policy, minilm)
+    batcher = EncodeBatcher(minilm)
+    served = load_scorer(policy, batcher)
     assert isinstance(served, LearnedScorer)
     answer = generator_pb2.GenerateResponse(
         text=" up", choice_logprobs=[generator_pb2.ChoiceLogprob(choice=f" {label}", logprob=-0.2 if label == "up" else -2.0)
                                      for label in LABELS])
-    query = RequestQuery("gold climbs on a weaker dollar", minilm)
-    expected = Scorer.load(setup / "scorer", minilm).score(query.text, "up", "edge", (), {label: -0.2 if label == "up" else -2.0 for label in LABELS})
-    assert served.score(query, answer, "edge") == pytest.approx(expected, abs=1e-6)
+    expected = Scorer.load(setup / "scorer", minilm).score(
+        "gold climbs on a weaker dollar", "up", "edge", (), {label: -0.2 if label == "up" else -2.0 for label in LABELS})
+
+    async def serve_one() -> float:
+        return await served.score(RequestQuery("gold climbs on a weaker dollar", batcher.embed), answer, "edge")
+
+    assert asyncio.run(serve_one()) == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="encoder"):
         load_scorer(policy, None)
+    batcher.close()
 
 
 def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm) -> None:
     policy = load_policy(setup / "policy.yaml")
     encoder = Counting(minilm)
     prompts = TierPrompts.from_policy(policy, encoder)
-    scorer = load_scorer(policy, encoder)
+    batcher = EncodeBatcher(encoder)
+    scorer = load_scorer(policy, batcher)
     pool_texts = len(encoder.texts)
 
     class Echo:
@@ -102,18 +110,24 @@ def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm)
     edge, cloud = Echo(), Echo()
     runner = CascadeRunner(
         {"edge": edge, "cloud": cloud}, {"edge": CircuitBreaker(5, 1.0), "cloud": CircuitBreaker(5, 1.0)}, scorer,
-        rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), encoder),
+        rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), batcher.embed),
     )
     request = generator_pb2.GenerateRequest(prompt="Q: gold climbs on a weaker dollar\nA:", max_tokens=1)
     cascade_plan = plan(policy, router_pb2.RoutingOptions(), None)
-    routed = runner.prepare(request, cascade_plan)
-    asyncio.run(runner.complete(routed, cascade_plan, None))
-    trace = routed.trace
+
+    async def route() -> router_pb2.RoutingTrace:
+        routed = await runner.prepare(request, cascade_plan)
+        await runner.complete(routed, cascade_plan, None)
+        return routed.trace
+
+    trace = asyncio.run(route())
+    batcher.close()
     assert [a.tier for a in trace.attempts] == ["edge", "cloud"]  # edge scored below 0.99: escalated
     embedded = encoder.texts[pool_texts:]  # the query, unwrapped, once; and the answer's text, once
     assert embedded.count("gold climbs on a weaker dollar") == 1 and len(embedded) == 2
     assert edge.prompts[0].startswith("Direction?\n\nQ: ") and edge.prompts[0].endswith("Q: gold climbs on a weaker dollar\nA:")
     assert edge.prompts[0].count("\nA: ") == 3  # three retrieved demonstrations
+    assert cloud.prompts == edge.prompts  # one strategy, one retrieval for both tiers
 
 
 def test_a_router_builds_one_encoder_for_retrieval_and_scoring(setup, monkeypatch, tmp_path) -> None:
@@ -121,13 +135,14 @@ def test_a_router_builds_one_encoder_for_retrieval_and_scoring(setup, monkeypatc
     from tierlm.router.store.sqlite import SqliteStore
 
     built = []
-    real = server.Encoder
-    monkeypatch.setattr(server, "Encoder", lambda **kwargs: built.append(kwargs) or real(**kwargs))
+    real = server.OnnxEncoder
+    monkeypatch.setattr(server, "OnnxEncoder", lambda **kwargs: built.append(kwargs) or real(**kwargs))
 
     async def start() -> None:
         service = server.RouterService(setup / "policy.yaml", SqliteStore(tmp_path / "ledger.sqlite"))
         assert service.reload()  # a reload reuses the router's encoder
+        service.close()
         await service.store.close()
 
     asyncio.run(start())
-    assert len(built) == 1
+    assert built == [{"threads": 1}, {"precision": "float32", "threads": 1}]  # int8, and float32 near thresholds

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import sys
 
 import grpc
+import numpy as np
 
 from tierlm.serving import GrpcServer, ServerConfig, current_tenant
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
@@ -95,6 +97,40 @@ class ControlledGenerator(ScriptedGenerator):
                 chunk.usage.completion_tokens = streamed
             streamed += 1
             yield chunk
+
+
+LABELS = ("up", "down", "neutral", "none")
+
+
+def scripted_label_answer(tier: str, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
+    """A label-choice answer with fixed log-probs per (tier, query): what an LLM tier answering
+    HEADLINES-style label choices looks like to the router, instantly and reproducibly. The query
+    is the prompt's last block (a retrieved prompt ends with it), the labels the request's choices
+    (the HEADLINES labels without them); the answer is the likeliest label."""
+    query = request.prompt.rsplit("\n\n", 1)[-1]
+    choices = list(request.choices) or list(LABELS)
+    seed = int.from_bytes(hashlib.sha256(f"{tier}\0{query}".encode()).digest()[:8], "little")
+    logits = np.random.default_rng(seed).normal(scale=2.0, size=len(choices))
+    logprobs = logits - np.log(np.exp(logits).sum())
+    return generator_pb2.GenerateResponse(
+        request_id=request.request_id, text=choices[int(np.argmax(logprobs))], is_final=True, model=tier,
+        usage=generator_pb2.Usage(prompt_tokens=len(request.prompt) // 4 + 1, completion_tokens=1),
+        finish_reason=generator_pb2.FINISH_REASON_CHOICE,
+        choice_logprobs=[generator_pb2.ChoiceLogprob(choice=c, logprob=float(v), num_tokens=1) for c, v in zip(choices, logprobs)],
+    )
+
+
+class LabelGenerator(generator_pb2_grpc.GeneratorServicer):
+    """An instant tier answering label choices (:func:`scripted_label_answer`)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    async def Generate(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        return scripted_label_answer(self.name, request)
+
+    async def GenerateStream(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        yield scripted_label_answer(self.name, request)
 
 
 async def start_generator(config: ServerConfig, servicer: generator_pb2_grpc.GeneratorServicer) -> GrpcServer:

@@ -28,6 +28,8 @@ app = typer.Typer(help="Run the cascade router and read its cost ledger.", no_ar
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "tierlm-ledger.sqlite"
+WORKERS_HELP = ("Router processes sharing the port (SO_REUSEPORT) and the store; one per core is the usual choice. "
+                "With --metrics-port P, worker i serves metrics on P+i.")
 STORE_HELP = ("Ledger and budgets: a SQLite file (one router, or workers on one machine) or a PostgreSQL URL / "
               "connection string (replicas); read from $TIERLM_STORE if unset.")
 
@@ -49,6 +51,7 @@ def serve(
     tls_client_ca: Path | None = opt.TLS_CLIENT_CA,
     max_request_bytes: int = opt.MAX_REQUEST_BYTES,
     drain_s: float = opt.DRAIN_S,
+    workers: int = typer.Option(1, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Serve tierlm.v1.Router until SIGTERM. Calls need a tenant's key (none configured: every call is
     refused) unless --no-auth."""
@@ -59,6 +62,9 @@ def serve(
         raise CommandError("--http-port and --tls-cert conflict: the OpenAI HTTP endpoint reaches the router over loopback without TLS",
                            ExitCode.USAGE)
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
+    if workers > 1:
+        _serve_workers(workers, policy, config, store, tenants, http_port, auth=not no_auth)
+        return
 
     def ready(server, bound_http_port: int | None) -> None:
         extras = [f"metrics on :{server.metrics_port}"] if server.metrics_port else []
@@ -101,6 +107,34 @@ async def with_store(location: str, use: Callable[[Store], Awaitable[T]]) -> T:
         return await use(opened)
     finally:
         await opened.close()
+
+
+def _serve_workers(workers: int, policy: Path, config, store: str, tenants: Path | None, http_port: int | None, *,
+                   auth: bool) -> None:
+    from tierlm.router.serve.workers import serve_workers
+
+    if http_port is not None:
+        raise CommandError("--http-port and --workers conflict: the OpenAI HTTP endpoint serves from one process; "
+                           "run it with --workers 1", ExitCode.USAGE)
+
+    def ready(bound: int) -> None:
+        metrics = f", metrics on :{config.metrics_port}..{config.metrics_port + workers - 1}" if config.metrics_port else ""
+        typer.echo(f"router listening on {config.host}:{bound} with {workers} workers{metrics}", err=True)
+        typer.echo(f"ROUTER_PORT {bound}")
+
+    serve_workers(workers, policy, config, store, tenants, ready, auth=auth)
+
+
+@app.command("prepare-encoder")
+def prepare_encoder_command(
+    force: bool = typer.Option(False, "--force", help="Build again even if the cache has them."),
+) -> None:
+    """Build the router's MiniLM encoder graphs (int8, and float32 for scores near a threshold)
+    into the tierlm cache; `router serve` builds them on first use otherwise (seconds)."""
+    from tierlm.router.onnx_encoder import PRECISIONS, prepare_encoder
+
+    for precision in PRECISIONS:
+        typer.echo(f"{precision}: {prepare_encoder(precision=precision, force=force)}")
 
 
 @app.command("ledger")
