@@ -1,15 +1,24 @@
 """Int3/int4 group-wise matmul through onnxruntime's ``MatMulNBits`` contrib op (MLAS kernels).
 
-Measured on this CPU (1 thread): faster than fp32 ``nn.Linear`` at batch 1 and 32 and faster
-than torch's own ``_weight_int4pack_mm_for_cpu`` (see bench/kernels_matmul.py). ``accuracy_level``
-4 lets MLAS quantize the activations to int8 per block and use VNNI dot products; level 0 keeps
-float activations (slower, closer to the reference). One small ONNX graph and session per layer,
+Measured on this CPU: faster than fp32 ``nn.Linear`` at batch 1 and 32 and faster than torch's
+own ``_weight_int4pack_mm_for_cpu`` (see bench/kernels_matmul.py). ``accuracy_level`` 4 lets
+MLAS quantize the activations to int8 per block and use VNNI dot products; level 0 keeps float
+activations (slower, closer to the reference). One small ONNX graph and session per weight,
 with the weight baked in as an initializer (ORT prepacks it at session start).
+
+A low-rank correction ``(x · Rᵀ) · Lᵀ`` (the composite's) can be added inside the same graph,
+so a composite layer is one session run rather than three torch products and a sum.
 
 Layout mapping: B is ``[N, K/block, block/2]`` uint8, low nibble = even input index, which is
 the GPTQ ``qweight`` transposed and read as bytes; int3 codes are widened to 4 bits (the grid
 is the same, so results are identical) because ORT has no 3-bit CPU kernel. Act-order weights
 (``g_idx``) are permuted so groups are contiguous, and the input columns permuted to match.
+
+Threads: a session's intra-op pool wakes its workers for every run; for a small weight at
+batch 1 that hand-off costs more than the second core gives back (Gemma 3 270M's block
+linears measured 10-30% slower on two threads than on one), so weights below
+:data:`PARALLEL_MIN_WEIGHTS` run single-threaded and only the big ones (the 262k-row output
+layer) use every thread.
 """
 
 from __future__ import annotations
@@ -21,9 +30,12 @@ import torch
 from tierlm.kernels.packing import int4_words_to_bytes
 
 if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never the reverse
+    from tierlm.kernels.lowrank.tensor import LowRankTensor
     from tierlm.kernels.quant.group import GroupQuantTensor
 
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
+#: Weights (N·K) from which a session gets all of torch's threads; smaller ones get one.
+PARALLEL_MIN_WEIGHTS = 8 * 1024 * 1024
 
 
 def ort_available() -> bool:
@@ -36,13 +48,28 @@ def ort_available() -> bool:
     return True
 
 
-class NBitsMatMul:
-    """``x [M, K] float -> [M, N] float32`` for a :class:`GroupQuantTensor`."""
+def default_threads(n: int, k: int) -> int:
+    """Intra-op threads for an ``[n, k]`` weight (module docstring)."""
+    return torch.get_num_threads() if n * k >= PARALLEL_MIN_WEIGHTS else 1
 
-    def __init__(self, qt: GroupQuantTensor, num_threads: int | None = None, accuracy_level: int = 4) -> None:
+
+class NBitsMatMul:
+    """``x [M, K] float -> [M, N] float32`` for a :class:`GroupQuantTensor`, plus an optional
+    low-rank term ``(x · Rᵀ) · Lᵀ`` computed in the same session."""
+
+    def __init__(
+        self,
+        qt: GroupQuantTensor,
+        num_threads: int | None = None,
+        accuracy_level: int = 4,
+        lowrank: LowRankTensor | None = None,
+    ) -> None:
         if qt.group_size not in ORT_BLOCK_SIZES:
             raise ValueError(f"MatMulNBits needs group_size in {ORT_BLOCK_SIZES}, got {qt.group_size}")
         n, k = qt.shape
+        if lowrank is not None and (lowrank.shape != (n, k) or qt.input_scale is not None or qt.g_idx is not None):
+            # The correction reads the layer's own input; AWQ scales and act-order permute it.
+            raise ValueError("a low-rank term joins only a same-shape weight without input scales or act-order")
         nb = k // qt.group_size
         zeros, scales = qt.zeros(), qt.scales.to(torch.float32)
         self.perm: torch.Tensor | None = None
@@ -65,9 +92,12 @@ class NBitsMatMul:
             zt = zeros.t().contiguous()  # [N, nb], 4-bit values packed two per byte along blocks
             zt = torch.nn.functional.pad(zt, (0, nb % 2))
             zp = (zt[:, 0::2] | (zt[:, 1::2] << 4)).to(torch.uint8)
-        threads = num_threads if num_threads is not None else torch.get_num_threads()
+        factors = None
+        if lowrank is not None:
+            factors = (lowrank.right.t().to(torch.float32).contiguous(), lowrank.left.t().to(torch.float32).contiguous())
+        threads = num_threads if num_threads is not None else default_threads(n, k)
         self._session = _build_session(
-            blob, scales.t().contiguous(), zp, k, n, qt.group_size, accuracy_level, threads
+            blob, scales.t().contiguous(), zp, k, n, qt.group_size, accuracy_level, threads, factors
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,16 +106,13 @@ class NBitsMatMul:
             x = x / self.input_scale
         if self.perm is not None:
             x = x[:, self.perm]
-        x = x.contiguous()
-        y = torch.empty(x.shape[0], self.n)
-        io = self._session.io_binding()
-        io.bind_cpu_input("A", x.numpy())
-        io.bind_output("Y", "cpu", 0, np.float32, list(y.shape), y.data_ptr())
-        self._session.run_with_iobinding(io)
-        return y
+        # A plain run (ORT allocates Y) measured ~10 µs faster per call than binding our own
+        # output buffer: building an IOBinding per call costs more than the allocation.
+        (y,) = self._session.run(None, {"A": x.contiguous().numpy()})
+        return torch.from_numpy(y)
 
 
-def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, threads):
+def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, threads, factors=None):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -97,12 +124,23 @@ def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, 
     if zero_points is not None:
         inputs.append("zero_points")
         inits.append(init("zero_points", zero_points.reshape(-1), TensorProto.UINT8))
-    node = helper.make_node(
-        "MatMulNBits", inputs, ["Y"], domain="com.microsoft",
-        K=k, N=n, bits=4, block_size=block_size, accuracy_level=accuracy_level,
-    )  # fmt: skip
+    base_out = "Y" if factors is None else "base"
+    nodes = [
+        helper.make_node(
+            "MatMulNBits", inputs, [base_out], domain="com.microsoft",
+            K=k, N=n, bits=4, block_size=block_size, accuracy_level=accuracy_level,
+        )
+    ]  # fmt: skip
+    if factors is not None:
+        right_t, left_t = factors  # [K, r], [r, N]
+        inits += [init("right_t", right_t, TensorProto.FLOAT), init("left_t", left_t, TensorProto.FLOAT)]
+        nodes += [
+            helper.make_node("MatMul", ["A", "right_t"], ["thin"]),
+            helper.make_node("MatMul", ["thin", "left_t"], ["correction"]),
+            helper.make_node("Add", ["base", "correction"], ["Y"]),
+        ]
     graph = helper.make_graph(
-        [node], "nbits",
+        nodes, "nbits",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
         initializer=inits,

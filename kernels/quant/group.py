@@ -14,13 +14,17 @@ Symmetric grids store zero = 2^(bits-1) for every group, as GPTQ does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from tierlm.kernels.packing import pack_int3, pack_int4, unpack_int3, unpack_int4
 from tierlm.kernels.compressed_tensors import PACKED, ExportError, Scheme, int_args
 from tierlm.kernels.quant.base import Kernel, QuantizedTensor
+
+if TYPE_CHECKING:
+    from tierlm.kernels.lowrank.tensor import LowRankTensor
 
 SUPPORTED_BITS = (3, 4)
 _RTN_CHUNK_ROWS = 16384
@@ -169,9 +173,9 @@ class GroupQuantTensor(QuantizedTensor):
     def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
         """CPU: onnxruntime ``MatMulNBits`` (MLAS); CUDA: torch's tinygemm (bfloat16 activations)."""
         if device.type == "cpu":
-            from tierlm.kernels.ops.ort_nbits import ORT_BLOCK_SIZES, NBitsMatMul, ort_available
+            if self._runs_on_ort():
+                from tierlm.kernels.ops.ort_nbits import NBitsMatMul
 
-            if ort_available() and self.group_size in ORT_BLOCK_SIZES:
                 return NBitsMatMul(self, accuracy_level=int4_accuracy_level)
         elif device.type == "cuda":
             from tierlm.kernels.ops.cuda_int4 import TinyGemmMatMul, tinygemm_supports
@@ -179,6 +183,45 @@ class GroupQuantTensor(QuantizedTensor):
             if tinygemm_supports(self):
                 return TinyGemmMatMul(self, device)
         return None
+
+    def kernel_with_lowrank(
+        self, device: torch.device, lowrank: LowRankTensor, int4_accuracy_level: int = 4
+    ) -> Kernel | None:
+        """CPU: the correction's two products inside the same ``MatMulNBits`` session."""
+        if device.type != "cpu" or not self._runs_on_ort() or self.input_scale is not None or self.g_idx is not None:
+            return None
+        from tierlm.kernels.ops.ort_nbits import NBitsMatMul
+
+        return NBitsMatMul(self, accuracy_level=int4_accuracy_level, lowrank=lowrank)
+
+    def _runs_on_ort(self) -> bool:
+        from tierlm.kernels.ops.ort_nbits import ORT_BLOCK_SIZES, ort_available
+
+        return ort_available() and self.group_size in ORT_BLOCK_SIZES
+
+    @classmethod
+    def cat_rows(cls, parts: Sequence[QuantizedTensor]) -> GroupQuantTensor | None:
+        """Same bits, group size, grid and scale dtype, no act-order, and the same AWQ input
+        scales (or none): codes, zero points and scales side by side along the output dim."""
+        first = parts[0]
+        same = all(
+            (p.bits, p.group_size, p.symmetric, p.scales.dtype) == (first.bits, first.group_size, first.symmetric, first.scales.dtype)
+            and p.g_idx is None
+            and (p.input_scale is None) == (first.input_scale is None)
+            and (p.input_scale is None or torch.equal(p.input_scale, first.input_scale))
+            for p in parts
+        )
+        if not same:
+            return None
+        return cls(
+            qweight=torch.cat([p.qweight for p in parts], dim=1),
+            qzeros=_pack(torch.cat([p.zeros() for p in parts], dim=1), first.bits, 1),
+            scales=torch.cat([p.scales for p in parts], dim=1),
+            bits=first.bits,
+            group_size=first.group_size,
+            symmetric=first.symmetric,
+            input_scale=first.input_scale,
+        )
 
     def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:
         """``pack-quantized`` W4A16 with zero points, run by vLLM's ``CPUWNA16LinearKernel``: our

@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tierlm/v1/generator.proto\x12\ttierlm.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tierlm.v1.ChatMessage\"\x98\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12+\n\x08messages\x18\x04 \x01(\x0b\x32\x17.tierlm.v1.ChatMessagesH\x00\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x13\n\x0btemperature\x18\x06 \x01(\x02\x12\x12\n\x05top_p\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x04H\x02\x88\x01\x01\x12\x17\n\x0freturn_logprobs\x18\n \x01(\x08\x12\x0f\n\x07\x63hoices\x18\x0b \x03(\tB\x07\n\x05inputB\x08\n\x06_top_pB\x07\n\x05_seed\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"D\n\rChoiceLogprob\x12\x0e\n\x06\x63hoice\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xb7\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08logprobs\x18\x03 \x03(\x0b\x32\x17.tierlm.v1.TokenLogprob\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.tierlm.v1.Usage\x12.\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.tierlm.v1.FinishReason\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x07 \x01(\x01\x12\r\n\x05model\x18\x08 \x01(\t\x12\x0c\n\x04tier\x18\t \x01(\t\x12\x31\n\x0f\x63hoice_logprobs\x18\n \x03(\x0b\x32\x18.tierlm.v1.ChoiceLogprob\x12\x10\n\x08is_final\x18\x0b \x01(\x08*\x96\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x18\n\x14\x46INISH_REASON_CHOICE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\x9d\x01\n\tGenerator\x12\x43\n\x08Generate\x12\x1a.tierlm.v1.GenerateRequest\x1a\x1b.tierlm.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x1a.tierlm.v1.GenerateRequest\x1a\x1b.tierlm.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tierlm/v1/generator.proto\x12\ttierlm.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tierlm.v1.ChatMessage\"\xb5\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12+\n\x08messages\x18\x04 \x01(\x0b\x32\x17.tierlm.v1.ChatMessagesH\x00\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x13\n\x0btemperature\x18\x06 \x01(\x02\x12\x12\n\x05top_p\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x04H\x02\x88\x01\x01\x12\x17\n\x0freturn_logprobs\x18\n \x01(\x08\x12\x0f\n\x07\x63hoices\x18\x0b \x03(\t\x12\x1b\n\x13\x63onstrained_choices\x18\x0c \x01(\x08\x42\x07\n\x05inputB\x08\n\x06_top_pB\x07\n\x05_seed\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"D\n\rChoiceLogprob\x12\x0e\n\x06\x63hoice\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xb7\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08logprobs\x18\x03 \x03(\x0b\x32\x17.tierlm.v1.TokenLogprob\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.tierlm.v1.Usage\x12.\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.tierlm.v1.FinishReason\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x07 \x01(\x01\x12\r\n\x05model\x18\x08 \x01(\t\x12\x0c\n\x04tier\x18\t \x01(\t\x12\x31\n\x0f\x63hoice_logprobs\x18\n \x03(\x0b\x32\x18.tierlm.v1.ChoiceLogprob\x12\x10\n\x08is_final\x18\x0b \x01(\x08*\x96\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x18\n\x14\x46INISH_REASON_CHOICE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\x9d\x01\n\tGenerator\x12\x43\n\x08Generate\x12\x1a.tierlm.v1.GenerateRequest\x1a\x1b.tierlm.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x1a.tierlm.v1.GenerateRequest\x1a\x1b.tierlm.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tierlm.v1.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=937
-  _globals['_FINISHREASON']._serialized_end=1087
+  _globals['_FINISHREASON']._serialized_start=966
+  _globals['_FINISHREASON']._serialized_end=1116
   _globals['_CHATMESSAGE']._serialized_start=40
   _globals['_CHATMESSAGE']._serialized_end=84
   _globals['_CHATMESSAGES']._serialized_start=86
   _globals['_CHATMESSAGES']._serialized_end=142
   _globals['_GENERATEREQUEST']._serialized_start=145
-  _globals['_GENERATEREQUEST']._serialized_end=425
-  _globals['_TOKENLOGPROB']._serialized_start=427
-  _globals['_TOKENLOGPROB']._serialized_end=491
-  _globals['_CHOICELOGPROB']._serialized_start=493
-  _globals['_CHOICELOGPROB']._serialized_end=561
-  _globals['_USAGE']._serialized_start=563
-  _globals['_USAGE']._serialized_end=620
-  _globals['_GENERATERESPONSE']._serialized_start=623
-  _globals['_GENERATERESPONSE']._serialized_end=934
-  _globals['_GENERATOR']._serialized_start=1090
-  _globals['_GENERATOR']._serialized_end=1247
+  _globals['_GENERATEREQUEST']._serialized_end=454
+  _globals['_TOKENLOGPROB']._serialized_start=456
+  _globals['_TOKENLOGPROB']._serialized_end=520
+  _globals['_CHOICELOGPROB']._serialized_start=522
+  _globals['_CHOICELOGPROB']._serialized_end=590
+  _globals['_USAGE']._serialized_start=592
+  _globals['_USAGE']._serialized_end=649
+  _globals['_GENERATERESPONSE']._serialized_start=652
+  _globals['_GENERATERESPONSE']._serialized_end=963
+  _globals['_GENERATOR']._serialized_start=1119
+  _globals['_GENERATOR']._serialized_end=1276
 # @@protoc_insertion_point(module_scope)
