@@ -191,6 +191,8 @@ class CompositeCompressor(Quantizer):
                 raise ValueError(f"composite quant method must be one of {QUANT_METHODS}")
             self.percdamp = config.pop("percdamp", 0.01)
             self.grid = GroupGrid(**config)
+            if self.pruner is not None and self.grid.float_zero:
+                raise ValueError("a pruned weight must dequantize to exactly 0, which a float zero point does not give")
         self.factorizer = None
         self.rank = lowrank_config.get("rank")
         self.lowrank_dtype = lowrank_config.get("dtype", "float16")

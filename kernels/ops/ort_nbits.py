@@ -71,7 +71,15 @@ class NBitsMatMul:
             # The correction reads the layer's own input; AWQ scales and act-order permute it.
             raise ValueError("a low-rank term joins only a same-shape weight without input scales or act-order")
         nb = k // qt.group_size
-        zeros, scales = qt.zeros(), qt.scales.to(torch.float32)
+        scales = qt.scales.to(torch.float32)
+        zeros = qt.zeros()
+        if qt.mins is not None:
+            # A float zero point z runs as the nearest code zᵣ plus a per-group offset (zᵣ - z)·s,
+            # added as Σ_group(x)·offset: one more thin product. Keeping zᵣ in the int kernel
+            # keeps its products centred, so its int8 activations lose no more than usual.
+            whole = zeros.round().clamp(0, (1 << qt.bits) - 1)
+            offsets = (whole - zeros) * scales
+            zeros = whole.to(torch.uint8)
         self.perm: torch.Tensor | None = None
         if qt.bits == 4 and qt.g_idx is None:
             # Already the right bits: the GPTQ words, transposed and read as bytes.
@@ -92,9 +100,19 @@ class NBitsMatMul:
             zt = zeros.t().contiguous()  # [N, nb], 4-bit values packed two per byte along blocks
             zt = torch.nn.functional.pad(zt, (0, nb % 2))
             zp = (zt[:, 0::2] | (zt[:, 1::2] << 4)).to(torch.uint8)
-        factors = None
+        corrections = []  # (right_t [K, r], left_t [r, N]) pairs, summed as one thin product
         if lowrank is not None:
-            factors = (lowrank.right.t().to(torch.float32).contiguous(), lowrank.left.t().to(torch.float32).contiguous())
+            corrections.append((lowrank.right.t(), lowrank.left.t()))
+        if qt.mins is not None:
+            group_of = torch.arange(k) // qt.group_size
+            corrections.append(((group_of[:, None] == torch.arange(nb)[None, :]), offsets))
+        factors = None
+        if corrections:
+            rights, lefts = zip(*corrections)
+            factors = (
+                torch.cat([r.to(torch.float32) for r in rights], dim=1).contiguous(),
+                torch.cat([l.to(torch.float32) for l in lefts], dim=0).contiguous(),
+            )
         threads = num_threads if num_threads is not None else default_threads(n, k)
         self._session = _build_session(
             blob, scales.t().contiguous(), zp, k, n, qt.group_size, accuracy_level, threads, factors
