@@ -219,7 +219,7 @@ def plan_mixed_precision(
         if isinstance(module, nn.Linear) and name.startswith("layers.") and not is_skipped(recipe, name)
     ]
     names = linears + [TABLE]
-    params = _parameter_count(model)
+    params = parameter_count(model)
     planned = sum(_weight(model, n).numel() for n in names)
     fixed = sum(t.numel() * t.element_size() for t in _stored_tensors(model, names))
     budget = int(spec.bits_per_weight * params / 8)
@@ -241,7 +241,7 @@ def _weight(model: CompressibleDecoder, name: str) -> torch.Tensor:
     return model.embed_tokens.weight if name == TABLE else model.get_submodule(name).weight
 
 
-def _parameter_count(model: nn.Module) -> int:
+def parameter_count(model: nn.Module) -> int:
     """Distinct weights (a tied table once), as bits per weight counts them."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
