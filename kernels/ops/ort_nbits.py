@@ -24,9 +24,10 @@ sequence's numbers independent of what it is batched with, so decode's case deci
 
 Threads: a session's intra-op pool wakes its workers for every run; for a small weight at
 batch 1 that hand-off costs more than the second core gives back (Gemma 3 270M's block
-linears measured 10-30% slower on two threads than on one), so weights below
-:data:`PARALLEL_MIN_WEIGHTS` run single-threaded and only the big ones (the 262k-row output
-layer) use every thread.
+linears measured 10-30% slower on two threads than on one), so a weight below
+:data:`PARALLEL_MIN_WEIGHTS` runs single-threaded up to :data:`SERIAL_MAX_ROWS` rows, and on
+every thread for a prefill chunk (a second session, built when first needed); big weights (the
+262k-row output layer) use every thread always.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never t
     from tierlm.kernels.quant.int8 import Int8Tensor
 
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
-#: Weights (N·K) from which a session gets all of torch's threads; smaller ones get one.
+#: Weights (N·K) from which a session gets all of torch's threads at any batch.
 PARALLEL_MIN_WEIGHTS = 8 * 1024 * 1024
+#: Rows up to which a smaller weight runs on one thread (decode steps); more rows (a prefill
+#: chunk) have enough work for every thread.
+SERIAL_MAX_ROWS = 8
 
 
 def ort_available() -> bool:
@@ -57,9 +61,31 @@ def ort_available() -> bool:
     return True
 
 
-def default_threads(n: int, k: int) -> int:
-    """Intra-op threads for an ``[n, k]`` weight (module docstring)."""
-    return torch.get_num_threads() if n * k >= PARALLEL_MIN_WEIGHTS else 1
+class _Sessions:
+    """One ``MatMulNBits`` graph run by a session per thread count: a weight below
+    :data:`PARALLEL_MIN_WEIGHTS` gets one thread at decode's few rows and every thread for a
+    prefill chunk, a bigger one every thread always (module docstring). The decode session is
+    built at once, a prefill one the first time a call needs it, from ``build(threads)``."""
+
+    def __init__(self, build, n: int, k: int, num_threads: int | None) -> None:
+        self._build = build
+        self._fixed = num_threads
+        self._max = torch.get_num_threads()
+        self._small = n * k < PARALLEL_MIN_WEIGHTS
+        self._by_threads: dict[int, object] = {}
+        self.for_rows(1)
+
+    def for_rows(self, rows: int):
+        threads = self._fixed or (1 if self._small and rows <= SERIAL_MAX_ROWS else self._max)
+        if threads not in self._by_threads:
+            self._by_threads[threads] = self._build(threads)
+        return self._by_threads[threads]
+
+    def run(self, a: torch.Tensor) -> torch.Tensor:
+        # A plain run (ORT allocates Y) measured ~10 µs faster per call than binding our own
+        # output buffer: building an IOBinding per call costs more than the allocation.
+        (y,) = self.for_rows(a.shape[0]).run(None, {"A": a.contiguous().numpy()})
+        return torch.from_numpy(y)
 
 
 class NBitsMatMul:
@@ -79,6 +105,20 @@ class NBitsMatMul:
         if lowrank is not None and (lowrank.shape != (n, k) or qt.input_scale is not None or qt.g_idx is not None):
             # The correction reads the layer's own input; AWQ scales and act-order permute it.
             raise ValueError("a low-rank term joins only a same-shape weight without input scales or act-order")
+        self.qt, self.lowrank, self.accuracy_level = qt, lowrank, accuracy_level
+        self.perm: torch.Tensor | None = None
+        if qt.g_idx is not None:
+            perm = torch.argsort(qt.g_idx.to(torch.int64), stable=True)
+            if not torch.equal(qt.g_idx[perm].to(torch.int64), torch.arange(k) // qt.group_size):
+                raise ValueError("g_idx groups are not of size group_size; cannot make them contiguous")
+            self.perm = perm
+        self.input_scale = qt.input_scale
+        self.n, self.k = n, k
+        self._sessions = _Sessions(self._session, n, k, num_threads)
+
+    def _session(self, threads: int):
+        """The graph's session on ``threads`` threads, its initializers made from the tensor."""
+        qt, (n, k) = self.qt, self.qt.shape
         nb = k // qt.group_size
         scales = qt.scales.to(torch.float32)
         zeros = qt.zeros()
@@ -89,29 +129,21 @@ class NBitsMatMul:
             whole = zeros.round().clamp(0, (1 << qt.bits) - 1)
             offsets = (whole - zeros) * scales
             zeros = whole.to(torch.uint8)
-        self.perm: torch.Tensor | None = None
-        if qt.bits == 4 and qt.g_idx is None:
+        if qt.bits == 4 and self.perm is None:
             # Already the right bits: the GPTQ words, transposed and read as bytes.
             blob = int4_words_to_bytes(qt.qweight)
         else:
-            codes = qt.codes()
-            if qt.g_idx is not None:
-                perm = torch.argsort(qt.g_idx.to(torch.int64), stable=True)
-                if not torch.equal(qt.g_idx[perm].to(torch.int64), torch.arange(k) // qt.group_size):
-                    raise ValueError("g_idx groups are not of size group_size; cannot make them contiguous")
-                self.perm, codes = perm, codes[:, perm]
+            codes = qt.codes() if self.perm is None else qt.codes()[:, self.perm]
             blob = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
         blob = blob.reshape(n, nb, qt.group_size // 2)
-        self.input_scale = qt.input_scale
-        self.n, self.k = n, k
         zp = None
         if not (qt.bits == 4 and qt.symmetric):  # ORT's default zero point is 8 = our symmetric int4
             zt = zeros.t().contiguous()  # [N, nb], 4-bit values packed two per byte along blocks
             zt = torch.nn.functional.pad(zt, (0, nb % 2))
             zp = (zt[:, 0::2] | (zt[:, 1::2] << 4)).to(torch.uint8)
         corrections = []  # (right_t [K, r], left_t [r, N]) pairs, summed as one thin product
-        if lowrank is not None:
-            corrections.append((lowrank.right.t(), lowrank.left.t()))
+        if self.lowrank is not None:
+            corrections.append((self.lowrank.right.t(), self.lowrank.left.t()))
         if qt.mins is not None:
             group_of = torch.arange(k) // qt.group_size
             corrections.append(((group_of[:, None] == torch.arange(nb)[None, :]), offsets))
@@ -122,9 +154,8 @@ class NBitsMatMul:
                 torch.cat([r.to(torch.float32) for r in rights], dim=1).contiguous(),
                 torch.cat([l.to(torch.float32) for l in lefts], dim=0).contiguous(),
             )
-        threads = num_threads if num_threads is not None else default_threads(n, k)
-        self._session = _build_session(
-            blob, scales.t().contiguous(), zp, k, n, qt.group_size, accuracy_level, threads, factors
+        return _build_session(
+            blob, scales.t().contiguous(), zp, k, n, qt.group_size, self.accuracy_level, threads, factors
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,10 +164,7 @@ class NBitsMatMul:
             x = x / self.input_scale
         if self.perm is not None:
             x = x[:, self.perm]
-        # A plain run (ORT allocates Y) measured ~10 µs faster per call than binding our own
-        # output buffer: building an IOBinding per call costs more than the allocation.
-        (y,) = self._session.run(None, {"A": x.contiguous().numpy()})
-        return torch.from_numpy(y)
+        return self._sessions.run(x)
 
 
 class Int8NBitsMatMul:
@@ -144,19 +172,20 @@ class Int8NBitsMatMul:
 
     def __init__(self, qt: Int8Tensor, num_threads: int | None = None, accuracy_level: int = 4) -> None:
         n, k = qt.shape
-        block = int8_block(k)
-        if block is None:
+        if int8_block(k) is None:
             raise ValueError(f"no MatMulNBits block size divides in_features {k}")
-        blob = (qt.qweight.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // block, block)
-        scales = qt.scale.to(torch.float32)[:, None].expand(n, k // block).contiguous()
-        self.qt = qt
-        threads = num_threads if num_threads is not None else default_threads(n, k)
-        self._session = _build_session(blob, scales, None, k, n, block, accuracy_level, threads, bits=8)
+        self.qt, self.accuracy_level = qt, accuracy_level
+        self._sessions = _Sessions(self._session, n, k, num_threads)
+
+    def _session(self, threads: int):
+        (n, k), block = self.qt.shape, int8_block(self.qt.shape[1])
+        blob = (self.qt.qweight.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // block, block)
+        scales = self.qt.scale.to(torch.float32)[:, None].expand(n, k // block).contiguous()
+        return _build_session(blob, scales, None, k, n, block, self.accuracy_level, threads, bits=8)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         inliers, outliers = self.qt.split_input(x.to(torch.float32))
-        (y,) = self._session.run(None, {"A": inliers.contiguous().numpy()})
-        y = torch.from_numpy(y)
+        y = self._sessions.run(inliers)
         return y if outliers is None else y + self.qt.outlier_product(outliers)
 
 

@@ -136,3 +136,26 @@ def test_quantize_linears_swaps_chosen_layers(layer):
         list(swapped) == ["0"] and isinstance(model[0], QuantLinear) and isinstance(model[2], torch.nn.Linear)
     )
     assert _rel(model(x), ref) < 0.05
+
+
+@needs_ort
+def test_small_weights_decode_on_one_thread_and_prefill_on_all(layer):
+    from tierlm.kernels.ops.ort_nbits import SERIAL_MAX_ROWS, Int8NBitsMatMul, NBitsMatMul
+
+    lin, stats, acts = layer
+    x = acts.sample(SERIAL_MAX_ROWS + 8)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for kernel in (
+            NBitsMatMul(QUANTIZERS.build("rtn", group_size=64).quantize(lin.weight)),
+            Int8NBitsMatMul(QUANTIZERS.build("int8").quantize(lin.weight)),
+        ):
+            assert set(kernel._sessions._by_threads) == {1}  # the decode session, built at once
+            one = kernel(x[:1])
+            chunk = kernel(x)
+            assert set(kernel._sessions._by_threads) == {1, 2}
+            # Rows are independent: the same numbers whichever session computed them.
+            torch.testing.assert_close(chunk[:1], one, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(previous)
