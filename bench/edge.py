@@ -1,11 +1,12 @@
 """Edge node bench: decode tokens/s, TTFT and latency at 1 and 8 concurrent streams, one run.
 
-    python bench/edge.py [--model gemma-3-270m] [--artifact gptq-w4g128 --artifact w8a8 ...]
-                         [--threads 2] [--tokens 64] [--concurrency 1 8] [--no-llama-cpp]
+    python bench/edge.py [--model gemma-3-270m] [--artifact composite-edge --artifact w8a8 ...]
+                         [--threads 2] [--tokens 64] [--concurrency 1 8] [--no-llama-cpp] [--quick]
 
-Each configuration (the prepared fp32 HF folder, then each cached compressed artifact under
-``~/.cache/tierlm/artifacts/<model>/<name>``) is served by a real edge node, ``tierlm edge
-serve --threads T`` in its own process on 127.0.0.1, and measured by gRPC streaming clients in
+Each configuration (the prepared fp32 HF folder, then each compressed artifact, built from
+``examples/recipes/<name>.yaml`` into ``~/.cache/tierlm/artifacts/<model>/<name>`` when missing
+and reused while its recipe is unchanged) is served by a real edge node, ``tierlm edge serve
+--threads T`` in its own process on 127.0.0.1, and measured by gRPC streaming clients in
 this process: C greedy streams of the same prompt start together (after a warm-up at the same
 concurrency), and each stream's token arrival times are recorded as the client sees them.
 Each measurement is repeated `--rounds` times, the concurrencies interleaved (1, 8, 1, 8, ...)
@@ -22,8 +23,11 @@ as streams start together); ``output_tok_s`` is all tokens over the whole wall t
 end-to-end latency p50/p95 over the streams, inter-token latency p50/p95 over every gap.
 Ratios: ``speedup_vs_1_stream`` (C > 1 rows), ``speedup_vs_fp32`` and
 ``speedup_vs_llama_cpp`` (concurrency 1 rows). ``load_s``: seconds until serving (edge: from
-process start to listening; llama.cpp: loading the GGUF). Writes bench/results/edge.json and
-prints the table for the README.
+process start to listening; llama.cpp: loading the GGUF). ``ppl_vs_fp32``: the relative
+perplexity increase of the model a row runs (bench/compression.py's evaluation, the first
+``--ppl-tokens`` eval tokens; perplexities cached there are reused). ``--quick``: 32 tokens
+per stream, one round, perplexity on 8192 tokens. Writes bench/results/edge.json and prints
+the table for the README.
 
 `measure_engine` and `llama_cpp_stream` are also the batch-1 decode timers of
 bench/compression.py, so both benches time decoding the same way.
@@ -48,7 +52,7 @@ sys.path.insert(0, str(ROOT))  # `bench.*` imports when run as a script
 # A news-style prompt the Gemma base model continues past 64 tokens without an end-of-text
 # token (the wire contract has no ignore-EOS switch; rows report the tokens actually made).
 PROMPT = "Gold prices fell sharply after the central bank raised rates, and traders said"
-DEFAULT_ARTIFACTS = ("gptq-w4g128", "w8a8")
+DEFAULT_ARTIFACTS = ("composite-edge", "gptq-w4g64", "w8a8")
 SERVER_START_TIMEOUT_S = 600.0
 
 
@@ -275,28 +279,34 @@ def add_ratios(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m", help="registered model name (tierlm model list)")
-    parser.add_argument("--artifact", action="append", help=f"artifact name (repeatable); default: {', '.join(DEFAULT_ARTIFACTS)}")
+    parser.add_argument("--artifact", action="append", help=f"recipe name under examples/recipes (repeatable); default: {', '.join(DEFAULT_ARTIFACTS)}")
     parser.add_argument("--threads", type=int, default=2, help="server threads (and llama.cpp's)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per stream")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement (median reported)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp anchor row")
+    parser.add_argument("--ppl-tokens", type=int, help="eval tokens of the ppl_vs_fp32 perplexities (default: all)")
+    parser.add_argument("--quick", action="store_true", help="32 tokens per stream, one round, perplexity on 8192 tokens")
     parser.add_argument("--name", default="edge", help="results file bench/results/NAME.json (e.g. edge_t1 for a 1-thread run)")
     args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.rounds, args.ppl_tokens = 32, 1, args.ppl_tokens or 8192
 
+    from bench.compression import RECIPES, artifact_for
     from tierlm.edge import catalog
     from tierlm.results import write_results
 
     folder = catalog.prepare(args.model)
     artifacts = catalog.cache_root() / "artifacts" / folder.name
-    configs = [("fp32", folder)] + [(name, artifacts / name) for name in args.artifact or DEFAULT_ARTIFACTS]
-    for name, path in configs:
-        if not (path / "config.json").is_file():
-            raise SystemExit(f"{name}: no model at {path} (build it with `tierlm compress`)")
+    configs = [("fp32", folder)]
+    for name in args.artifact or DEFAULT_ARTIFACTS:
+        path, _ = artifact_for(folder, RECIPES / f"{name}.yaml", artifacts, True, args.threads)
+        configs.append((name, path))
 
     load_before = os.getloadavg()
     rows: list[dict] = []
     notes: dict[str, str] = {}
+    ppl = perplexities(dict(configs), args)
     if args.no_llama_cpp:
         notes["llama.cpp-q4_k_m"] = "left out (--no-llama-cpp)"
     else:
@@ -305,9 +315,14 @@ def main() -> None:
         except ImportError:
             notes["llama.cpp-q4_k_m"] = "left out: llama-cpp-python is not installed (optional bench extra)"
         else:
-            rows.append(bench_llama_cpp(catalog.gguf_path(args.model), args))
+            gguf = catalog.gguf_path(args.model)
+            row = bench_llama_cpp(gguf, args)
+            row["ppl_vs_fp32"] = round(llama_cpp_perplexity(gguf, args) / ppl["fp32"] - 1, 4)
+            rows.append(row)
     for name, path in configs:
-        rows += bench_server(name, path, args)
+        for row in bench_server(name, path, args):
+            row["ppl_vs_fp32"] = round(ppl[name] / ppl["fp32"] - 1, 4)
+            rows.append(row)
     add_ratios(rows)
 
     path = write_results(
@@ -318,6 +333,7 @@ def main() -> None:
         tokens_per_stream=args.tokens,
         rounds=args.rounds,
         prompt=PROMPT,
+        perplexity={"eval_tokens": args.ppl_tokens, "context": 512, "stride": 256},
         load_average_before_after=[round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         notes=notes,
     )
@@ -325,18 +341,61 @@ def main() -> None:
     log(f"wrote {path}")
 
 
+def _ppl_settings(args: argparse.Namespace) -> dict:
+    return {"context": 512, "stride": 256, "max_tokens": args.ppl_tokens}
+
+
+def perplexities(configs: dict[str, Path], args: argparse.Namespace) -> dict[str, float]:
+    """Perplexity of each configuration, with bench/compression.py's evaluation and cache."""
+    from bench.compression import PPL_CACHE, PerplexityCache, in_fresh_process, perplexity_of
+    from tierlm.edge import catalog
+
+    cache = PerplexityCache(catalog.cache_root() / PPL_CACHE, enabled=True)
+    settings = _ppl_settings(args)
+    out = {}
+    for name, path in configs.items():
+        key = cache.key(path, settings)
+        scored = cache.get(key)
+        if scored is None:
+            log(f"{name}: perplexity")
+            scored = in_fresh_process(perplexity_of, str(path), 512, 256, args.ppl_tokens, args.threads)
+            cache.put(key, scored)
+        out[name] = scored["ppl"]
+    return out
+
+
+def llama_cpp_perplexity(gguf: Path, args: argparse.Namespace) -> float:
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from bench.compression import EVAL_TEXT, PPL_CACHE, PerplexityCache, llama_perplexity
+    from tierlm.edge import catalog, perplexity
+
+    cache = PerplexityCache(catalog.cache_root() / PPL_CACHE, enabled=True)
+    key = cache.key(gguf, _ppl_settings(args))
+    scored = cache.get(key)
+    if scored is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(catalog.prepare(args.model)))
+        ids, bos = perplexity.encode(tokenizer, perplexity.read_text(EVAL_TEXT), args.ppl_tokens)
+        scored = llama_perplexity(gguf, ids, bos, SimpleNamespace(context=512, stride=256, threads=args.threads))
+        cache.put(key, scored)
+    return scored["ppl"]
+
+
 def table(rows: list[dict], notes: dict[str, str]) -> str:
     """The rows as a Markdown table (for the README)."""
     pair = lambda r, key: f"{r[key + '_p50']:.0f} / {r[key + '_p95']:.0f}"  # noqa: E731
     ratio = lambda r, key: f"{r[key]:.2f}×" if key in r else ""  # noqa: E731
     lines = [
-        "| row | streams | decode tok/s (rounds' range) | TTFT p50 / p95 ms | latency p50 / p95 ms "
+        "| row | Δppl vs fp32 | streams | decode tok/s (rounds' range) | TTFT p50 / p95 ms | latency p50 / p95 ms "
         "| inter-token p50 / p95 ms | vs 1 stream | vs fp32 | vs llama.cpp |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['concurrency']} | {r['decode_tok_s']:.1f} ({r['decode_tok_s_min']:.1f}–{r['decode_tok_s_max']:.1f}) "
+            f"| {r['name']} | {100 * r['ppl_vs_fp32']:+.1f}% | {r['concurrency']} "
+            f"| {r['decode_tok_s']:.1f} ({r['decode_tok_s_min']:.1f}–{r['decode_tok_s_max']:.1f}) "
             f"| {pair(r, 'ttft_ms')} | {pair(r, 'latency_ms')} | {pair(r, 'itl_ms')} "
             f"| {ratio(r, 'speedup_vs_1_stream')} | {ratio(r, 'speedup_vs_fp32')} | {ratio(r, 'speedup_vs_llama_cpp')} |"
         )

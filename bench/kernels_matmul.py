@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from tierlm.kernels.modules import QuantLinear
 from tierlm.kernels.methods import QUANTIZERS
+from tierlm.kernels.ops.int8_mm import Int8MatMul
 
 # (layer, in_features, out_features) of Gemma 3 270M (hidden 640, 4 heads x 256, 1 kv head).
 SHAPES = [
@@ -75,7 +76,8 @@ def variants(linear: torch.nn.Linear, device: str):
         yield "int4-g128 (tinygemm)", QuantLinear(int4, linear.bias, backend="fast"), torch.float16
         return
     yield "fp32", linear, torch.float32
-    yield "int8-w8a8 (_int_mm)", int8, torch.float32
+    yield "int8-w8a8 (ort acc4)", int8, torch.float32  # the CPU fast path
+    yield "int8-w8a8 (_int_mm)", Int8MatMul(int8.qweight), torch.float32
     yield (
         "int4-g128 (ort acc4)",
         QuantLinear(int4, linear.bias, backend="fast", int4_accuracy_level=4),

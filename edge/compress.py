@@ -19,6 +19,7 @@ import torch
 from tierlm.edge.decoder import load_model
 from tierlm.edge.perplexity import encode
 from tierlm.kernels.artifact import is_artifact, read_manifest, save_artifact
+from tierlm.kernels.mixed import plan_mixed_precision
 from tierlm.kernels.pipeline import Progress, compress_model
 from tierlm.kernels.recipe import Recipe
 from tierlm.kernels.vllm_export import ExportSummary, export_for_vllm
@@ -69,14 +70,21 @@ def compress(
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     cal = recipe.calibration
     tokens = calibration_tokens(tokenizer, calib_text, cal.sequences, cal.seq_len)
-    layer_seconds = compress_model(model, recipe, tokens, progress)
+    extra: dict[str, Any] = {"recipe": recipe.model_dump(mode="json")}
+    resolved = recipe
+    if recipe.mixed_precision is not None:
+        total = len(model.layers) + 1
+        plan = plan_mixed_precision(model, recipe, tokens, lambda message: progress and progress(0, total, message))
+        resolved = plan.recipe(recipe)
+        extra["mixed_precision_plan"] = plan.summary()
+    layer_seconds = compress_model(model, resolved, tokens, progress)
     seconds = time.perf_counter() - start
     manifest = save_artifact(
         model,
         out,
         model_path,
         extra={
-            "recipe": recipe.model_dump(mode="json"),
+            **extra,
             "calibration": {"sequences": int(tokens.shape[0]), "seq_len": int(tokens.shape[1])},
             "compress_seconds": round(seconds, 1),
         },

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tierlm.edge.config import ModelConfig
+from tierlm.kernels.modules import FusedLinears, fuse_linears, linear_rows
 
 #: "all" positions, the "last" one, "none" (skip the output layer), or the last N positions.
 LogitsMode = Literal["all", "last", "none"] | int
@@ -42,6 +43,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:
+            # One fused kernel; in float32 both families' rounding points are the same.
+            weight = 1.0 + self.weight if self.unit_offset else self.weight
+            return F.rms_norm(x, (x.shape[-1],), weight.float(), self.eps)
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         # The two families round at different points in low precision; match each one.
@@ -105,20 +110,25 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(hd, config.norm_eps, config.norm_unit_offset)
             self.k_norm = RMSNorm(hd, config.norm_eps, config.norm_unit_offset)
         self.kv_cache: KVCache | None = None
+        self.qkv: FusedLinears | None = None  # set by Transformer.fuse_projections
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv(x) if self.qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q = q.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         keys, values = self.kv_cache.update(batch, k, v)
-        y = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=batch.mask, scale=self.scale, enable_gqa=self.num_heads != self.num_kv_heads
-        )
+        if t == 1:
+            y = _attend_one(q, keys, values, batch.mask, self.scale)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=batch.mask, scale=self.scale, enable_gqa=self.num_heads != self.num_kv_heads
+            )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
 
@@ -132,11 +142,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(h, i, bias=bias)
         self.down_proj = nn.Linear(i, h, bias=bias)
         self.gelu = config.activation == "gelu_tanh"
+        self.gate_up: FusedLinears | None = None  # set by Transformer.fuse_projections
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = self.gate_proj(x)
+        gate, up = self.gate_up(x) if self.gate_up is not None else (self.gate_proj(x), self.up_proj(x))
         gate = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
-        return self.down_proj(gate * self.up_proj(x))
+        return self.down_proj(gate * up)
 
 
 class DecoderLayer(nn.Module):
@@ -224,7 +235,22 @@ class Transformer(nn.Module):
         # The final norm is always a dense parameter; a quantized embedding has no `weight`.
         return self.norm.weight.device
 
-    def forward(self, tokens: Tensor, positions: Tensor, slots: Tensor, logits: LogitsMode = "all") -> Tensor | None:
+    def fuse_projections(self) -> int:
+        """Run each layer's q/k/v and gate/up projections as one product each, where their
+        weights can be joined (:func:`~tierlm.kernels.modules.fuse_linears`); returns how many
+        groups were fused. A decode step then makes four linear calls per layer instead of seven.
+        The modules keep their names and weights, so the model still saves as before."""
+        fused = 0
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+            mlp.gate_up = fuse_linears([mlp.gate_proj, mlp.up_proj])
+            fused += (attn.qkv is not None) + (mlp.gate_up is not None)
+        return fused
+
+    def forward(
+        self, tokens: Tensor, positions: Tensor, slots: Tensor, logits: LogitsMode = "all", vocab: Tensor | None = None
+    ) -> Tensor | None:
         """Run rows of tokens through the model, writing their keys/values into the cache.
 
         tokens, positions: [B, T] (every row of one call has the same T); slots: [B], distinct;
@@ -232,6 +258,7 @@ class Transformer(nn.Module):
         A row must have written all positions before its first one in earlier calls.
         Returns logits [B, T, V] ("all"), [B, 1, V] ("last", the next-token prediction of each
         row), [B, N, V] (an int N: the last N positions) or None ("none": a prefill chunk whose predictions nobody reads skips the output layer).
+        With `vocab` (token ids), only those tokens' logits: V = len(vocab).
         """
         if tokens.shape[1] > self.max_chunk:
             raise ValueError(f"{tokens.shape[1]} tokens per row exceed max_chunk={self.max_chunk} of setup_cache()")
@@ -244,7 +271,7 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         elif not isinstance(logits, str):
             x = x[:, -logits:]
-        return self.head(x)
+        return self.head(x, vocab)
 
     # The three stages of `forward`, public so that a layer-by-layer pass (the compression
     # pipeline's calibration) runs exactly the arithmetic `forward` runs.
@@ -265,9 +292,17 @@ class Transformer(nn.Module):
         layouts = {w: _layout(slots, positions, w, ring) for w, ring in self._rings.items()}
         return [(ropes[layer.rope_theta], layouts[layer.sliding_window]) for layer in self.layers]
 
-    def head(self, x: Tensor) -> Tensor:
-        """Logits of the last layer's hidden states: final norm, output layer, soft-capping."""
-        out = self.lm_head(self.norm(x))
+    def head(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
+        """Logits of the last layer's hidden states: final norm, output layer, soft-capping.
+
+        With `vocab`, the logits of those token ids only, from those rows of the output layer:
+        a request that reads a few tokens' scores (label choices) skips the rest of a 262k-row
+        product.
+        """
+        if vocab is None:
+            out = self.lm_head(self.norm(x))
+        else:
+            out = linear_rows(self.lm_head, self.norm(x), vocab)
         cap = self.config.final_logit_softcapping
         if cap is not None:
             out = torch.tanh(out / cap) * cap
@@ -334,6 +369,22 @@ def _rope_table(theta: float, dim: int, length: int, dtype: torch.dtype) -> tupl
     freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _attend_one(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """Attention of one query per row ([B, H, 1, D]) over [B, KVH, S, D] keys and values.
+
+    The decode step's case. Written as two small products: torch's fused CPU attention splits
+    its work for long queries, and for a single one that costs several times the arithmetic
+    (and, on a busy 2-core machine, waits on the other thread); query heads sharing a key/value
+    head are stacked as the rows of one product (grouped-query attention without a copy).
+    """
+    b, h, _, d = q.shape
+    kv_heads = keys.shape[1]
+    scores = torch.matmul(q.reshape(b, kv_heads, h // kv_heads, d), keys.transpose(-1, -2)) * scale
+    scores = scores.float().masked_fill(~mask, float("-inf"))  # mask [B, 1, 1, S] broadcasts
+    weights = torch.softmax(scores, dim=-1).to(values.dtype)
+    return torch.matmul(weights, values).reshape(b, h, 1, d)
 
 
 def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

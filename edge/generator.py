@@ -41,6 +41,7 @@ def to_generation_request(request: generator_pb2.GenerateRequest) -> GenerationR
         stop=tuple(request.stop),
         logprobs=request.return_logprobs,
         choices=tuple(request.choices) or None,
+        constrained_choices=request.constrained_choices,
         request_id=request.request_id,
     )
 

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tierlm.edge.choices import ChoiceTree
 from tierlm.edge.errors import InvalidRequest
 from tierlm.edge.requests import ChatMessage, GenerationRequest
 
@@ -25,6 +26,8 @@ class PreparedRequest:
     stop: tuple[str, ...]
     seed: int
     choice_ids: tuple[tuple[int, ...], ...] | None = None
+    #: The choices' token tree when the request asks for constrained scoring.
+    choice_tree: ChoiceTree | None = None
 
 
 class RequestPreparer:
@@ -45,9 +48,13 @@ class RequestPreparer:
         prompt_ids = self._prompt_ids(request)
         stop = self._stop(request.stop)
         _check_sampling(request)
-        choice_ids = None
+        choice_ids = choice_tree = None
         if request.choices is not None:
             choice_ids = self._choice_ids(request.choices, len(prompt_ids))
+            if request.constrained_choices:
+                choice_tree = ChoiceTree(choice_ids)
+        elif request.constrained_choices:
+            raise InvalidRequest("constrained_choices applies to choice scoring; send choices too")
         elif len(prompt_ids) >= self.max_seq_len:
             raise InvalidRequest(
                 f"the prompt is {len(prompt_ids)} tokens but the context holds {self.max_seq_len} "
@@ -55,7 +62,7 @@ class RequestPreparer:
                 f"{len(prompt_ids) - self.max_seq_len + 1} tokens"
             )
         seed = secrets.randbelow(MAX_SEED) if request.seed is None else request.seed
-        return PreparedRequest(request, tuple(prompt_ids), stop, seed, choice_ids)
+        return PreparedRequest(request, tuple(prompt_ids), stop, seed, choice_ids, choice_tree)
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if (request.prompt is None) == (request.messages is None):

@@ -32,6 +32,13 @@ class GenerationRequest:
       (tokenized on its own, without special tokens, so include a leading space if the
       label follows a space); the result carries every choice's summed log-probability and
       picks the highest. `max_tokens`, sampling and stop settings are ignored.
+    - `constrained_choices`: score the choices as constrained decoding would produce them:
+      at each position the model's distribution renormalised over the tokens that continue
+      some choice there (the first tokens of all choices, then the next tokens of the choices
+      sharing the prefix so far). Only those rows of the output layer are computed, so a
+      262k-vocabulary model scores labels without its full output layer. Single-token choices
+      rank the same either way, and their probabilities renormalised over the choices are
+      equal; multi-token choices differ (a token its siblings all share scores 0).
     - `ignore_eos`: keep generating past end-of-sequence tokens (for benchmarks).
     """
 
@@ -44,6 +51,7 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     logprobs: bool = False
     choices: Sequence[str] | None = None
+    constrained_choices: bool = False
     ignore_eos: bool = False
     request_id: str = ""
 

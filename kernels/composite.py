@@ -28,7 +28,7 @@ the pipeline calls :meth:`~CompositeCompressor.base` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,10 @@ class CompositeTensor(QuantizedTensor):
         """The base's kernel (or its reference product) plus the low-rank product."""
         from tierlm.kernels.ops.lowrank_mm import SumMatMul
 
+        if self.lowrank is not None:
+            joint = self.base.kernel_with_lowrank(device, self.lowrank, int4_accuracy_level)
+            if joint is not None:
+                return joint
         base = self.base.kernel(device, int4_accuracy_level)
         if base is None:
             on_device = self.base.to(device)
@@ -95,6 +99,26 @@ class CompositeTensor(QuantizedTensor):
         if self.lowrank is None:
             return base
         return SumMatMul(base, self.lowrank.kernel(device, int4_accuracy_level))
+
+    @classmethod
+    def cat_rows(cls, parts: Sequence[QuantizedTensor]) -> CompositeTensor | None:
+        """Bases joined by their format, corrections stacked (a part without one adds rank 0)."""
+        bases = [p.base for p in parts]
+        if len({type(b) for b in bases}) != 1:
+            return None
+        base = type(bases[0]).cat_rows(bases)
+        if base is None:
+            return None
+        if all(p.lowrank is None for p in parts):
+            return cls(base)
+        dtype = next(p.lowrank.left.dtype for p in parts if p.lowrank is not None)
+        lowranks = [
+            p.lowrank
+            if p.lowrank is not None
+            else LowRankTensor(torch.zeros(p.shape[0], 0, dtype=dtype), torch.zeros(0, p.shape[1], dtype=dtype))
+            for p in parts
+        ]
+        return cls(base, LowRankTensor.cat_rows(lowranks))
 
     def dequantize(self) -> torch.Tensor:
         w = self.base.dequantize()
@@ -167,6 +191,8 @@ class CompositeCompressor(Quantizer):
                 raise ValueError(f"composite quant method must be one of {QUANT_METHODS}")
             self.percdamp = config.pop("percdamp", 0.01)
             self.grid = GroupGrid(**config)
+            if self.pruner is not None and self.grid.float_zero:
+                raise ValueError("a pruned weight must dequantize to exactly 0, which a float zero point does not give")
         self.factorizer = None
         self.rank = lowrank_config.get("rank")
         self.lowrank_dtype = lowrank_config.get("dtype", "float16")

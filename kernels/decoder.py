@@ -22,7 +22,8 @@ class CompressibleDecoder(Protocol):
 
     ``setup_cache`` sizes the KV cache for ``batch`` sequences of ``seq_len`` tokens;
     ``layer_inputs`` gives each block's extra inputs (rotary tables and the batch layout) for
-    positions and cache slots, so a pipeline can run one block at a time.
+    positions and cache slots, so a pipeline can run one block at a time; ``head`` turns the
+    last block's output into logits (final norm, output layer and whatever the family adds).
     """
 
     config: DecoderConfig
@@ -32,6 +33,8 @@ class CompressibleDecoder(Protocol):
     lm_head: nn.Module
 
     def embed(self, tokens: Tensor) -> Tensor: ...
+
+    def head(self, x: Tensor) -> Tensor: ...
 
     def setup_cache(self, batch: int, seq_len: int, **kwargs: Any) -> None: ...
 

@@ -50,6 +50,18 @@ FORMATS: Registry[QuantizedTensor] = Registry(
 )
 
 
+def data_free_twin(quantizer: Quantizer) -> Quantizer:
+    """``quantizer`` if it needs no calibration, else round-to-nearest on its grid (the same
+    storage, so the same bytes; the calibrated method's error is lower, and similarly so across
+    tensors, which is what the ranking needs)."""
+    if not quantizer.needs:
+        return quantizer
+    grid = getattr(quantizer, "grid", None)
+    if grid is None:
+        raise ValueError(f"mixed-precision candidate {quantizer.name!r} needs calibration and has no group grid to price it")
+    return RTNQuantizer(**grid.config())
+
+
 def read_quantized(state: Mapping[str, torch.Tensor], prefix: str, meta: Mapping[str, Any]) -> QuantizedTensor:
     """Inverse of :meth:`QuantizedTensor.to_state_dict`: the tensor stored under ``prefix``,
     rebuilt by the class its ``meta["format"]`` names."""

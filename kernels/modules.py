@@ -126,11 +126,82 @@ class QuantLinear(nn.Module):
             y = y + self.bias.to(y.device)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Outputs ``rows`` only (``[..., len(rows)]``), with the reference path's numerics, from
+        those rows of the weight: what an output layer needs when a request reads a few tokens'
+        logits (:meth:`QuantizedTensor.linear_rows`)."""
+        y = self._weight_on(x.device).linear_rows(x.to(torch.float32), rows.to(x.device))
+        if self.bias is not None:
+            y = y + self.bias.to(y.device)[rows]
+        return y.to(x.dtype)
+
+    def release_kernels(self) -> None:
+        """Drop the built kernels (their packed copies of the weight); the next call rebuilds one.
+        For a module whose product another kernel now computes (:func:`fuse_linears`)."""
+        self._kernels.clear()
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"format={self.qweight.format}, backend={self.backend}"
         )
+
+
+def linear_rows(linear: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``linear(x)[..., rows]`` computed from those rows of the weight alone (a dense
+    ``nn.Linear`` or a :class:`QuantLinear`)."""
+    if isinstance(linear, QuantLinear):
+        return linear.forward_rows(x, rows)
+    bias = None if linear.bias is None else linear.bias[rows]
+    return torch.nn.functional.linear(x, linear.weight[rows], bias)
+
+
+def _joined_bias(modules: list[nn.Module], sizes: list[int]) -> torch.Tensor | None:
+    biases = [m.bias for m in modules]
+    present = [b for b in biases if b is not None]
+    if not present:
+        return None
+    return torch.cat([b.detach() if b is not None else present[0].new_zeros(n) for b, n in zip(biases, sizes)])
+
+
+class FusedLinears:
+    """Linears that read the same input (q/k/v, gate/up) run as one product: calling it returns
+    each one's output. Not an ``nn.Module``: a runtime view of modules the model keeps under
+    their own names (state dicts and artifacts never see it)."""
+
+    def __init__(self, linear: nn.Module, sizes: list[int]) -> None:
+        self.linear = linear
+        self.sizes = sizes
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.linear(x).split(self.sizes, dim=-1)
+
+
+def fuse_linears(modules: list[nn.Module]) -> FusedLinears | None:
+    """One product for ``modules`` (same input width), or None where their weights cannot be
+    joined: dense ``nn.Linear``s always can, :class:`QuantLinear`s when their format joins the
+    rows (:meth:`QuantizedTensor.cat_rows`). A dense fusion leaves each module's weight a view
+    of the joined one (no second copy); a quantized one drops the modules' own kernels."""
+    sizes = [m.out_features for m in modules]
+    bias = _joined_bias(modules, sizes)
+    if all(type(m) is nn.Linear for m in modules):
+        joined = nn.Linear(modules[0].in_features, sum(sizes), bias=bias is not None, device="meta")
+        joined.weight = nn.Parameter(torch.cat([m.weight.detach() for m in modules]), requires_grad=False)
+        if bias is not None:
+            joined.bias = nn.Parameter(bias, requires_grad=False)
+        for module, view in zip(modules, joined.weight.split(sizes)):
+            module.weight = nn.Parameter(view, requires_grad=False)
+        return FusedLinears(joined, sizes)
+    if not all(isinstance(m, QuantLinear) for m in modules) or len({type(m.qweight) for m in modules}) != 1:
+        return None
+    first = modules[0]
+    weight = type(first.qweight).cat_rows([m.qweight for m in modules])
+    if weight is None:
+        return None
+    joined = QuantLinear(weight, bias, first.backend, first.int4_accuracy_level)
+    for module in modules:
+        module.release_kernels()
+    return FusedLinears(joined, sizes)
 
 
 class QuantEmbedding(nn.Module):

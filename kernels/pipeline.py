@@ -57,6 +57,8 @@ def compress_model(
     ``tokens``: ``[n, seq_len]`` calibration ids. Returns the seconds spent per decoder layer.
     """
     progress = progress or (lambda done, total, message: None)
+    if recipe.mixed_precision is not None:
+        raise ValueError("plan the recipe's mixed precision first: compress with plan_mixed_precision(...).recipe(recipe)")
     config = model.config
     if config.tie_word_embeddings and recipe.lm_head is not None:
         raise ValueError("this model ties its output layer to the embedding: put the method under `embedding`")

@@ -44,7 +44,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tierlm.kernels.composite import CompositeCompressor
-from tierlm.kernels.methods import QUANTIZERS
+from tierlm.kernels.methods import QUANTIZERS, data_free_twin
 from tierlm.kernels.quant.base import Quantizer
 from tierlm.errors import ConfigError
 from tierlm.yaml_source import YamlDocument, load_yaml, load_yaml_file
@@ -114,6 +114,29 @@ class Rule(MethodSpec):
         return self
 
 
+class MixedPrecision(BaseModel):
+    """A format per tensor under a byte budget, allocated by measured sensitivity
+    (:mod:`tierlm.kernels.mixed`): every block linear (but ``skip``) gets one of ``candidates``,
+    the embedding/output table one of ``table_candidates`` (default: the same)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bits_per_weight: float = Field(gt=0, le=32, description="all stored bytes of the weights × 8 / parameters")
+    candidates: list[MethodSpec] = Field(min_length=1)
+    table_candidates: list[MethodSpec] | None = None
+    sequences: int = Field(8, ge=1, description="calibration sequences of the sensitivity (Fisher) pass")
+    seq_len: int = Field(256, ge=8, description="their length (the pass keeps all logits for the backward)")
+
+    @field_validator("candidates", "table_candidates")
+    @classmethod
+    def _priceable(cls, specs: list[MethodSpec] | None) -> list[MethodSpec] | None:
+        for spec in specs or []:
+            if isinstance(spec.build(), CompositeCompressor):
+                raise ValueError("mixed-precision candidates are quantizers; composites are not priced per tensor")
+            data_free_twin(spec.build())
+        return specs
+
+
 class Calibration(BaseModel):
     """How much calibration text the pipeline runs (sequences × seq_len tokens)."""
 
@@ -138,11 +161,16 @@ class Recipe(BaseModel):
     skip: list[str] = Field(default_factory=list)
     embedding: MethodSpec | None = None
     lm_head: MethodSpec | None = None
+    mixed_precision: MixedPrecision | None = None
 
     @model_validator(mode="after")
     def _does_something(self) -> "Recipe":
+        if self.mixed_precision is not None:
+            if self.rules or self.embedding is not None or self.lm_head is not None:
+                raise ValueError("mixed_precision chooses every module's method: leave rules, embedding and lm_head out")
+            return self
         if not self.rules and self.embedding is None and self.lm_head is None:
-            raise ValueError("the recipe compresses nothing: give rules, embedding or lm_head")
+            raise ValueError("the recipe compresses nothing: give rules, embedding, lm_head or mixed_precision")
         for field_name in ("embedding", "lm_head"):
             spec = getattr(self, field_name)
             if spec is not None and _free_rank(spec.build()):
@@ -151,7 +179,7 @@ class Recipe(BaseModel):
 
     def rule_for(self, module: str) -> Rule | None:
         """The rule compressing decoder linear ``module``, or None (skipped or unmatched)."""
-        if any(fnmatchcase(module, p) for p in self.skip):
+        if is_skipped(self, module):
             return None
         for rule in self.rules:
             if any(fnmatchcase(module, p) for p in rule.match):
@@ -161,7 +189,14 @@ class Recipe(BaseModel):
     def calibration_needs(self) -> set[str]:
         """Union of the statistics all methods of this recipe read (empty: data-free)."""
         specs = [*self.rules, self.embedding, self.lm_head]
+        if self.mixed_precision is not None:
+            specs += [*self.mixed_precision.candidates, *(self.mixed_precision.table_candidates or [])]
         return set().union(*(spec.build().needs for spec in specs if spec is not None))
+
+
+def is_skipped(recipe: Recipe, module: str) -> bool:
+    """Whether ``module`` matches one of the recipe's ``skip`` patterns (it stays dense)."""
+    return any(fnmatchcase(module, p) for p in recipe.skip)
 
 
 class RecipeError(ConfigError):

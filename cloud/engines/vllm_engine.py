@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import multiprocessing
 import os
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tierlm.cloud.sockets import VLLM_SOCKET_TAIL, socket_root
+from tierlm.edge.choices import ChoiceTree
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest
 from tierlm.edge.prepare import PreparedRequest, RequestPreparer
 from tierlm.edge.requests import ChoiceScore, Completion, FinishReason, GenerationRequest, TokenDelta
@@ -32,6 +34,9 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     # torch.compile costs minutes of start-up on a small CPU for little gain on small models.
     "enforce_eager": True,
     "disable_log_stats": True,
+    # Choice scoring sends the prompt once and then its continuations, which read its cached
+    # keys and values (see `_score_events`); repeated few-shot prompts share them too.
+    "enable_prefix_caching": True,
 }
 # Not an engine arg: the CPU backend's KV cache size in GiB (vLLM reads VLLM_CPU_KVCACHE_SPACE).
 CPU_KV_CACHE_OPTION = "cpu_kv_cache_gib"
@@ -227,23 +232,44 @@ class VLLMTextEngine:
         )
 
     async def _score_events(self, prepared: PreparedRequest, request_id: str) -> AsyncIterator[Completion]:
-        """Each choice's summed log-probability after the prompt, from vLLM's prompt log-probs."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        """Each choice's summed log-probability after the prompt.
 
+        The choices form a token tree (`ChoiceTree`); every prefix that some choice continues
+        is one vLLM request for one token, asking for the log-probabilities of exactly the
+        tokens that may come next (`logprob_token_ids`, taken from the full distribution). So
+        single-token choices (class labels) cost one request, the prompt's prefill alone, where
+        scoring by prompt log-probs costs a full prompt per choice. The prompt goes first; the
+        deeper prefixes follow together and read its keys and values from vLLM's prefix cache,
+        so each computes little more than its own last block. Constrained scoring renormalises
+        each position over the tokens it allows.
+        """
         started = time.monotonic()
         prompt_ids = list(prepared.prompt_ids)
-        # prompt_logprobs=0: each prompt token's own log-prob given the tokens before it.
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY)
+        tree = prepared.choice_tree or ChoiceTree(prepared.choice_ids)
+        branches = tree.branches()
+        deeper = [prefix for prefix in branches if prefix]
+        next_logprobs = {(): await self._next_token_logprobs(prompt_ids, branches[()], f"{request_id}-0")}
+        found = await asyncio.gather(
+            *(
+                self._next_token_logprobs(prompt_ids + list(prefix), branches[prefix], f"{request_id}-{i + 1}")
+                for i, prefix in enumerate(deeper)
+            )
+        )
+        next_logprobs.update(zip(deeper, found))
 
-        async def score(index: int, choice: str, choice_ids: tuple[int, ...]) -> ChoiceScore:
-            final = await self.final_output(prompt_ids + list(choice_ids), params, f"{request_id}-choice{index}")
-            entries = final.prompt_logprobs[len(prompt_ids) :]
-            logprob = sum(entry[t].logprob for entry, t in zip(entries, choice_ids))
-            return ChoiceScore(text=choice, logprob=logprob, num_tokens=len(choice_ids))
+        def logprob(ids: tuple[int, ...]) -> float:
+            total = 0.0
+            for depth, token in enumerate(ids):
+                options = next_logprobs[ids[:depth]]
+                total += options[token]
+                if prepared.choice_tree is not None:  # constrained: renormalise over the allowed tokens
+                    total -= _logsumexp(options.values())
+            return total
 
-        choices = zip(prepared.request.choices, prepared.choice_ids)
-        scores = await asyncio.gather(*(score(i, text, ids) for i, (text, ids) in enumerate(choices)))
+        scores = [
+            ChoiceScore(text=choice, logprob=logprob(ids), num_tokens=len(ids))
+            for choice, ids in zip(prepared.request.choices, prepared.choice_ids)
+        ]
         latency_s = time.monotonic() - started
         yield Completion(
             request_id=request_id,
@@ -255,6 +281,21 @@ class VLLMTextEngine:
             ttft_s=latency_s,
             latency_s=latency_s,
         )
+
+    async def _next_token_logprobs(self, ids: list[int], tokens: Sequence[int], request_id: str) -> dict[int, float]:
+        """Log-probabilities of `tokens` as the token after `ids` (one engine request)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=list(tokens), output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        final = None
+        async with contextlib.aclosing(self._outputs(ids, params, request_id)) as outputs:
+            async for output in outputs:
+                final = output
+        entries = final.outputs[0].logprobs[0]
+        return {token: entries[token].logprob for token in tokens}
 
     async def _outputs(self, prompt_ids: Sequence[int], params, request_id: str):
         """vLLM's outputs for one prompt, its errors mapped onto the edge engine's."""
@@ -291,6 +332,12 @@ class _RequestStream:
         if self._events.ag_running or self._events.ag_frame is None:
             return  # finished, or being advanced by a task whose cancellation aborts it
         asyncio.get_running_loop().create_task(self._events.aclose())
+
+
+def _logsumexp(values) -> float:
+    values = list(values)
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def _finish_reason(reason: str, stop_reason: int | str | None) -> FinishReason:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,11 @@ class LowRankTensor(QuantizedTensor):
         from tierlm.kernels.ops.lowrank_mm import LowRankMatMul
 
         return LowRankMatMul(self, device)
+
+    @classmethod
+    def cat_rows(cls, parts: Sequence[QuantizedTensor]) -> LowRankTensor:
+        """``[L₁ 0; 0 L₂] · [R₁; R₂]``: the factors stacked, the left ones block-diagonal."""
+        return cls(torch.block_diag(*(p.left for p in parts)), torch.cat([p.right for p in parts]))
 
     def dequantize(self) -> torch.Tensor:
         return self.left.to(torch.float32) @ self.right.to(torch.float32)

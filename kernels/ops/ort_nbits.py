@@ -1,15 +1,33 @@
-"""Int3/int4 group-wise matmul through onnxruntime's ``MatMulNBits`` contrib op (MLAS kernels).
+"""Int3/int4 group-wise and int8 per-row matmuls through onnxruntime's ``MatMulNBits`` contrib
+op (MLAS kernels).
 
-Measured on this CPU (1 thread): faster than fp32 ``nn.Linear`` at batch 1 and 32 and faster
-than torch's own ``_weight_int4pack_mm_for_cpu`` (see bench/kernels_matmul.py). ``accuracy_level``
-4 lets MLAS quantize the activations to int8 per block and use VNNI dot products; level 0 keeps
-float activations (slower, closer to the reference). One small ONNX graph and session per layer,
+Measured on this CPU: faster than fp32 ``nn.Linear`` at batch 1 and 32 and faster than torch's
+own ``_weight_int4pack_mm_for_cpu`` (see bench/kernels_matmul.py). ``accuracy_level`` 4 lets
+MLAS quantize the activations to int8 per block and use VNNI dot products; level 0 keeps float
+activations (slower, closer to the reference). One small ONNX graph and session per weight,
 with the weight baked in as an initializer (ORT prepacks it at session start).
+
+A low-rank correction ``(x · Rᵀ) · Lᵀ`` (the composite's) can be added inside the same graph,
+so a composite layer is one session run rather than three torch products and a sum.
 
 Layout mapping: B is ``[N, K/block, block/2]`` uint8, low nibble = even input index, which is
 the GPTQ ``qweight`` transposed and read as bytes; int3 codes are widened to 4 bits (the grid
 is the same, so results are identical) because ORT has no 3-bit CPU kernel. Act-order weights
 (``g_idx``) are permuted so groups are contiguous, and the input columns permuted to match.
+
+W8A8 weights (:class:`Int8NBitsMatMul`) run as 8-bit ``MatMulNBits``: the row's scale repeated
+over blocks of the input dim, codes offset by 128 (the op's default 8-bit zero point), and
+MLAS's int8 activations per block (finer than W8A8's per token). At batch 1 on this CPU it took
+less than half ``torch._int_mm``'s time on every Gemma 3 270M shape (the 262k-row output layer:
+7.0 vs 16.7 ms on one thread) and up to 1.8x its time at 64 rows; one kernel per weight keeps a
+sequence's numbers independent of what it is batched with, so decode's case decides.
+
+Threads: a session's intra-op pool wakes its workers for every run; for a small weight at
+batch 1 that hand-off costs more than the second core gives back (Gemma 3 270M's block
+linears measured 10-30% slower on two threads than on one), so a weight below
+:data:`PARALLEL_MIN_WEIGHTS` runs single-threaded up to :data:`SERIAL_MAX_ROWS` rows, and on
+every thread for a prefill chunk (a second session, built when first needed); big weights (the
+262k-row output layer) use every thread always.
 """
 
 from __future__ import annotations
@@ -21,9 +39,16 @@ import torch
 from tierlm.kernels.packing import int4_words_to_bytes
 
 if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never the reverse
+    from tierlm.kernels.lowrank.tensor import LowRankTensor
     from tierlm.kernels.quant.group import GroupQuantTensor
+    from tierlm.kernels.quant.int8 import Int8Tensor
 
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
+#: Weights (N·K) from which a session gets all of torch's threads at any batch.
+PARALLEL_MIN_WEIGHTS = 8 * 1024 * 1024
+#: Rows up to which a smaller weight runs on one thread (decode steps); more rows (a prefill
+#: chunk) have enough work for every thread.
+SERIAL_MAX_ROWS = 8
 
 
 def ort_available() -> bool:
@@ -36,38 +61,101 @@ def ort_available() -> bool:
     return True
 
 
-class NBitsMatMul:
-    """``x [M, K] float -> [M, N] float32`` for a :class:`GroupQuantTensor`."""
+class _Sessions:
+    """One ``MatMulNBits`` graph run by a session per thread count: a weight below
+    :data:`PARALLEL_MIN_WEIGHTS` gets one thread at decode's few rows and every thread for a
+    prefill chunk, a bigger one every thread always (module docstring). The decode session is
+    built at once, a prefill one the first time a call needs it, from ``build(threads)``."""
 
-    def __init__(self, qt: GroupQuantTensor, num_threads: int | None = None, accuracy_level: int = 4) -> None:
+    def __init__(self, build, n: int, k: int, num_threads: int | None) -> None:
+        self._build = build
+        self._fixed = num_threads
+        self._max = torch.get_num_threads()
+        self._small = n * k < PARALLEL_MIN_WEIGHTS
+        self._by_threads: dict[int, object] = {}
+        self.for_rows(1)
+
+    def for_rows(self, rows: int):
+        threads = self._fixed or (1 if self._small and rows <= SERIAL_MAX_ROWS else self._max)
+        if threads not in self._by_threads:
+            self._by_threads[threads] = self._build(threads)
+        return self._by_threads[threads]
+
+    def run(self, a: torch.Tensor) -> torch.Tensor:
+        # A plain run (ORT allocates Y) measured ~10 µs faster per call than binding our own
+        # output buffer: building an IOBinding per call costs more than the allocation.
+        (y,) = self.for_rows(a.shape[0]).run(None, {"A": a.contiguous().numpy()})
+        return torch.from_numpy(y)
+
+
+class NBitsMatMul:
+    """``x [M, K] float -> [M, N] float32`` for a :class:`GroupQuantTensor`, plus an optional
+    low-rank term ``(x · Rᵀ) · Lᵀ`` computed in the same session."""
+
+    def __init__(
+        self,
+        qt: GroupQuantTensor,
+        num_threads: int | None = None,
+        accuracy_level: int = 4,
+        lowrank: LowRankTensor | None = None,
+    ) -> None:
         if qt.group_size not in ORT_BLOCK_SIZES:
             raise ValueError(f"MatMulNBits needs group_size in {ORT_BLOCK_SIZES}, got {qt.group_size}")
         n, k = qt.shape
-        nb = k // qt.group_size
-        zeros, scales = qt.zeros(), qt.scales.to(torch.float32)
+        if lowrank is not None and (lowrank.shape != (n, k) or qt.input_scale is not None or qt.g_idx is not None):
+            # The correction reads the layer's own input; AWQ scales and act-order permute it.
+            raise ValueError("a low-rank term joins only a same-shape weight without input scales or act-order")
+        self.qt, self.lowrank, self.accuracy_level = qt, lowrank, accuracy_level
         self.perm: torch.Tensor | None = None
-        if qt.bits == 4 and qt.g_idx is None:
+        if qt.g_idx is not None:
+            perm = torch.argsort(qt.g_idx.to(torch.int64), stable=True)
+            if not torch.equal(qt.g_idx[perm].to(torch.int64), torch.arange(k) // qt.group_size):
+                raise ValueError("g_idx groups are not of size group_size; cannot make them contiguous")
+            self.perm = perm
+        self.input_scale = qt.input_scale
+        self.n, self.k = n, k
+        self._sessions = _Sessions(self._session, n, k, num_threads)
+
+    def _session(self, threads: int):
+        """The graph's session on ``threads`` threads, its initializers made from the tensor."""
+        qt, (n, k) = self.qt, self.qt.shape
+        nb = k // qt.group_size
+        scales = qt.scales.to(torch.float32)
+        zeros = qt.zeros()
+        if qt.mins is not None:
+            # A float zero point z runs as the nearest code zᵣ plus a per-group offset (zᵣ - z)·s,
+            # added as Σ_group(x)·offset: one more thin product. Keeping zᵣ in the int kernel
+            # keeps its products centred, so its int8 activations lose no more than usual.
+            whole = zeros.round().clamp(0, (1 << qt.bits) - 1)
+            offsets = (whole - zeros) * scales
+            zeros = whole.to(torch.uint8)
+        if qt.bits == 4 and self.perm is None:
             # Already the right bits: the GPTQ words, transposed and read as bytes.
             blob = int4_words_to_bytes(qt.qweight)
         else:
-            codes = qt.codes()
-            if qt.g_idx is not None:
-                perm = torch.argsort(qt.g_idx.to(torch.int64), stable=True)
-                if not torch.equal(qt.g_idx[perm].to(torch.int64), torch.arange(k) // qt.group_size):
-                    raise ValueError("g_idx groups are not of size group_size; cannot make them contiguous")
-                self.perm, codes = perm, codes[:, perm]
+            codes = qt.codes() if self.perm is None else qt.codes()[:, self.perm]
             blob = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
         blob = blob.reshape(n, nb, qt.group_size // 2)
-        self.input_scale = qt.input_scale
-        self.n, self.k = n, k
         zp = None
         if not (qt.bits == 4 and qt.symmetric):  # ORT's default zero point is 8 = our symmetric int4
             zt = zeros.t().contiguous()  # [N, nb], 4-bit values packed two per byte along blocks
             zt = torch.nn.functional.pad(zt, (0, nb % 2))
             zp = (zt[:, 0::2] | (zt[:, 1::2] << 4)).to(torch.uint8)
-        threads = num_threads if num_threads is not None else torch.get_num_threads()
-        self._session = _build_session(
-            blob, scales.t().contiguous(), zp, k, n, qt.group_size, accuracy_level, threads
+        corrections = []  # (right_t [K, r], left_t [r, N]) pairs, summed as one thin product
+        if self.lowrank is not None:
+            corrections.append((self.lowrank.right.t(), self.lowrank.left.t()))
+        if qt.mins is not None:
+            group_of = torch.arange(k) // qt.group_size
+            corrections.append(((group_of[:, None] == torch.arange(nb)[None, :]), offsets))
+        factors = None
+        if corrections:
+            rights, lefts = zip(*corrections)
+            factors = (
+                torch.cat([r.to(torch.float32) for r in rights], dim=1).contiguous(),
+                torch.cat([l.to(torch.float32) for l in lefts], dim=0).contiguous(),
+            )
+        return _build_session(
+            blob, scales.t().contiguous(), zp, k, n, qt.group_size, self.accuracy_level, threads, factors
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,16 +164,37 @@ class NBitsMatMul:
             x = x / self.input_scale
         if self.perm is not None:
             x = x[:, self.perm]
-        x = x.contiguous()
-        y = torch.empty(x.shape[0], self.n)
-        io = self._session.io_binding()
-        io.bind_cpu_input("A", x.numpy())
-        io.bind_output("Y", "cpu", 0, np.float32, list(y.shape), y.data_ptr())
-        self._session.run_with_iobinding(io)
-        return y
+        return self._sessions.run(x)
 
 
-def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, threads):
+class Int8NBitsMatMul:
+    """``x [M, K] float -> [M, N] float32`` for an :class:`Int8Tensor` (module docstring)."""
+
+    def __init__(self, qt: Int8Tensor, num_threads: int | None = None, accuracy_level: int = 4) -> None:
+        n, k = qt.shape
+        if int8_block(k) is None:
+            raise ValueError(f"no MatMulNBits block size divides in_features {k}")
+        self.qt, self.accuracy_level = qt, accuracy_level
+        self._sessions = _Sessions(self._session, n, k, num_threads)
+
+    def _session(self, threads: int):
+        (n, k), block = self.qt.shape, int8_block(self.qt.shape[1])
+        blob = (self.qt.qweight.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // block, block)
+        scales = self.qt.scale.to(torch.float32)[:, None].expand(n, k // block).contiguous()
+        return _build_session(blob, scales, None, k, n, block, self.accuracy_level, threads, bits=8)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        inliers, outliers = self.qt.split_input(x.to(torch.float32))
+        y = self._sessions.run(inliers)
+        return y if outliers is None else y + self.qt.outlier_product(outliers)
+
+
+def int8_block(k: int) -> int | None:
+    """The largest ``MatMulNBits`` block size dividing ``k`` (fewer repeated scales), or None."""
+    return next((b for b in (128, 64, 32, 16) if k % b == 0), None)
+
+
+def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, threads, factors=None, bits=4):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -97,12 +206,23 @@ def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, 
     if zero_points is not None:
         inputs.append("zero_points")
         inits.append(init("zero_points", zero_points.reshape(-1), TensorProto.UINT8))
-    node = helper.make_node(
-        "MatMulNBits", inputs, ["Y"], domain="com.microsoft",
-        K=k, N=n, bits=4, block_size=block_size, accuracy_level=accuracy_level,
-    )  # fmt: skip
+    base_out = "Y" if factors is None else "base"
+    nodes = [
+        helper.make_node(
+            "MatMulNBits", inputs, [base_out], domain="com.microsoft",
+            K=k, N=n, bits=bits, block_size=block_size, accuracy_level=accuracy_level,
+        )
+    ]  # fmt: skip
+    if factors is not None:
+        right_t, left_t = factors  # [K, r], [r, N]
+        inits += [init("right_t", right_t, TensorProto.FLOAT), init("left_t", left_t, TensorProto.FLOAT)]
+        nodes += [
+            helper.make_node("MatMul", ["A", "right_t"], ["thin"]),
+            helper.make_node("MatMul", ["thin", "left_t"], ["correction"]),
+            helper.make_node("Add", ["base", "correction"], ["Y"]),
+        ]
     graph = helper.make_graph(
-        [node], "nbits",
+        nodes, "nbits",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
         initializer=inits,

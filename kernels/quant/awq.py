@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.quant.base import Quantizer
-from tierlm.kernels.quant.group import GroupGrid, GroupQuantTensor, grid_params, group_rtn, quantize_to_grid
+from tierlm.kernels.quant.group import GroupGrid, GroupQuantTensor, group_rtn, quantize_to_grid
 
 
 def fake_group_rtn(w: torch.Tensor, grid: GroupGrid) -> torch.Tensor:
     """Round-trip ``w`` through the group grid without packing (the search's inner loop)."""
-    codes, scales, zeros = group_rtn(w, grid.bits, grid.group_size, grid.symmetric, grid.torch_scale_dtype)
+    codes, scales, zeros = group_rtn(w, grid.bits, grid.group_size, grid.symmetric, grid.torch_scale_dtype, float_zero=grid.float_zero)
     n, k = w.shape
     g = grid.group_size
     deq = (codes.reshape(n, k // g, g) - zeros.t().unsqueeze(-1)) * scales.t().unsqueeze(-1)
@@ -49,12 +49,13 @@ class AWQQuantizer(Quantizer):
         clip_search: bool = True,
         min_clip: float = 0.5,
         clip_rows: int = 512,
+        zero_point: str = "int",
     ) -> None:
         if n_grid < 1:
             raise ValueError("n_grid must be at least 1")
         if not 0 < min_clip <= 1:
             raise ValueError("min_clip must lie in (0, 1]")
-        self.grid = GroupGrid(bits, group_size, symmetric, scale_dtype)
+        self.grid = GroupGrid(bits, group_size, symmetric, scale_dtype, zero_point)
         self.n_grid = n_grid
         self.clip_search = clip_search
         self.min_clip = min_clip
@@ -96,7 +97,7 @@ class AWQQuantizer(Quantizer):
             wg, xg = w[:, g * gs : (g + 1) * gs], x[:, g * gs : (g + 1) * gs]
             best_err = torch.full((n,), float("inf"))
             for ratio in ratios:
-                scale, zero = grid_params(wg, grid.bits, grid.symmetric, grid.torch_scale_dtype, ratio)
+                scale, zero = grid.params(wg, ratio)
                 deq = (
                     quantize_to_grid(wg, scale[:, None], zero[:, None], grid.bits) - zero[:, None]
                 ) * scale[:, None]

@@ -18,7 +18,7 @@ and one entry in :data:`tierlm.kernels.methods.FORMATS`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
@@ -28,6 +28,7 @@ from tierlm.kernels.compressed_tensors import ExportError, Scheme
 
 if TYPE_CHECKING:
     from tierlm.kernels.calibration import LayerStats
+    from tierlm.kernels.lowrank.tensor import LowRankTensor
 
 #: A fast matmul ``x [M, K] -> [M, N] float32`` built for one weight on one device.
 Kernel = Callable[[torch.Tensor], torch.Tensor]
@@ -76,6 +77,11 @@ class QuantizedTensor(ABC):
         """
         return torch.nn.functional.linear(x, self.dequantize().to(x.dtype))
 
+    def linear_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Outputs ``rows`` of :meth:`linear_reference` alone (``[..., len(rows)]``), from those
+        rows of the weight: what an output layer needs when a request reads a few tokens."""
+        return x @ self.dequantize_rows(rows).to(x.dtype).t()
+
     def to(self, device: torch.device | str) -> "QuantizedTensor":
         """A copy with every stored tensor on ``device`` (dequantization then runs there)."""
         tensors = {k: v.to(device) for k, v in self.tensors().items()}
@@ -100,6 +106,25 @@ class QuantizedTensor(ABC):
         """This format's fast matmul on ``device``, or None where it has none (the module then
         runs :meth:`linear_reference`). ``int4_accuracy_level`` is the int4 CPU kernels' knob,
         see :class:`~tierlm.kernels.ops.ort_nbits.NBitsMatMul`."""
+        return None
+
+    def kernel_with_lowrank(
+        self, device: torch.device, lowrank: "LowRankTensor", int4_accuracy_level: int = 4
+    ) -> Kernel | None:
+        """One kernel for ``self`` plus a low-rank term ``(x · Rᵀ) · Lᵀ`` (a composite layer), or
+        None where this format has none; the composite then adds two kernels' outputs."""
+        return None
+
+    @classmethod
+    def cat_rows(cls, parts: Sequence["QuantizedTensor"]) -> "QuantizedTensor | None":
+        """One tensor whose output rows are ``parts``' rows in order, or None where this format
+        cannot join them (different settings, or no such layout).
+
+        Linears that read the same input (q/k/v, gate/up) then run as one product: one kernel
+        call instead of several. ``parts`` are all of this class. The result is a runtime form
+        (it need not keep a compact storage layout such as a sparse encoding); its product is
+        the parts' products side by side.
+        """
         return None
 
     def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:

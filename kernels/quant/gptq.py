@@ -20,7 +20,6 @@ from tierlm.kernels.quant.base import Quantizer
 from tierlm.kernels.quant.group import (
     GroupGrid,
     GroupQuantTensor,
-    grid_params,
     quantize_to_grid,
 )
 
@@ -40,8 +39,9 @@ class GPTQQuantizer(Quantizer):
         block_size: int = 128,
         percdamp: float = 0.01,
         act_order: bool = False,
+        zero_point: str = "int",
     ) -> None:
-        self.grid = GroupGrid(bits, group_size, symmetric, scale_dtype)
+        self.grid = GroupGrid(bits, group_size, symmetric, scale_dtype, zero_point)
         # Whole groups per block, so a group's grid is always fitted to fully updated columns.
         self.block_size = max(group_size, block_size // group_size * group_size)
         self.percdamp = percdamp
@@ -71,9 +71,7 @@ class GPTQQuantizer(Quantizer):
                 col = b0 + i
                 if col % gs == 0:
                     g = col // gs
-                    scales[g], zeros[g] = grid_params(
-                        wb[:, i : i + gs], bits, self.grid.symmetric, self.grid.torch_scale_dtype
-                    )
+                    scales[g], zeros[g] = self.grid.params(wb[:, i : i + gs])
                 s, z = scales[col // gs], zeros[col // gs]
                 q = quantize_to_grid(wb[:, i], s, z, bits)
                 codes[:, col] = q

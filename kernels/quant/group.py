@@ -14,15 +14,20 @@ Symmetric grids store zero = 2^(bits-1) for every group, as GPTQ does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from tierlm.kernels.packing import pack_int3, pack_int4, unpack_int3, unpack_int4
 from tierlm.kernels.compressed_tensors import PACKED, ExportError, Scheme, int_args
 from tierlm.kernels.quant.base import Kernel, QuantizedTensor
 
+if TYPE_CHECKING:
+    from tierlm.kernels.lowrank.tensor import LowRankTensor
+
 SUPPORTED_BITS = (3, 4)
+ZERO_POINTS = ("int", "float")
 _RTN_CHUNK_ROWS = 16384
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -33,8 +38,9 @@ def grid_params(
     symmetric: bool,
     scale_dtype: torch.dtype = torch.float16,
     clip: torch.Tensor | float = 1.0,
+    float_zero: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and integer zero point per row of ``w`` (``[..., group]``) for a ``bits``-bit grid.
+    """Scale and zero point per row of ``w`` (``[..., group]``) for a ``bits``-bit grid.
 
     ``clip`` (broadcast to ``w.shape[:-1]``) shrinks the range to ``clip ×`` the extremes (AWQ's
     clipping search); values outside it are clamped to the end codes.
@@ -44,6 +50,10 @@ def grid_params(
     within ``s/2`` of a grid point. ``s`` is rounded *up* to ``scale_dtype`` before it is used, so
     the codes are chosen against the scale that is actually stored and the grid still spans the
     group (rounding down could clip its extremes by more than half a step).
+
+    ``float_zero`` (asymmetric): the grid starts exactly at the group's minimum (stored in
+    ``scale_dtype``), ``z = -min / s`` unrounded, as GGUF's Q4_1 and k-quants store a minimum
+    per block instead of an integer zero point.
     """
     maxq = (1 << bits) - 1
     if symmetric:
@@ -54,6 +64,8 @@ def grid_params(
     scale = round_up_to(scale.clamp(min=torch.finfo(scale_dtype).tiny), scale_dtype)
     if symmetric:
         zero = torch.full_like(scale, float(1 << (bits - 1)))
+    elif float_zero:
+        zero = -lo.to(scale_dtype).to(torch.float32) / scale
     else:
         zero = torch.round(-lo / scale).clamp(0, maxq)
     return scale, zero
@@ -68,8 +80,13 @@ def round_up_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def quantize_to_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer codes ``clamp(round(w / s) + z, 0, 2^b - 1)``; ``scale``/``zero`` broadcast to ``w``."""
-    return torch.clamp(torch.round(w / scale) + zero, 0, (1 << bits) - 1)
+    """Integer codes ``clamp(round(w / s + z), 0, 2^b - 1)``; ``scale``/``zero`` broadcast to ``w``.
+
+    The zero point's fractional part (a float zero point) is rounded with ``w / s``, its integer
+    part added after, so an integer zero point rounds exactly as ``round(w / s) + z``.
+    """
+    whole = torch.round(zero)
+    return torch.clamp(torch.round(w / scale + (zero - whole)) + whole, 0, (1 << bits) - 1)
 
 
 def group_rtn(
@@ -79,6 +96,7 @@ def group_rtn(
     symmetric: bool,
     scale_dtype: torch.dtype,
     clip: torch.Tensor | None = None,
+    float_zero: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round-to-nearest of ``[N, K]`` in contiguous groups -> ``(codes uint8 [N,K], scales, zeros [G,N])``.
 
@@ -94,7 +112,7 @@ def group_rtn(
     for r in range(0, n, _RTN_CHUNK_ROWS):
         g = w[r : r + _RTN_CHUNK_ROWS].reshape(-1, k // group_size, group_size)
         c = 1.0 if clip is None else clip[r : r + _RTN_CHUNK_ROWS]
-        scale, zero = grid_params(g, bits, symmetric, scale_dtype, c)
+        scale, zero = grid_params(g, bits, symmetric, scale_dtype, c, float_zero)
         q = quantize_to_grid(g, scale.unsqueeze(-1), zero.unsqueeze(-1), bits)
         codes[r : r + _RTN_CHUNK_ROWS] = q.reshape(-1, k)
         scales[r : r + _RTN_CHUNK_ROWS], zeros[r : r + _RTN_CHUNK_ROWS] = scale, zero
@@ -126,13 +144,14 @@ class GroupQuantTensor(QuantizedTensor):
     format = "int_group"
 
     qweight: torch.Tensor
-    qzeros: torch.Tensor
+    qzeros: torch.Tensor | None  # None on a float-zero grid, which stores `mins` instead
     scales: torch.Tensor
     bits: int
     group_size: int
     symmetric: bool
     g_idx: torch.Tensor | None = None
     input_scale: torch.Tensor | None = None
+    mins: torch.Tensor | None = None  # [G, N] in the scales' dtype: W = q·s + min
 
     @classmethod
     def from_codes(
@@ -147,13 +166,16 @@ class GroupQuantTensor(QuantizedTensor):
         scale_dtype: torch.dtype = torch.float16,
         g_idx: torch.Tensor | None = None,
         input_scale: torch.Tensor | None = None,
+        float_zero: bool = False,
     ) -> "GroupQuantTensor":
-        """Pack integer ``codes [N, K]`` with per-group ``scales``/``zeros`` ``[G, N]``."""
+        """Pack integer ``codes [N, K]`` with per-group ``scales``/``zeros`` ``[G, N]``; with
+        ``float_zero`` the zero points are stored as the grid's minimum ``-z·s``."""
         if bits not in SUPPORTED_BITS:
             raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
         return cls(
             qweight=_pack(codes.to(torch.uint8).t(), bits, 0),
-            qzeros=_pack(zeros.to(torch.uint8), bits, 1),
+            qzeros=None if float_zero else _pack(zeros.to(torch.uint8), bits, 1),
+            mins=(-zeros * scales).to(scale_dtype) if float_zero else None,
             scales=scales.to(scale_dtype),
             bits=bits,
             group_size=group_size,
@@ -169,9 +191,9 @@ class GroupQuantTensor(QuantizedTensor):
     def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
         """CPU: onnxruntime ``MatMulNBits`` (MLAS); CUDA: torch's tinygemm (bfloat16 activations)."""
         if device.type == "cpu":
-            from tierlm.kernels.ops.ort_nbits import ORT_BLOCK_SIZES, NBitsMatMul, ort_available
+            if self._runs_on_ort():
+                from tierlm.kernels.ops.ort_nbits import NBitsMatMul
 
-            if ort_available() and self.group_size in ORT_BLOCK_SIZES:
                 return NBitsMatMul(self, accuracy_level=int4_accuracy_level)
         elif device.type == "cuda":
             from tierlm.kernels.ops.cuda_int4 import TinyGemmMatMul, tinygemm_supports
@@ -179,6 +201,48 @@ class GroupQuantTensor(QuantizedTensor):
             if tinygemm_supports(self):
                 return TinyGemmMatMul(self, device)
         return None
+
+    def kernel_with_lowrank(
+        self, device: torch.device, lowrank: LowRankTensor, int4_accuracy_level: int = 4
+    ) -> Kernel | None:
+        """CPU: the correction's two products inside the same ``MatMulNBits`` session."""
+        if device.type != "cpu" or not self._runs_on_ort() or self.input_scale is not None or self.g_idx is not None:
+            return None
+        from tierlm.kernels.ops.ort_nbits import NBitsMatMul
+
+        return NBitsMatMul(self, accuracy_level=int4_accuracy_level, lowrank=lowrank)
+
+    def _runs_on_ort(self) -> bool:
+        from tierlm.kernels.ops.ort_nbits import ORT_BLOCK_SIZES, ort_available
+
+        return ort_available() and self.group_size in ORT_BLOCK_SIZES
+
+    @classmethod
+    def cat_rows(cls, parts: Sequence[QuantizedTensor]) -> GroupQuantTensor | None:
+        """Same bits, group size, grid and scale dtype, no act-order, and the same AWQ input
+        scales (or none): codes, zero points and scales side by side along the output dim."""
+        first = parts[0]
+        same = all(
+            (p.bits, p.group_size, p.symmetric, p.scales.dtype) == (first.bits, first.group_size, first.symmetric, first.scales.dtype)
+            and (p.mins is None) == (first.mins is None)
+            and p.g_idx is None
+            and (p.input_scale is None) == (first.input_scale is None)
+            and (p.input_scale is None or torch.equal(p.input_scale, first.input_scale))
+            for p in parts
+        )
+        if not same:
+            return None
+        float_zero = first.mins is not None
+        return cls(
+            qweight=torch.cat([p.qweight for p in parts], dim=1),
+            qzeros=None if float_zero else _pack(torch.cat([p.zeros() for p in parts], dim=1), first.bits, 1),
+            mins=torch.cat([p.mins for p in parts], dim=1) if float_zero else None,
+            scales=torch.cat([p.scales for p in parts], dim=1),
+            bits=first.bits,
+            group_size=first.group_size,
+            symmetric=first.symmetric,
+            input_scale=first.input_scale,
+        )
 
     def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:
         """``pack-quantized`` W4A16 with zero points, run by vLLM's ``CPUWNA16LinearKernel``: our
@@ -192,6 +256,8 @@ class GroupQuantTensor(QuantizedTensor):
             raise ExportError(f"{name}: GPTQ act-order (g_idx) is not run by vLLM's CPU int4 kernel")
         if self.bits != 4:
             raise ExportError(f"{name}: {self.bits}-bit weights; vLLM's CPU kernel runs 4-bit only")
+        if self.mins is not None:
+            raise ExportError(f"{name}: float zero points (a minimum per group) have no compressed-tensors scheme")
         n, k = self.shape
         scheme = Scheme(PACKED, int_args(4, False, "group", self.group_size))
         return scheme, {
@@ -227,7 +293,9 @@ class GroupQuantTensor(QuantizedTensor):
         return _unpack(self.qweight, self.bits, 0).t()
 
     def zeros(self) -> torch.Tensor:
-        """Unpacked zero points ``[G, N]`` (uint8)."""
+        """Zero points ``[G, N]``: uint8 codes, or float32 ``-min / s`` on a float-zero grid."""
+        if self.mins is not None:
+            return -self.mins.to(torch.float32) / self.scales.to(torch.float32)
         return _unpack(self.qzeros, self.bits, 1)
 
     def group_index(self) -> torch.Tensor:
@@ -239,22 +307,30 @@ class GroupQuantTensor(QuantizedTensor):
     def dequantize(self) -> torch.Tensor:
         g = self.group_index()
         scales = self.scales.to(torch.float32)
-        w = (self.codes().to(torch.float32) - self.zeros().to(torch.float32)[g].t()) * scales[g].t()
+        codes = self.codes().to(torch.float32)
+        if self.mins is not None:
+            w = codes * scales[g].t() + self.mins.to(torch.float32)[g].t()
+        else:
+            w = (codes - self.zeros().to(torch.float32)[g].t()) * scales[g].t()
         return w if self.input_scale is None else w / self.input_scale
 
     def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
         flat = rows.reshape(-1).to(torch.int64)
         g = self.group_index()
         codes = _unpack(self.qweight[:, flat], self.bits, 0).t().to(torch.float32)
-        zeros = _gather_packed_columns(self.qzeros, self.bits, flat).to(torch.float32)
         scales = self.scales[:, flat].to(torch.float32)
-        w = (codes - zeros[g].t()) * scales[g].t()
+        if self.mins is not None:
+            w = codes * scales[g].t() + self.mins[:, flat].to(torch.float32)[g].t()
+        else:
+            zeros = _gather_packed_columns(self.qzeros, self.bits, flat).to(torch.float32)
+            w = (codes - zeros[g].t()) * scales[g].t()
         if self.input_scale is not None:
             w = w / self.input_scale
         return w.reshape(*rows.shape, -1)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"qweight": self.qweight, "qzeros": self.qzeros, "scales": self.scales}
+        out = {"qweight": self.qweight, "scales": self.scales}
+        out.update({"mins": self.mins} if self.mins is not None else {"qzeros": self.qzeros})
         if self.g_idx is not None:
             out["g_idx"] = self.g_idx
         if self.input_scale is not None:
@@ -262,13 +338,15 @@ class GroupQuantTensor(QuantizedTensor):
         return out
 
     def metadata(self) -> dict[str, Any]:
-        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+        meta = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+        return meta if self.mins is None else {**meta, "zero_point": "float"}
 
     @classmethod
     def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "GroupQuantTensor":
         return cls(
             qweight=tensors["qweight"],
-            qzeros=tensors["qzeros"],
+            qzeros=tensors.get("qzeros"),
+            mins=tensors.get("mins"),
             scales=tensors["scales"],
             g_idx=tensors.get("g_idx"),
             input_scale=tensors.get("input_scale"),
@@ -286,6 +364,9 @@ class GroupGrid:
     group_size: int = 128
     symmetric: bool = False
     scale_dtype: str = "float16"
+    #: "int" (a b-bit zero point per group, GPTQ's layout) or "float" (a minimum per group in
+    #: the scale's dtype, GGUF Q4_1's and k-quants' layout; asymmetric only).
+    zero_point: str = "int"
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -295,6 +376,18 @@ class GroupGrid:
             raise ValueError(f"group_size must be a positive multiple of 32, got {self.group_size}")
         if self.scale_dtype not in SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {sorted(SCALE_DTYPES)}")
+        if self.zero_point not in ZERO_POINTS:
+            raise ValueError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
+        if self.zero_point == "float" and self.symmetric:
+            raise ValueError("a float zero point needs an asymmetric grid (symmetric: false)")
+
+    @property
+    def float_zero(self) -> bool:
+        return self.zero_point == "float"
+
+    def params(self, w: torch.Tensor, clip: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`grid_params` of ``w``'s rows with these settings."""
+        return grid_params(w, self.bits, self.symmetric, self.torch_scale_dtype, clip, self.float_zero)
 
     @property
     def torch_scale_dtype(self) -> torch.dtype:
@@ -305,7 +398,7 @@ class GroupGrid:
     ) -> GroupQuantTensor:
         """Round-to-nearest ``w`` (already multiplied by ``input_scale`` if given)."""
         codes, scales, zeros = group_rtn(
-            w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype, clip
+            w, self.bits, self.group_size, self.symmetric, self.torch_scale_dtype, clip, self.float_zero
         )
         return self.pack(codes, scales, zeros, input_scale=input_scale)
 
@@ -327,12 +420,15 @@ class GroupGrid:
             scale_dtype=self.torch_scale_dtype,
             g_idx=g_idx,
             input_scale=input_scale,
+            float_zero=self.float_zero,
         )
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "bits": self.bits,
             "group_size": self.group_size,
             "symmetric": self.symmetric,
             "scale_dtype": self.scale_dtype,
         }
+        # Only when set: recipes and manifests written before the option stay equal.
+        return config if not self.float_zero else {**config, "zero_point": self.zero_point}

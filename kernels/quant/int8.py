@@ -19,6 +19,7 @@ optionally ``smooth`` float32 ``[K]``, ``outlier_idx`` int64 ``[k]`` and ``outli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -92,13 +93,45 @@ class Int8Tensor(QuantizedTensor):
         y = (q.to(torch.float32) * s) @ w.t() + self.outlier_product(outliers)
         return y.reshape(*shape[:-1], -1)
 
-    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
-        """``torch._int_mm`` on CPU (oneDNN, VNNI) and on CUDA where its shape rules allow."""
-        from tierlm.kernels.ops.int8_mm import Int8MatMul, cuda_supports
+    def linear_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).to(torch.float32)
+        inliers, outliers = self.split_input(x)
+        q, s = absmax_quantize(inliers)  # per token: the same whichever outputs are read
+        w = self.qweight[rows].to(torch.float32) * self.scale[rows].unsqueeze(1)
+        y = (q.to(torch.float32) * s) @ w.t()
+        if outliers is not None:
+            y = y + outliers @ self.outlier_weight[rows].to(torch.float32).t()
+        return y.reshape(*shape[:-1], -1)
 
-        if device.type == "cpu" or (device.type == "cuda" and cuda_supports(self)):
+    def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
+        """CPU: onnxruntime's 8-bit ``MatMulNBits`` (MLAS; faster at decode's small batches, see
+        :mod:`tierlm.kernels.ops.ort_nbits`), else ``torch._int_mm`` (oneDNN, VNNI); CUDA:
+        ``torch._int_mm`` where its shape rules allow."""
+        from tierlm.kernels.ops.int8_mm import Int8MatMul, cuda_supports
+        from tierlm.kernels.ops.ort_nbits import Int8NBitsMatMul, int8_block, ort_available
+
+        if device.type == "cpu":
+            if ort_available() and int8_block(self.shape[1]) is not None:
+                return Int8NBitsMatMul(self, accuracy_level=int4_accuracy_level)
+            return Int8MatMul(self, device)
+        if device.type == "cuda" and cuda_supports(self):
             return Int8MatMul(self, device)
         return None
+
+    @classmethod
+    def cat_rows(cls, parts: Sequence[QuantizedTensor]) -> Int8Tensor | None:
+        """Without outlier columns and with one smoothing vector (or none): rows side by side."""
+        first = parts[0]
+        joinable = all(
+            p.outlier_idx is None
+            and (p.smooth is None) == (first.smooth is None)
+            and (p.smooth is None or torch.equal(p.smooth, first.smooth))
+            for p in parts
+        )
+        if not joinable:
+            return None
+        return cls(torch.cat([p.qweight for p in parts]), torch.cat([p.scale for p in parts]), first.smooth)
 
     def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:
         """``int-quantized`` W8A8: per-output-channel symmetric int8 weights, dynamic per-token

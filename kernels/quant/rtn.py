@@ -16,9 +16,14 @@ class RTNQuantizer(Quantizer):
     name = "rtn"
 
     def __init__(
-        self, bits: int = 4, group_size: int = 128, symmetric: bool = False, scale_dtype: str = "float16"
+        self,
+        bits: int = 4,
+        group_size: int = 128,
+        symmetric: bool = False,
+        scale_dtype: str = "float16",
+        zero_point: str = "int",
     ) -> None:
-        self.grid = GroupGrid(bits, group_size, symmetric, scale_dtype)
+        self.grid = GroupGrid(bits, group_size, symmetric, scale_dtype, zero_point)
 
     def quantize(self, weight: torch.Tensor, calib: LayerStats | None = None) -> GroupQuantTensor:
         return self.grid.rtn(weight.detach().to(torch.float32))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tierlm.kernels.calibration import LayerStats
 from tierlm.kernels.hessian import inverse_cholesky, prepare_hessian
-from tierlm.kernels.quant.group import GroupGrid, grid_params, quantize_to_grid
+from tierlm.kernels.quant.group import GroupGrid, quantize_to_grid
 from tierlm.kernels.sparse.base import Pruner, PruneResult
 from tierlm.kernels.sparse.pattern import SparsityPattern, select_mask
 
@@ -92,9 +92,7 @@ def sparsegpt_sweep(
                 if col % grid.group_size == 0:
                     g = col // grid.group_size
                     group = wb[:, i : i + grid.group_size]
-                    scales[g], zeros[g] = grid_params(
-                        group, grid.bits, grid.symmetric, grid.torch_scale_dtype
-                    )
+                    scales[g], zeros[g] = grid.params(group)
                 s, z = scales[col // grid.group_size], zeros[col // grid.group_size]
                 c = torch.where(kept, quantize_to_grid(q, s, z, grid.bits), z)
                 codes[:, col] = c

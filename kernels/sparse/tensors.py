@@ -22,7 +22,7 @@ int4 fast kernels an ordinary dense-codes tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -310,6 +310,14 @@ class SparseQuantTensor(QuantizedTensor):
         """The dense int4 kernels on the codes: a pruned code is its group's zero point, so the
         product is exact."""
         return self.to_group_quant().kernel(device, int4_accuracy_level)
+
+    def kernel_with_lowrank(self, device: torch.device, lowrank, int4_accuracy_level: int = 4) -> Kernel | None:
+        return self.to_group_quant().kernel_with_lowrank(device, lowrank, int4_accuracy_level)
+
+    @classmethod
+    def cat_rows(cls, parts: Sequence[QuantizedTensor]) -> GroupQuantTensor | None:
+        """The parts as dense codes, joined (the kernels run dense codes anyway)."""
+        return GroupQuantTensor.cat_rows([p.to_group_quant() for p in parts])
 
     def zeros(self) -> torch.Tensor:
         """Zero points ``[G, N]`` (uint8)."""

@@ -110,6 +110,31 @@ def test_choice_scores_match_the_edge_engine(engines, runner):
     assert [c.logprob for c in got.choices] == pytest.approx([c.logprob for c in want.choices], abs=2e-3)
 
 
+def test_constrained_choice_scores_match_the_edge_engine(engines, runner):
+    vllm_engine, edge_engine = engines
+    # Two choices share " unchanged": inside it the allowed tokens narrow to their next ones.
+    choices = [" up", " down", " unchanged today", " unchanged", " the market rose"]
+    request = GenerationRequest(prompt="Headlines: stocks", choices=choices, constrained_choices=True)
+    got = runner.run(vllm_engine.generate(request))
+    want = runner.run(edge_engine.generate(request))
+    assert got.text == want.text
+    assert [c.logprob for c in got.choices] == pytest.approx([c.logprob for c in want.choices], abs=2e-3)
+
+
+def test_single_token_choices_take_one_engine_request(engines, runner, monkeypatch):
+    vllm_engine, edge_engine = engines
+    labels = [" on", " the", " to"]  # one token each in the tiny tokenizer
+    assert all(len(vllm_engine.tokenizer.encode(c, add_special_tokens=False)) == 1 for c in labels)
+    sent = []
+    outputs = vllm_engine._outputs
+    monkeypatch.setattr(vllm_engine, "_outputs", lambda ids, params, rid: sent.append(rid) or outputs(ids, params, rid))
+    request = GenerationRequest(prompt=PROMPTS[1], choices=labels)
+    got = runner.run(vllm_engine.generate(request))
+    assert len(sent) == 1
+    want = runner.run(edge_engine.generate(request))
+    assert [c.logprob for c in got.choices] == pytest.approx([c.logprob for c in want.choices], abs=2e-3)
+
+
 def test_stop_sequence_cuts_the_text(engines, runner):
     vllm_engine, _ = engines
     full = runner.run(vllm_engine.generate(GenerationRequest(prompt=PROMPTS[0], max_tokens=16)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import signal
 import subprocess
 import sys
@@ -99,6 +101,13 @@ def test_label_choice_scoring(stub):
     scores = {c.choice: c.logprob for c in reply.choice_logprobs}
     assert set(scores) == {" up", " down"} and reply.text == max(scores, key=scores.get)
     assert reply.finish_reason == generator_pb2.FINISH_REASON_CHOICE
+    constrained = stub.Generate(
+        generator_pb2.GenerateRequest(prompt="Gold prices", choices=[" up", " down"], max_tokens=1, constrained_choices=True),
+        timeout=30,
+    )
+    # Renormalised over the choices at each position: the two scores are log-probabilities of one distribution.
+    assert math.isclose(sum(math.exp(c.logprob) for c in constrained.choice_logprobs), 1.0, rel_tol=1e-4)
+    assert constrained.text == reply.text
 
 
 def test_cancel_mid_stream_frees_the_slot(stub, edge):

@@ -163,9 +163,42 @@ def test_choice_scores_equal_direct_computation(engine, hf_model):
     assert any(c.num_tokens > 1 for c in result.choices)
 
 
+@torch.inference_mode()
+def constrained_logprob(hf_model, context: list[int], choice_ids: list[list[int]], choice: list[int]) -> float:
+    """Constrained decoding's log-probability of `choice` among `choice_ids`, from full logits."""
+    logp = torch.log_softmax(hf_model(torch.tensor([context + choice])).logits[0].float(), dim=-1)
+    total = 0.0
+    for i, token in enumerate(choice):
+        allowed = sorted({c[i] for c in choice_ids if len(c) > i and c[:i] == choice[:i]})
+        row = logp[len(context) - 1 + i, allowed]
+        total += float(row[allowed.index(token)] - torch.logsumexp(row, dim=0))
+    return total
+
+
+def test_constrained_choice_scores_renormalise_full_logits_over_the_allowed_tokens(engine, hf_model):
+    # " unchanged today" and " unchanged" share a prefix: inside it, the allowed set narrows.
+    choices = [" up", " down", " unchanged today", " unchanged", " the market rose"]
+    prompt = PROMPTS[0] + ":"
+    result = run(engine.generate(GenerationRequest(prompt=prompt, choices=choices, constrained_choices=True)))
+    context = engine.tokenizer.encode(prompt)
+    ids = [engine.tokenizer.encode(c, add_special_tokens=False) for c in choices]
+    expected = [constrained_logprob(hf_model, context, ids, c) for c in ids]
+    assert [c.logprob for c in result.choices] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert result.text == choices[max(range(len(choices)), key=expected.__getitem__)]
+    # Single-token choices: the same ranking and label distribution as unconstrained scoring.
+    labels = [" on", " the", " to"]
+    assert all(len(engine.tokenizer.encode(c, add_special_tokens=False)) == 1 for c in labels)
+    full = run(engine.generate(GenerationRequest(prompt=prompt, choices=labels)))
+    constrained = run(engine.generate(GenerationRequest(prompt=prompt, choices=labels, constrained_choices=True)))
+    renormalised = torch.log_softmax(torch.tensor([c.logprob for c in full.choices]), dim=0)
+    assert [c.logprob for c in constrained.choices] == pytest.approx(renormalised.tolist(), abs=1e-5)
+    assert constrained.text == full.text
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
+        (dict(prompt="hi", constrained_choices=True), "constrained_choices"),
         (dict(prompt=""), "prompt is empty"),
         (dict(prompt="x " * 400), "shorten the prompt"),
         (dict(), "exactly one of prompt and messages"),

@@ -143,3 +143,22 @@ def test_config_rejects_what_it_cannot_run():
     }
     with pytest.raises(ValueError, match="rope type"):
         ModelConfig.from_hf(llama)
+
+
+@torch.inference_mode()
+def test_fused_projections_and_output_rows_match_the_plain_model(model_dir):
+    plain, fused = load_model(model_dir), load_model(model_dir)
+    assert fused.fuse_projections() == 2 * len(fused.layers)  # q/k/v and gate/up in every layer
+    ids = _tokens(2, plain.config.vocab_size, n=12)
+    rows = torch.tensor([7, 3, plain.config.vocab_size - 1])
+    for model in (plain, fused):
+        model.setup_cache(max_batch=2, max_seq_len=32, max_chunk=9)
+    slot = torch.tensor([1])
+    # A 9-token prefill, then decode steps (one query each: the single-query attention path).
+    want = plain(ids[:, :9], torch.arange(9)[None], slot)
+    torch.testing.assert_close(fused(ids[:, :9], torch.arange(9)[None], slot), want, atol=1e-5, rtol=1e-5)
+    for pos in range(9, 12):
+        step = (ids[:, pos : pos + 1], torch.tensor([[pos]]), slot)
+        want = plain(*step)
+        got = fused(*step, vocab=rows)  # only those tokens' logits, from those output rows
+        torch.testing.assert_close(got, want[..., rows], atol=1e-5, rtol=1e-5)

@@ -151,6 +151,8 @@ ALL_CONFIGS = [
     ("rtn", {"bits": 3, "group_size": 32, "symmetric": True}),
     ("awq", {"n_grid": 4}),
     ("gptq", {"act_order": True}),
+    ("rtn", {"group_size": 32, "zero_point": "float"}),
+    ("gptq", {"group_size": 64, "zero_point": "float"}),
     ("nf4", {}),
     ("nf4", {"double_quant": False}),
     ("int8", {}),

@@ -63,6 +63,9 @@ def test_not_a_mapping() -> None:
 def test_shipped_recipes_validate(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.name == path.stem
+    if recipe.mixed_precision is not None:  # the plan writes the rules and the table's method
+        assert len(recipe.mixed_precision.candidates) > 1
+        return
     assert recipe.rule_for("layers.3.mlp.down_proj") is not None
     # Quantization recipes compress the table too; pruning and low-rank rows keep it dense so
     # they measure their method alone (the composites compress everything).
