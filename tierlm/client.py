@@ -246,8 +246,11 @@ def _credentials(
 
 
 def channel_target(address: str | Sequence[str]) -> str:
-    """The gRPC target for one address, a DNS name of several replicas, or a list of IP:port
-    replicas (``"a:1,b:2"`` or a sequence); gRPC itself balances and fails over between them."""
+    """The gRPC target for one address, a DNS name of several replicas, a list of IP:port
+    replicas (``"a:1,b:2"`` or a sequence), or a gRPC target as is (``ipv4:a:1,b:2``,
+    ``dns:///name:port``); gRPC itself balances and fails over between them."""
+    if isinstance(address, str) and address.startswith(("ipv4:", "ipv6:", "dns:", "unix:")):
+        return address  # already a gRPC target
     addresses = [a.strip() for a in (address.split(",") if isinstance(address, str) else address) if a.strip()]
     if not addresses:
         raise ValueError("no router address given")

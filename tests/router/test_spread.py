@@ -47,11 +47,11 @@ def test_router_spreads_a_tier_over_every_address_and_the_sdk_spreads_over_route
         assert {a.tier for a in answers} == {"edge"}
         assert sum(e.calls for e in edges) == CALLS
         assert all(e.calls >= CALLS // 4 for e in edges), [e.calls for e in edges]
-        per_router = [service.ledger.summarize("anonymous", 0).requests for _, service in routers]
+        per_router = [loop.run(service.store.summarize("anonymous", 0)).requests for _, service in routers]
         assert sum(per_router) == CALLS and all(n >= CALLS // 4 for n in per_router), per_router
     finally:
         for server, service in routers:
             loop.run(server.stop(grace_s=0))
-            service.ledger.close()
+            loop.run(service.store.close())
         for server in servers:
             loop.run(server.stop(grace_s=0))

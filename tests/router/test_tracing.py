@@ -47,7 +47,7 @@ def test_one_cascaded_request_is_one_trace_with_a_span_per_tier_attempt(spans, t
         assert [a.tier for a in answer.trace.attempts] == ["edge", "cloud"]
     finally:
         loop.run(router.stop(grace_s=0))
-        service.ledger.close()
+        loop.run(service.store.close())
         for server in tiers:
             loop.run(server.stop(grace_s=0))
         loop.close()

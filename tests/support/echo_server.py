@@ -1,8 +1,8 @@
 """Small real Generator servers for tests, served with the shared plumbing.
 
-EchoGenerator echoes its prompt; ScriptedGenerator answers with a confidence the prompt
-dictates ("easy" prompts get confident log-probs, others unsure), so cascade routing can be
-tested against real gRPC servers. Both run in-process or as a subprocess
+EchoGenerator and ScriptedGenerator are the shipped scripted tiers (tierlm/app/scripted_tier.py,
+`tierlm scripted serve`); the controlled and label tiers here steer failures, delays and label
+log-probs for tests. They run in-process or as a subprocess
 (`python -m tests.support.echo_server --kind scripted`), which is how SIGTERM draining and
 killed tiers are exercised for real.
 """
@@ -17,55 +17,11 @@ import sys
 import grpc
 import numpy as np
 
-from tierlm.serving import GrpcServer, ServerConfig, current_tenant
+from tierlm.app.scripted_tier import EchoGenerator, ScriptedGenerator, start_generator
+from tierlm.serving import GrpcServer, ServerConfig
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
-CONFIDENT_LOGPROB = -0.01
-UNSURE_LOGPROB = -2.0
-
-
-class EchoGenerator(generator_pb2_grpc.GeneratorServicer):
-    def __init__(self, delay_s: float = 0.0, name: str = "echo"):
-        self.delay_s = delay_s
-        self.name = name
-        self.calls = 0
-
-    async def Generate(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
-        self.calls += 1
-        await asyncio.sleep(self.delay_s)
-        return self.answer(request)
-
-    async def GenerateStream(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
-        self.calls += 1
-        answer = self.answer(request)
-        for word in answer.text.split(" "):
-            await asyncio.sleep(self.delay_s)
-            yield generator_pb2.GenerateResponse(text=word + " ")
-        yield generator_pb2.GenerateResponse(is_final=True, usage=answer.usage, finish_reason=answer.finish_reason)
-
-    def answer(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
-        return generator_pb2.GenerateResponse(
-            request_id=request.request_id, text=request.prompt, tier=current_tenant.get(), is_final=True
-        )
-
-
-class ScriptedGenerator(EchoGenerator):
-    """Answers "<name>: <prompt>" (chat turns written as "role=content" joined by " | "); a request
-    whose input says "max_tokens?" is answered with the max_tokens it carried."""
-
-    def answer(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
-        said = request.prompt if request.WhichOneof("input") != "messages" else " | ".join(
-            f"{m.role}={m.content}" for m in request.messages.messages)
-        logprob = CONFIDENT_LOGPROB if "easy" in said else UNSURE_LOGPROB
-        return generator_pb2.GenerateResponse(
-            request_id=request.request_id,
-            text=f"{self.name}: {request.max_tokens if 'max_tokens?' in said else said}",
-            logprobs=[generator_pb2.TokenLogprob(token="x", logprob=logprob)] if request.return_logprobs else [],
-            usage=generator_pb2.Usage(prompt_tokens=len(said.split()), completion_tokens=2),
-            finish_reason=generator_pb2.FINISH_REASON_STOP,
-            model=self.name,
-            is_final=True,
-        )
+__all__ = ["ControlledGenerator", "EchoGenerator", "LabelGenerator", "ScriptedGenerator", "start_echo", "start_generator"]
 
 
 class ControlledGenerator(ScriptedGenerator):
@@ -131,15 +87,6 @@ class LabelGenerator(generator_pb2_grpc.GeneratorServicer):
 
     async def GenerateStream(self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         yield scripted_label_answer(self.name, request)
-
-
-async def start_generator(config: ServerConfig, servicer: generator_pb2_grpc.GeneratorServicer) -> GrpcServer:
-    server = GrpcServer(config)
-    await server.start(
-        [lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s)],
-        service_names=[generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
-    )
-    return server
 
 
 async def start_echo(config: ServerConfig, delay_s: float = 0.0) -> GrpcServer:

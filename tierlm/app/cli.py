@@ -21,6 +21,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("eval", "tierlm.app.commands.eval"),
     ("export", "tierlm.app.commands.export"),
     ("knn", "tierlm.app.commands.knn"),
+    ("scripted", "tierlm.app.commands.scripted"),
     ("workload", "tierlm.app.commands.workload"),
 ]
 

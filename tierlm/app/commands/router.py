@@ -58,9 +58,6 @@ def serve(
     from tierlm.router.serve.http_server import HttpOptions
     from tierlm.router.serve.server import serve as run
 
-    if http_port is not None and tls_cert is not None:
-        raise CommandError("--http-port and --tls-cert conflict: the OpenAI HTTP endpoint reaches the router over loopback without TLS",
-                           ExitCode.USAGE)
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
     if workers > 1:
         _serve_workers(workers, policy, config, store, tenants, http_port, auth=not no_auth)
