@@ -1,7 +1,7 @@
 """The cascade policy file: pydantic models, loading with line-numbered errors.
 
 The policy says which tiers exist, what each costs, how answers are scored and when the
-cascade escalates (DESIGN.md §4). The router reloads it at run time, so every mistake is
+cascade escalates (docs/policy.md). The router reloads it at run time, so every mistake is
 caught here, with the field and the line named, before a bad file can replace a good one.
 """
 
