@@ -21,7 +21,7 @@ NonNegative = Annotated[float, Field(ge=0.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TierName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 
-# What `tierlm router train` writes into a scorer folder first (tierlm/router/learn/scorer.py).
+# What `tierlm router train` writes into a scorer folder first (router/learn/scorer.py).
 SCORER_FILE = "scorer.json"
 
 _HOST_PORT = r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})"
