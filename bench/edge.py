@@ -17,7 +17,7 @@ Q4_K_M GGUF with the same threads, at concurrency 1, timed in this process the w
 runs its token loop: one ``eval`` per token, llama.cpp's own greedy sampler, detokenizing
 each token for the stream (its high-level completion call is slow on a 262k vocabulary).
 
-Metrics per row (DESIGN §7): ``decode_tok_s`` counts every stream's tokens after its first,
+Metrics per row (tierlm/results.py shape): ``decode_tok_s`` counts every stream's tokens after its first,
 over the time from the first first-token to the last stream's end (prefill left out as far
 as streams start together); ``output_tok_s`` is all tokens over the whole wall time; TTFT and
 end-to-end latency p50/p95 over the streams, inter-token latency p50/p95 over every gap.

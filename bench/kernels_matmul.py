@@ -3,7 +3,7 @@
 Weights are random (speed does not depend on the values); shapes are the model's real ones.
 CPU (default): baseline fp32, threads pinned for torch and onnxruntime alike and reported; writes
 bench/results/kernels_matmul.json. ``--device cuda``: baseline fp16, writes
-bench/results/kernels_matmul_cuda.json. Both in the shape of DESIGN §7, plus a printed table.
+bench/results/kernels_matmul_cuda.json. Both in the shape of tierlm/results.py, plus a printed table.
 
     python bench/kernels_matmul.py --threads 1
     python bench/kernels_matmul.py --device cuda

@@ -4,7 +4,7 @@
 
 Three tiers (a near-free embedding answerer, an edge and a cloud tier) with continuous
 scores, so every query has its own score and the sweeps run at full size. Prints the
-DESIGN §7 result shape; timings depend on the machine and how busy it is.
+tierlm/results.py result shape; timings depend on the machine and how busy it is.
 """
 
 from __future__ import annotations

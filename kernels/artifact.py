@@ -1,4 +1,4 @@
-"""The compressed-model artifact (DESIGN §5): write it from a compressed decoder, load it back.
+"""The compressed-model artifact (docs/compression.md): write it from a compressed decoder, load it back.
 
 An artifact is a folder::
 

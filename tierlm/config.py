@@ -1,7 +1,7 @@
 """The cascade policy file: pydantic models, loading with line-numbered errors.
 
 The policy says which tiers exist, what each costs, how answers are scored and when the
-cascade escalates (DESIGN.md §4). The router reloads it at run time, so every mistake is
+cascade escalates (docs/policy.md). The router reloads it at run time, so every mistake is
 caught here, with the field and the line named, before a bad file can replace a good one.
 """
 
@@ -21,7 +21,7 @@ NonNegative = Annotated[float, Field(ge=0.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TierName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 
-# What `tierlm router train` writes into a scorer folder first (tierlm/router/learn/scorer.py).
+# What `tierlm router train` writes into a scorer folder first (router/learn/scorer.py).
 SCORER_FILE = "scorer.json"
 
 _HOST_PORT = r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})"

@@ -1,4 +1,4 @@
-"""The one JSON shape every bench and evaluation writes (DESIGN.md §7), plus the machine it ran on."""
+"""The one JSON shape every bench and evaluation writes (rendered by bench/report.py into docs/benchmarks.md), plus the machine it ran on."""
 
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ class CascadePolicy:
         )
 
     def to_policy_section(self, budget_per_query: float) -> dict[str, Any]:
-        """The ``cascade`` section of the policy file (DESIGN §4), plain JSON/YAML types.
+        """The ``cascade`` section of the policy file (docs/policy.md), plain JSON/YAML types.
 
         ``skip_thresholds`` appears only when the cascade pre-routes.
         """

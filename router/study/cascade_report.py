@@ -1,5 +1,5 @@
 """The routing table: cascades fitted on one split, evaluated on another, next to every single
-tier and the oracle. Rows follow the bench result shape of DESIGN §7 (``<tier>-only``,
+tier and the oracle. Rows follow the bench result shape of tierlm/results.py (``<tier>-only``,
 ``oracle``, ``cascade@<budget>``), so ``bench/results/routing.json`` and ``tierlm eval
 cascade`` print the same thing.
 

@@ -1,4 +1,4 @@
-"""`tierlm compress`: compress a model by a recipe into an artifact folder (DESIGN §5)."""
+"""`tierlm compress`: compress a model by a recipe into an artifact folder (docs/compression.md)."""
 
 from __future__ import annotations
 
