@@ -30,7 +30,6 @@ ABOUT = {
     "soak": "Soak (bench/soak.py): a long run of requests through the stack with tiers killed on the way; nothing may be lost.",
     "store": "The router's store (bench/store.py): ledger and budget operations on SQLite and PostgreSQL.",
     "router": "Router overhead (bench/router.py): what routing adds on top of the tiers' own latency.",
-    "speculative": "Speculative decoding across tiers (bench/speculative.py): edge drafts, cloud verifies.",
     "edge": "Edge runtime decode speed (bench/edge.py) against llama.cpp.",
     "compression": "Compression recipes (bench/compression.py): size, perplexity and speed of each recipe.",
     "cloud": "Cloud tier throughput (bench/cloud.py).",

@@ -84,6 +84,10 @@ def test_collect_train_fit_eval_on_any_workload(task: str, tmp_path: Path, llama
     fitted_policy = load_policy(fitted)
     assert fitted_policy.scorer is not None and fitted_policy.scorer.path == scorer
     assert "out-of-fold scores" in fitted.read_text() and set(fitted_policy.cascade.order) <= {"knn", "small", "large"}
+    too_little = CliRunner().invoke(app, ["router", "fit", "--policy", str(policy), "--answers", str(answers), "--scorer",
+                                          str(scorer), "--budget", "1e-15", "--out", str(tmp_path / "never.yaml")])
+    assert too_little.exit_code == 1 and "is below the cheapest cascade" in too_little.stderr
+    assert not (tmp_path / "never.yaml").exists()
 
     result = tmp_path / "routing.json"
     run("eval", "cascade", "--answers", str(answers), "--scorer", str(scorer), "--workload", str(workload),

@@ -38,6 +38,17 @@ def test_a_missing_artifact_that_cannot_be_built_is_named(tmp_path):
         ensure_models(policy, Narrator(io.StringIO()))
 
 
+def test_a_vllm_export_names_the_artifact_it_would_be_built_from(tmp_path):
+    export = tmp_path / "vllm" / "nowhere" / "demo-w8a8-plain"
+    policy = parse_policy(yaml.safe_dump({
+        "tiers": [{"name": "cloud", "address": "127.0.0.1:5", "model": str(export),
+                   "launch": {"runtime": "cloud", "engine": "vllm"}}],
+        "cascade": {"order": ["cloud"]}}))
+    with pytest.raises(MissingResource, match=str(tmp_path / "artifacts" / "nowhere" / "demo-w8a8-plain")):
+        ensure_models(policy, Narrator(io.StringIO()))
+    assert not export.exists()
+
+
 def test_demo_routes_dev_queries_and_writes_its_table_and_plot(tmp_path, llama_dir, gemma_dir):
     def tier(name: str, model, cost: float) -> dict:
         return {"name": name, "address": "127.0.0.1:1", "model": str(model), "cost": {"per_input_token": cost},

@@ -26,7 +26,7 @@ from tierlm.config import Policy, load_policy
 from tierlm.errors import MissingResource
 from tierlm.router.workload import Workload, WorkloadRow
 
-RECIPE = Path("examples/recipes/w8a8.yaml")
+RECIPES = Path("examples/recipes")
 CALIB = Path("data/text/python-docs/calib")
 
 
@@ -86,12 +86,16 @@ def run_cli(*args: str) -> None:
 
 
 def ensure_models(policy: Policy, say: Narrator) -> None:
-    """Prepare every registered model the policy's tiers name, and build the edge artifact
-    if a tier names a missing one under the cache's artifacts (cached for later runs)."""
+    """Prepare every registered model the policy's tiers name, and build each compressed model
+    a launched tier names that is not there yet (cached for later runs):
+
+    - ``<cache>/artifacts/<model>/demo-<recipe>``: ``<model>`` compressed by
+      ``examples/recipes/<recipe>.yaml`` (the edge node's artifact);
+    - ``<cache>/vllm/<model>/demo-<recipe>``: that artifact exported as a compressed-tensors
+      checkpoint (``tierlm export vllm``), which the cloud tier's vLLM engine serves.
+    """
     from tierlm.edge import catalog
-    from tierlm.edge.compress import build_artifact
-    from tierlm.edge.perplexity import read_text
-    from tierlm.kernels.recipe import load_recipe
+    from tierlm.edge.compress import export_artifact_for_vllm
 
     for tier in policy.tiers:
         if tier.model in catalog.MODELS:
@@ -101,18 +105,39 @@ def ensure_models(policy: Policy, say: Narrator) -> None:
         if tier.model is None or tier.launch is None or tier.launch.runtime == "knn":
             continue
         folder = Path(tier.model).expanduser()
-        if (folder / "tierlm_compression.json").is_file() or (folder / "config.json").is_file():
+        if _is_model_folder(folder):
             continue
-        # <cache>/artifacts/<model>/<recipe>: compress <model> with examples/recipes/<recipe>.yaml.
-        base = folder.parent.name
-        recipe = RECIPE.parent / f"{folder.name.removeprefix('demo-')}.yaml"
-        if base not in catalog.MODELS or not recipe.is_file():
-            raise MissingResource(f"tier {tier.name!r}: {folder} is missing and is not <cache>/artifacts/<model>/<recipe> to build")
-        say(f"{tier.name}: building {folder} from {base} by {recipe} (once; minutes)")
-        source = catalog.prepare(base, report=say)
-        what = f"{tier.name}: compressing"
-        build_artifact(source, load_recipe(recipe), read_text(CALIB), folder,
-                       progress=lambda done, total, _: say.progress(what, done, total, "layers"))
+        if folder.parent.parent.name != "vllm":
+            _build_artifact(tier.name, folder, say)
+            continue
+        artifact = folder.parents[2] / "artifacts" / folder.parent.name / folder.name
+        if not _is_model_folder(artifact):
+            _build_artifact(tier.name, artifact, say)
+        say(f"{tier.name}: exporting {artifact} for vLLM into {folder}")
+        export_artifact_for_vllm(artifact, folder)
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "tierlm_compression.json").is_file() or (folder / "config.json").is_file()
+
+
+def _build_artifact(tier: str, folder: Path, say: Narrator) -> None:
+    """Compress ``<model>`` by ``examples/recipes/<recipe>.yaml`` into ``.../<model>/demo-<recipe>``."""
+    from tierlm.edge import catalog
+    from tierlm.edge.compress import build_artifact
+    from tierlm.edge.perplexity import read_text
+    from tierlm.kernels.recipe import load_recipe
+
+    base = folder.parent.name
+    recipe = RECIPES / f"{folder.name.removeprefix('demo-')}.yaml"
+    if base not in catalog.MODELS or not recipe.is_file():
+        raise MissingResource(f"tier {tier!r}: {folder} is missing and is not <cache>/artifacts/<model>/demo-<recipe> "
+                              "or <cache>/vllm/<model>/demo-<recipe> to build")
+    say(f"{tier}: building {folder} from {base} by {recipe} (once; minutes)")
+    source = catalog.prepare(base, report=say)
+    what = f"{tier}: compressing"
+    build_artifact(source, load_recipe(recipe), read_text(CALIB), folder,
+                   progress=lambda done, total, _: say.progress(what, done, total, "layers"))
 
 
 async def run_mode(address: str, name: str, workload: Workload, rows: Sequence[WorkloadRow], concurrency: int,

@@ -230,9 +230,15 @@ def fit(
 
     if (budget is None) == (budget_share is None):
         raise typer.BadParameter("give exactly one of --budget and --budget-share", param_hint="--budget")
+    from tierlm.router.learn.optimizer import InfeasibleBudgetError
+
     store = AnswerStore(answers)
-    fitted = fit_cascade(store, scorer, offline_encoder(threads), split=split, budget=budget, budget_share=budget_share)
-    store.close()
+    try:
+        fitted = fit_cascade(store, scorer, offline_encoder(threads), split=split, budget=budget, budget_share=budget_share)
+    except InfeasibleBudgetError as exc:
+        raise CommandError(f"{exc}; raise --budget", ExitCode.FAILED) from None
+    finally:
+        store.close()
     write_policy(policy, out, scorer, fitted, answers=str(answers))
     point = fitted.point
     typer.echo(f"{out}: cascade {list(point.policy.order)} thresholds {dict(point.policy.thresholds)}: "
