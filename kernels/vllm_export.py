@@ -156,8 +156,8 @@ def read_exported(path: str | Path) -> ExportedParts:
     """The linears and dense tensors of a checkpoint in the schemes :func:`export_for_vllm` writes.
 
     Linears run the checkpoint's packed tensors on our fast kernels; W4A16 keeps activations in
-    float (int4 accuracy level 0) as the scheme says, so the edge runtime and vLLM compute the
-    same products.
+    float (accuracy level 0) as the scheme says, so the edge runtime and vLLM compute the same
+    products; W8A8 quantizes them to int8 as the artifact's own kernel does.
     """
     from safetensors.torch import load_file
 
@@ -173,5 +173,8 @@ def read_exported(path: str | Path) -> ExportedParts:
         for target in group["targets"]:
             parts = {k[len(target) + 1 :]: state.pop(k) for k in [k for k in state if k.startswith(target + ".")]}
             bias = parts.pop("bias", None)
-            modules[target] = QuantLinear(read_compressed_tensors(parts, group), bias, int4_accuracy_level=0)
+            # W4A16 keeps activations in float (MatMulNBits accuracy level 0); W8A8 quantizes them,
+            # as the artifact's own int8 kernel does (level 4).
+            level = 0 if group["format"] == PACKED else 4
+            modules[target] = QuantLinear(read_compressed_tensors(parts, group), bias, int4_accuracy_level=level)
     return ExportedParts(modules, state)

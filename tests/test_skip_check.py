@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.skip_check import NEEDS_CUDA, SkipCheck
+from tests.support.skip_check import HARDWARE, NEEDS_CUDA, SkipCheck
 
-HEADER = f"1 skipped for a reason other than {NEEDS_CUDA!r}: failing"
+HEADER = f"1 skipped for a reason other than missing hardware {HARDWARE}: failing"
 
 
 def test_a_skip_for_another_reason_fails_the_session_and_is_named(pytester: pytest.Pytester) -> None:

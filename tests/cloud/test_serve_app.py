@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["The market rose today", "Gold prices fell sharply after", "Oil futures", "Headlines: stocks up"]
 
 
+REPLACEMENT_S = 300
+
+
 @dataclass(frozen=True)
 class RunningCloud:
     grpc_address: str
@@ -130,7 +133,9 @@ def test_killed_replica_is_replaced(stub):
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "llm-tiny" in a["name"]]
     assert replicas, "no replica actor found"
     ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
-    deadline = time.monotonic() + 120
+    # A new vLLM replica starts its engine-core process and loads the model: about a minute on
+    # an idle 2-core machine, over two and a half when the machine is busy.
+    deadline = time.monotonic() + REPLACEMENT_S
     while time.monotonic() < deadline:
         try:
             reply = stub.Generate(generator_pb2.GenerateRequest(prompt="Gold", max_tokens=4), timeout=30)
@@ -139,7 +144,7 @@ def test_killed_replica_is_replaced(stub):
         except grpc.RpcError:
             time.sleep(1)
     else:
-        pytest.fail("no successful request within 120 s of killing the replica")
+        pytest.fail(f"no successful request within {REPLACEMENT_S} s of killing the replica")
     assert serve.status().applications[APP_NAME].deployments["llm-tiny"].status == "HEALTHY"
 
 

@@ -15,20 +15,10 @@ import pytest
 import torch
 
 from tests.support.aio import BackgroundLoop
+from tests.support.prompts import PROMPTS
 from tierlm.edge.server import load_generator, start_edge
 from tierlm.serving import ServerConfig
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
-
-PROMPTS = [
-    "The market rose today",
-    "Gold prices fell sharply after the central bank raised rates and investors",
-    "Oil futures were steady",
-    "Headlines: stocks up, bonds down",
-    "The quick brown fox",
-    "Traders waited for new data while",
-    "Gold",
-    "Shares of tech companies climbed",
-]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from scipy.stats import chisquare
 
 from tests.support.aio import BackgroundLoop
 from tests.support.ports import free_port
+from tests.support.prompts import PROMPTS
 from tierlm.edge.engine import DecoderEngine
 from tierlm.edge.requests import GenerationRequest
 from tierlm.edge.sampling import probabilities
@@ -31,17 +32,6 @@ from tierlm.edge.speculative.wire import SESSION_LENGTH_KEY, STATS_KEY
 from tierlm.edge.tiny import build_model
 from tierlm.serving import ServerConfig
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
-
-PROMPTS = [
-    "The market rose today",
-    "Gold prices fell sharply after the central bank raised rates and investors",
-    "Oil futures were steady",
-    "Headlines: stocks up, bonds down",
-    "The quick brown fox",
-    "Traders waited for new data while",
-    "Gold",
-    "Shares of tech companies climbed",
-]
 
 
 @pytest.fixture(scope="session")
