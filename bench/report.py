@@ -22,7 +22,8 @@ DOCUMENT = ROOT / "docs" / "benchmarks.md"
 
 #: What each bench measures, in the order the page shows them (others follow, by name).
 ABOUT = {
-    "demo": "`make demo`: the local stack (edge, cloud, router) answering the demo workload; each tier alone and the cascade.",
+    "demo": "`make demo`: the local stack (knn, edge, cloud, router) answering HEADLINES dev queries; each tier alone and the "
+            "cascade. The single-tier passes run side by side and the cascade runs alone, so latencies compare within a pass only.",
     "routing-headlines": "Routing study on HEADLINES (bench/routing.py): every tier alone, fitted cascades, on the test split.",
     "routing-snips": "Routing study on SNIPS intents (bench/routing.py).",
     "routing-xquad": "Routing study on XQuAD English extractive QA (bench/routing.py).",

@@ -13,6 +13,7 @@ calls an edge node; gRPC metadata `tierlm-model` picks a model other than the fi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,6 +33,8 @@ from tierlm.v1 import generator_pb2
 log = logging.getLogger(__name__)
 
 MODEL_METADATA_KEY = "tierlm-model"
+# How long a health check waits for each model's replica to answer.
+HEALTH_TIMEOUT_S = 5.0
 # What the proxy must register; the stubs are importable wherever tierlm is installed.
 GRPC_SERVICER_FUNCTIONS = [
     "tierlm.v1.generator_pb2_grpc.add_GeneratorServicer_to_server",
@@ -112,9 +115,15 @@ class GeneratorIngress:
             grpc_context.set_trailing_metadata(list(exc.trailing_metadata()))
             return generator_pb2.VerifyResponse()
 
-    def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
-        # Reaching this method means the proxy, this replica and Serve's routing work;
-        # model replicas report their own health to Serve through check_health.
+    async def Check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
+        # The ingress is up long before a model replica has loaded its engine (vLLM: minutes on
+        # a small CPU), so SERVING means every model has a replica that answers within the
+        # timeout; a load balancer or `tierlm up` must not send requests before that.
+        try:
+            await asyncio.wait_for(asyncio.gather(*(server.check_health.remote() for server in self._servers.values())),
+                                   timeout=HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - no replica yet, a replica that says it is unwell, or a timeout
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
