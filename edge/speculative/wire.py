@@ -7,13 +7,12 @@ import torch
 from tierlm.edge.errors import InvalidRequest
 from tierlm.edge.speculative.acceptance import SparseDistribution
 from tierlm.edge.speculative.drafter import SpeculationStats
+from tierlm.edge.speculative.metadata import SESSION_LENGTH_KEY, STATS_KEY
 from tierlm.edge.speculative.verifier import VerifyOutcome, VerifyRound
 from tierlm.v1 import generator_pb2
 
-#: Trailing metadata of a Verify refused for a lost session: the tokens the verifier holds.
-SESSION_LENGTH_KEY = "tierlm-session-length"
-#: Trailing metadata of a failed speculative generation: its SpeculativeStats, serialized.
-STATS_KEY = "tierlm-speculative-stats-bin"
+__all__ = ["SESSION_LENGTH_KEY", "STATS_KEY", "outcome_from_proto", "outcome_to_proto", "round_from_proto", "round_to_proto", "stats_to_proto"]
+
 
 
 def round_to_proto(round_: VerifyRound) -> generator_pb2.VerifyRequest:

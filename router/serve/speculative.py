@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tierlm.config import Policy, SpeculativeConfig, TierConfig
 from tierlm.edge.speculative.tokenizers import model_fingerprint
-from tierlm.edge.speculative.wire import STATS_KEY
+from tierlm.edge.speculative.metadata import STATS_KEY
 from tierlm.errors import ConfigError
 from tierlm.router.serve.tiers import TierFailure
 from tierlm.v1 import generator_pb2
