@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import skip_check
+from tests.support.aio import BackgroundLoop
 from tests.support.tiny_gguf import write_tiny_llama_gguf
 from tierlm.edge.tiny import build_model
 
@@ -85,3 +86,11 @@ def postgres_dsn(postgres_server, request) -> str:
         conn.execute(f"DROP DATABASE IF EXISTS {name}")
         conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
     return postgres_server.dsn.replace("dbname=postgres", f"dbname={name}")
+
+
+@pytest.fixture
+def loop():
+    """An asyncio loop on a thread of its own, for servers a synchronous test talks to."""
+    background = BackgroundLoop()
+    yield background
+    background.close()

@@ -15,7 +15,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.support.aio import BackgroundLoop
 from tests.support.echo_server import start_echo
 from tierlm.auth import KeyRing, hash_key
 from tierlm.serving import ServerConfig
@@ -23,13 +22,6 @@ from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "s3cret-key"
-
-
-@pytest.fixture
-def loop():
-    background = BackgroundLoop()
-    yield background
-    background.close()
 
 
 @pytest.fixture

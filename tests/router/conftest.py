@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from tests.support.aio import BackgroundLoop
 from tests.support.echo_server import ScriptedGenerator, start_generator
 from tierlm.serving import ServerConfig
 
@@ -48,13 +47,6 @@ def minilm():
     from tierlm.router.embeddings import Encoder
 
     return Encoder(threads=1)
-
-
-@pytest.fixture
-def loop():
-    background = BackgroundLoop()
-    yield background
-    background.close()
 
 
 @pytest.fixture

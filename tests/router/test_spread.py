@@ -14,7 +14,6 @@ import collections
 
 import pytest
 
-from tests.support.aio import BackgroundLoop
 from tests.support.echo_server import ScriptedGenerator, start_generator
 from tests.support.policies import two_tier_policy, write
 from tierlm.client import Client
@@ -22,13 +21,6 @@ from tierlm.router.serve.server import start_router
 from tierlm.serving import ServerConfig
 
 CALLS = 40
-
-
-@pytest.fixture
-def loop():
-    background = BackgroundLoop()
-    yield background
-    background.close()
 
 
 def test_router_spreads_a_tier_over_every_address_and_the_sdk_spreads_over_routers(loop, tmp_path):

@@ -14,7 +14,6 @@ import grpc
 import pytest
 import yaml
 
-from tests.support.aio import BackgroundLoop
 from tests.support.echo_server import ControlledGenerator, start_generator
 from tests.support.router_process import RouterProcess
 from tierlm.auth import hash_key
@@ -23,13 +22,6 @@ from tierlm.serving import ServerConfig
 
 KEY = "acme-key"
 NO_RETRY = RetryPolicy(attempts=1)
-
-
-@pytest.fixture
-def loop():
-    background = BackgroundLoop()
-    yield background
-    background.close()
 
 
 @pytest.fixture
