@@ -27,7 +27,7 @@ def start_cloud(config: CloudConfig, num_cpus: int | None = None) -> CloudEndpoi
     from ray.serve.config import gRPCOptions
 
     from tierlm.cloud.app import GRPC_SERVICER_FUNCTIONS, build_app
-    from tierlm.cloud.sockets import RAY_SOCKET_TAIL, socket_root
+    from tierlm.sockets import RAY_SOCKET_TAIL, socket_root
 
     # Serve's proxies bind these inside Ray actors, where a taken port surfaces as a hang or a
     # traceback from another process; check them before starting anything.

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tierlm.cloud.sockets import VLLM_SOCKET_TAIL, socket_root
+from tierlm.sockets import VLLM_SOCKET_TAIL, socket_root
 from tierlm.edge.choices import ChoiceTree
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest
 from tierlm.edge.prepare import PreparedRequest, RequestPreparer

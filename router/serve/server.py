@@ -48,6 +48,7 @@ from tierlm.router.store import (
 )
 from tierlm.router.serve.tiers import TierClient
 from tierlm.serving import GrpcServer, ServerConfig, current_tenant
+from tierlm.sockets import ROUTER_SOCKET_TAIL, socket_root
 from tierlm.v1 import generator_pb2, router_pb2, router_pb2_grpc
 
 if TYPE_CHECKING:
@@ -651,7 +652,7 @@ async def serve(
     With `http`, the OpenAI-compatible HTTP API is served too (router/serve/openai_http.py), with
     the gRPC port's TLS settings; it reaches the Router service through a Unix socket in a private
     folder, never over plaintext TCP."""
-    with tempfile.TemporaryDirectory(prefix="tierlm-router-") as private:  # mode 0700
+    with tempfile.TemporaryDirectory(prefix="tierlm-router-", dir=socket_root(ROUTER_SOCKET_TAIL)) as private:  # 0700
         if http is not None:
             config.local_socket = Path(private) / "router.sock"
         server, service = await start_router(policy_path, config, store, tenants_path, auth=auth)

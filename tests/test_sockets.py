@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 
-from tierlm.cloud.sockets import MAX_SOCKET_PATH, RAY_SOCKET_TAIL, VLLM_SOCKET_TAIL, socket_root
+from tierlm.sockets import MAX_SOCKET_PATH, RAY_SOCKET_TAIL, VLLM_SOCKET_TAIL, socket_root
 
 
 def test_a_short_temp_folder_is_kept(monkeypatch) -> None:
