@@ -406,25 +406,27 @@ class AsyncClient(_Base):
     async def complete(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Completion:
         """Route one request and return the accepted answer. See build_request for the parameters."""
         request = build_request(prompt, **params)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                reply = await self._stub.Complete(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata))
-                return Completion.from_response(reply)
-            except grpc.aio.AioRpcError as exc:
-                await asyncio.sleep(self._retry_delay(attempt, exc))
+        reply = await self._call(lambda timeout: self._stub.Complete(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), timeout_s)
+        return Completion.from_response(reply)
+
+    async def usage(self, tenant: str = "", since_unix_s: float = 0.0) -> router_pb2.UsageResponse:
+        """Your tenant's spend as the router's ledger records it."""
+        request = router_pb2.UsageRequest(tenant=tenant, since_unix_s=since_unix_s)
+        return await self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
 
     async def feedback(self, request_id: str, **verdict: Any) -> bool:
         """Say whether an answer was right (see :func:`feedback_request`); False when the request
         already had feedback (the first verdict stands)."""
         request = feedback_request(request_id, **verdict)
+        reply = await self._call(lambda timeout: self._stub.Feedback(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
+        return reply.stored
+
+    async def _call(self, invoke: Any, timeout_s: float | None) -> Any:
         attempt = 0
         while True:
             attempt += 1
             try:
-                reply = await self._stub.Feedback(request, timeout=self.timeout_s, metadata=tracing.with_context(self._metadata))
-                return reply.stored
+                return await invoke(timeout_s or self.timeout_s)
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(self._retry_delay(attempt, exc))
 

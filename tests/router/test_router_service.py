@@ -245,11 +245,12 @@ def test_async_client_and_retry_until_the_server_starts(loop, tiers, tmp_path):
             async with AsyncClient(f"127.0.0.1:{port}", api_key=KEYS["acme"]) as client:
                 answer = await client.complete("a tricky one")
                 chunks = [c async for c in client.stream("an easy one")]
-                return answer, chunks
+                return answer, chunks, await client.usage()
 
-        answer, chunks = asyncio.run(use_async())
+        answer, chunks, usage = asyncio.run(use_async())
         assert answer.tier == "cloud"
         assert chunks[-1].completion.tier == "edge"
+        assert (usage.tenant, usage.requests) == ("acme", 3)
     finally:
         server, service = started["router"]
         loop.run(stop_router(server, service, grace_s=0))
