@@ -182,8 +182,8 @@ async def main(args: argparse.Namespace) -> int:
             print(rows[-2], rows[-1], sep="\n", flush=True)
         for k in args.fixed_k:
             drafter = Drafter(drafting, cloud.engine.tokenizer, GrpcVerifier(VerifierEndpoint(address, timeout_s=60)),
-                              eos_token_ids=cloud.engine.model.config.eos_token_ids)
-            fixed, _ = await speculative(drafter, texts, args.new_tokens, k, k)
+                              SpeculativeOptions(k, k, adaptive=False), cloud.engine.model.config.eos_token_ids)
+            fixed, _ = await speculative(drafter, texts, args.new_tokens, 0, 0)
             await drafter.verifier.close()
             rows.append(fixed.row(f"fixed-k{k}@0ms", 0.0))
             print(rows[-1], flush=True)

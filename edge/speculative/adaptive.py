@@ -21,13 +21,15 @@ def expected_tokens(acceptance: float, k: int) -> float:
 
 
 class DraftLength:
-    """The drafter's running choice of k, within 1..``max_k``, starting at ``k``."""
+    """The drafter's running choice of k, within 1..``max_k``, starting at ``k``; held at ``k``
+    when not ``adaptive`` (benchmarks measure acceptance by k that way)."""
 
-    def __init__(self, k: int, max_k: int, prior_acceptance: float = 0.7) -> None:
+    def __init__(self, k: int, max_k: int, prior_acceptance: float = 0.7, *, adaptive: bool = True) -> None:
         if not 1 <= k <= max_k:
             raise ValueError(f"need 1 <= k <= max_k, got k={k}, max_k={max_k}")
         self.k = k
         self.max_k = max_k
+        self.adaptive = adaptive
         self.acceptance = prior_acceptance
         self._step_s: float | None = None  # one draft step
         self._verify_s: float | None = None  # one verify call, round trip included
@@ -41,6 +43,8 @@ class DraftLength:
         self.acceptance = (1 - SMOOTHING) * self.acceptance + SMOOTHING * rate
         self._step_s = _smooth(self._step_s, draft_s / drafted)
         self._verify_s = _smooth(self._verify_s, verify_s)
+        if not self.adaptive:
+            return
         self.k = max(
             range(1, self.max_k + 1),
             key=lambda k: expected_tokens(self.acceptance, k) / (k * self._step_s + self._verify_s),

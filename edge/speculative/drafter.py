@@ -80,10 +80,12 @@ class SpeculativeCompletion(Completion):
 
 @dataclass(frozen=True)
 class SpeculativeOptions:
-    """Draft tokens per round to start with, and the most adaptation may reach."""
+    """Draft tokens per round to start with, and the most adaptation may reach; with
+    ``adaptive`` off every round drafts the k it starts with."""
 
     k: int = 4
     max_k: int = 8
+    adaptive: bool = True
 
 
 class Drafter:
@@ -122,7 +124,7 @@ class Drafter:
         k = k or min(self.defaults.k, max_k)
         if not 1 <= k <= max_k <= MAX_DRAFT_TOKENS:
             raise InvalidRequest(f"speculative k and max_k must satisfy 1 <= k <= max_k <= {MAX_DRAFT_TOKENS}, got k={k}, max_k={max_k}")
-        run = _Generation(self, request, list(prepared.prompt_ids), prepared.stop, prepared.seed, DraftLength(k, max_k))
+        run = _Generation(self, request, list(prepared.prompt_ids), prepared.stop, prepared.seed, DraftLength(k, max_k, adaptive=self.defaults.adaptive))
         return DraftStream(run.events())
 
     async def aclose(self) -> None:

@@ -1,0 +1,31 @@
+"""The drafter's choice of k: adapted to acceptance and round costs, or held where told."""
+
+from __future__ import annotations
+
+import pytest
+
+from tierlm.edge.speculative.adaptive import DraftLength, expected_tokens
+
+
+def test_expected_tokens_follows_the_geometric_model() -> None:
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+
+
+def test_k_grows_with_good_cheap_drafts_and_shrinks_with_poor_ones() -> None:
+    length = DraftLength(4, 8)
+    for _ in range(10):  # every draft accepted; a draft step costs a tenth of a verify call
+        length.observe(drafted=length.k, accepted=length.k, draft_s=0.001 * length.k, verify_s=0.01)
+    assert length.k == 8
+    for _ in range(10):  # every draft rejected at once
+        length.observe(drafted=length.k, accepted=0, draft_s=0.001 * length.k, verify_s=0.01)
+    assert length.k == 1
+
+
+def test_k_is_held_when_not_adaptive() -> None:
+    length = DraftLength(3, 3, adaptive=False)
+    for accepted in (0, 3, 0, 3):
+        length.observe(drafted=3, accepted=accepted, draft_s=0.003, verify_s=0.01)
+        assert length.k == 3
+    with pytest.raises(ValueError, match="1 <= k <= max_k"):
+        DraftLength(0, 3)
