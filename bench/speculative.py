@@ -1,6 +1,6 @@
 """Speculative decoding across tiers: an int4 Gemma 3 270M drafts at the edge, Gemma 3 270M fp32 verifies in the cloud.
 
-    python bench/speculative.py            # ~15 min on 2 cores once the models are prepared
+    python bench/speculative.py            # ~30 min on 2 cores once the models are prepared
 
 The cloud tier is a node on 127.0.0.1 serving Generate and Verify on Gemma 3 270M fp32 (the
 torch engine, 1 thread, batch 1). The edge is a drafter in this process on the int4 artifact of
@@ -19,7 +19,7 @@ prompts, one at a time: the openings of paragraphs of ``data/text/python-docs/ev
 - ``speculative@<rtt>ms``: the drafter's rounds with adaptive k (``--k`` to start, at most
   ``--max-k``); passes and acceptance from each generation's speculative stats.
   ``identical_prompts``: generations token-identical to cloud-only's (greedy: must be all).
-- ``fixed-k<k>@0ms``: k held fixed, for the acceptance rate by k.
+- ``fixed-k<k>@0ms``: k held fixed (``--fixed-k-prompts`` prompts), for the acceptance rate by k.
 
 ``decode_tok_s`` is output tokens over the wall time of the whole generation, prompt included.
 Writes ``bench/results/speculative.json`` and ``speculative.png``; exits 1 if any speculative
@@ -141,13 +141,14 @@ def plot(rows: list[dict], path: Path) -> None:
         passes.plot([r["rtt_ms"] for r in mine], [r["verifier_passes_per_token"] for r in mine], style, label=mode)
     speed.set(xlabel="simulated round trip to the cloud (ms)", ylabel="output tokens/s", title="End to end, batch 1")
     passes.set(xlabel="simulated round trip to the cloud (ms)", ylabel="cloud forward passes per output token",
-               title="Cloud compute per token", ylim=(0, None))
+               title="Cloud forward passes per token", ylim=(0, None))
     fixed = [r for r in rows if r["name"].startswith("fixed-k")]
     ks = [int(r["name"].removeprefix("fixed-k").split("@")[0]) for r in fixed]
     by_k.plot(ks, [r["acceptance_rate"] for r in fixed], "o-", label="acceptance rate")
     by_k.plot(ks, [r["verifier_passes_per_token"] for r in fixed], "s-", label="passes per token")
     by_k.set(xlabel="draft tokens per round (k, fixed)", title="By k, 0 ms", ylim=(0, 1.05), xscale="log", xticks=ks)
     by_k.set_xticklabels([str(k) for k in ks])
+    by_k.minorticks_off()
     for axes in (speed, passes, by_k):
         axes.grid(alpha=0.3)
         axes.legend()
@@ -183,9 +184,9 @@ async def main(args: argparse.Namespace) -> int:
         for k in args.fixed_k:
             drafter = Drafter(drafting, cloud.engine.tokenizer, GrpcVerifier(VerifierEndpoint(address, timeout_s=60)),
                               SpeculativeOptions(k, k, adaptive=False), cloud.engine.model.config.eos_token_ids)
-            fixed, _ = await speculative(drafter, texts, args.new_tokens, 0, 0)
+            fixed, _ = await speculative(drafter, texts[: args.fixed_k_prompts], args.new_tokens, 0, 0)
             await drafter.verifier.close()
-            rows.append(fixed.row(f"fixed-k{k}@0ms", 0.0))
+            rows.append(fixed.row(f"fixed-k{k}@0ms", 0.0, prompts=args.fixed_k_prompts))
             print(rows[-1], flush=True)
     finally:
         await server.stop(grace_s=0)
@@ -213,4 +214,5 @@ if __name__ == "__main__":
     parser.add_argument("--k", type=int, default=4, help="draft tokens per round to start with (adaptive)")
     parser.add_argument("--max-k", type=int, default=10, help="the most draft tokens a round may carry (adaptive)")
     parser.add_argument("--fixed-k", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--fixed-k-prompts", type=int, default=8, help="the first N prompts for the fixed-k rows")
     sys.exit(asyncio.run(main(parser.parse_args())))
