@@ -78,7 +78,9 @@ def evaluate_cascades(
     tier_costs = [float(t.cost.mean()) for t in test_data.tiers.values()]
     cheapest = min(p.cost_per_query for p in frontiers["cascade"].points)
     grid = budgets or sorted({float(b) for b in np.geomspace(max(cheapest, 1e-12), max(tier_costs) * 1.05, 6)})
-    llm_tiers = None if policy is None else [t.name for t in policy.tiers if t.model not in NO_LLM_MODELS and t.name in test_data.tiers]
+    # Gains against the best language-model tier alone; a policy with none (no-LLM tiers only)
+    # is compared with the best single tier instead.
+    llm_tiers = None if policy is None else [t.name for t in policy.tiers if t.model not in NO_LLM_MODELS and t.name in test_data.tiers] or None
     rows = routing_rows(test_data, [b for b in grid if b >= cheapest], frontiers, compare_to=llm_tiers)
     if policy is not None:
         fitted = CascadePolicy(tuple(policy.cascade.order), dict(policy.cascade.thresholds))

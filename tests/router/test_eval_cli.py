@@ -55,3 +55,16 @@ def test_train_then_eval_cascade_writes_the_routing_table(tmp_path):
     assert (tmp_path / "out" / "routing.png").stat().st_size > 0
     same = runner.invoke(app, [*evaluate, "--split", "train", "--out", str(tmp_path / "out" / "routing.json")])
     assert same.exit_code != 0 and "in-sample" in same.output
+
+    # A fitted policy whose tiers are all no-LLM models: its row is compared with the best tier alone.
+    policy = tmp_path / "no-llm.yaml"
+    policy.write_text(
+        "tiers:\n"
+        "  - {name: small, address: 127.0.0.1:1, model: knn-vote, cost: {per_call: 1.0e-7}}\n"
+        "  - {name: large, address: 127.0.0.1:2, model: minilm-probe, cost: {per_call: 1.0e-5}}\n"
+        "cascade: {order: [small, large], thresholds: {small: 0.5}}\n"
+    )
+    with_policy = runner.invoke(app, [*evaluate, "--policy", str(policy), "--out", str(tmp_path / "p" / "routing.json")])
+    assert with_policy.exit_code == 0, with_policy.output
+    table = json.loads((tmp_path / "p" / "routing.json").read_text())
+    assert table["gains_against"] == "best single tier" and "policy" in [row["name"] for row in table["rows"]]
