@@ -336,7 +336,7 @@ class Client(_Base):
     def complete(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Completion:
         """Route one request and return the accepted answer. See build_request for the parameters."""
         request = build_request(prompt, **params)
-        reply = self._call(lambda timeout: self._stub.Complete(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), timeout_s)
+        reply = self._call(self._stub.Complete, request, timeout_s)
         return Completion.from_response(reply)
 
     def stream(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Iterator[Chunk]:
@@ -363,21 +363,22 @@ class Client(_Base):
     def usage(self, tenant: str = "", since_unix_s: float = 0.0) -> router_pb2.UsageResponse:
         """Your tenant's spend as the router's ledger records it."""
         request = router_pb2.UsageRequest(tenant=tenant, since_unix_s=since_unix_s)
-        return self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
+        return self._call(self._stub.GetUsage, request)
 
     def feedback(self, request_id: str, **verdict: Any) -> bool:
         """Say whether an answer was right (see :func:`feedback_request`); False when the request
         already had feedback (the first verdict stands)."""
         request = feedback_request(request_id, **verdict)
-        reply = self._call(lambda timeout: self._stub.Feedback(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
+        reply = self._call(self._stub.Feedback, request)
         return reply.stored
 
-    def _call(self, invoke: Any, timeout_s: float | None) -> Any:
+    def _call(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
+        """``method(request)`` with the key, trace context and deadline, retried as the policy says."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                return invoke(timeout_s or self.timeout_s)
+                return method(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata))
             except grpc.RpcError as exc:
                 time.sleep(self._retry_delay(attempt, exc))
 
@@ -406,27 +407,28 @@ class AsyncClient(_Base):
     async def complete(self, prompt: str | None = None, *, timeout_s: float | None = None, **params: Any) -> Completion:
         """Route one request and return the accepted answer. See build_request for the parameters."""
         request = build_request(prompt, **params)
-        reply = await self._call(lambda timeout: self._stub.Complete(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), timeout_s)
+        reply = await self._call(self._stub.Complete, request, timeout_s)
         return Completion.from_response(reply)
 
     async def usage(self, tenant: str = "", since_unix_s: float = 0.0) -> router_pb2.UsageResponse:
         """Your tenant's spend as the router's ledger records it."""
         request = router_pb2.UsageRequest(tenant=tenant, since_unix_s=since_unix_s)
-        return await self._call(lambda timeout: self._stub.GetUsage(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
+        return await self._call(self._stub.GetUsage, request)
 
     async def feedback(self, request_id: str, **verdict: Any) -> bool:
         """Say whether an answer was right (see :func:`feedback_request`); False when the request
         already had feedback (the first verdict stands)."""
         request = feedback_request(request_id, **verdict)
-        reply = await self._call(lambda timeout: self._stub.Feedback(request, timeout=timeout, metadata=tracing.with_context(self._metadata)), None)
+        reply = await self._call(self._stub.Feedback, request)
         return reply.stored
 
-    async def _call(self, invoke: Any, timeout_s: float | None) -> Any:
+    async def _call(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
+        """``await method(request)`` with the key, trace context and deadline, retried as the policy says."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await invoke(timeout_s or self.timeout_s)
+                return await method(request, timeout=timeout_s or self.timeout_s, metadata=tracing.with_context(self._metadata))
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(self._retry_delay(attempt, exc))
 
