@@ -116,20 +116,28 @@ async def cloud_only(address: str, rtt_s: float, texts: list[str], new_tokens: i
     return run, outputs
 
 
-async def speculative(drafter: Drafter, texts: list[str], new_tokens: int, k: int, max_k: int) -> tuple[Run, list[list[int]]]:
+async def speculative(drafting: SessionEngine, cloud, address: str, rtt_s: float, options: SpeculativeOptions,
+                      texts: list[str], new_tokens: int) -> tuple[Run, list[list[int]]]:
+    """Generate every text with ``drafting``'s model drafting for the cloud node at ``address``."""
+    interceptors = [AddedLatency(rtt_s)] if rtt_s else []
+    verifier = GrpcVerifier(VerifierEndpoint(address, timeout_s=60), interceptors)
+    drafter = Drafter(drafting, cloud.engine.tokenizer, verifier, options, cloud.engine.model.config.eos_token_ids)
     run, outputs = Run(), []
-    for text in texts:
-        started = time.perf_counter()
-        result = await drafter.generate(GenerationRequest(prompt=text, max_tokens=new_tokens), k, max_k)
-        run.seconds += time.perf_counter() - started
-        stats = result.speculative
-        run.tokens += len(result.token_ids)
-        run.passes += stats.verifier_passes
-        run.drafted += stats.drafted_tokens
-        run.accepted += stats.accepted_tokens
-        run.verifier_tokens += stats.verifier_tokens
-        run.rounds += stats.rounds
-        outputs.append(list(result.token_ids))
+    try:
+        for text in texts:
+            started = time.perf_counter()
+            result = await drafter.generate(GenerationRequest(prompt=text, max_tokens=new_tokens))
+            run.seconds += time.perf_counter() - started
+            stats = result.speculative
+            run.tokens += len(result.token_ids)
+            run.passes += stats.verifier_passes
+            run.drafted += stats.drafted_tokens
+            run.accepted += stats.accepted_tokens
+            run.verifier_tokens += stats.verifier_tokens
+            run.rounds += stats.rounds
+            outputs.append(list(result.token_ids))
+    finally:
+        await verifier.close()  # the drafting engine serves the next configuration
     return run, outputs
 
 
@@ -168,25 +176,19 @@ async def main(args: argparse.Namespace) -> int:
     rows, mismatched = [], 0
     try:
         await cloud_only(address, 0.0, texts[:1], 8, cloud.engine)  # warm-up: first-call allocations
-        reference = None
         for rtt_ms in args.rtt_ms:
             alone, reference = await cloud_only(address, rtt_ms / 1e3, texts, args.new_tokens, cloud.engine)
             rows.append(alone.row(f"cloud-only@{rtt_ms:g}ms", rtt_ms))
-            drafter = Drafter(drafting, cloud.engine.tokenizer,
-                              GrpcVerifier(VerifierEndpoint(address, timeout_s=60), [AddedLatency(rtt_ms / 1e3)] if rtt_ms else []),
-                              eos_token_ids=cloud.engine.model.config.eos_token_ids)
-            drafted, outputs = await speculative(drafter, texts, args.new_tokens, args.k, args.max_k)
-            await drafter.verifier.close()
+            drafted, outputs = await speculative(drafting, cloud, address, rtt_ms / 1e3, SpeculativeOptions(args.k, args.max_k),
+                                                 texts, args.new_tokens)
             identical = sum(a == b for a, b in zip(outputs, reference))
             mismatched += len(texts) - identical
             rows.append(drafted.row(f"speculative@{rtt_ms:g}ms", rtt_ms, identical_prompts=identical, prompts=len(texts)))
             print(rows[-2], rows[-1], sep="\n", flush=True)
         for k in args.fixed_k:
-            drafter = Drafter(drafting, cloud.engine.tokenizer, GrpcVerifier(VerifierEndpoint(address, timeout_s=60)),
-                              SpeculativeOptions(k, k, adaptive=False), cloud.engine.model.config.eos_token_ids)
-            fixed, _ = await speculative(drafter, texts[: args.fixed_k_prompts], args.new_tokens, 0, 0)
-            await drafter.verifier.close()
-            rows.append(fixed.row(f"fixed-k{k}@0ms", 0.0, prompts=args.fixed_k_prompts))
+            some = texts[: args.fixed_k_prompts]
+            fixed, _ = await speculative(drafting, cloud, address, 0.0, SpeculativeOptions(k, k, adaptive=False), some, args.new_tokens)
+            rows.append(fixed.row(f"fixed-k{k}@0ms", 0.0, prompts=len(some)))
             print(rows[-1], flush=True)
     finally:
         await server.stop(grace_s=0)
