@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from tierlm.cloud.config import CloudConfig
 from tierlm.serving import require_free_port
@@ -39,7 +40,11 @@ def start_cloud(config: CloudConfig, num_cpus: int | None = None) -> CloudEndpoi
         temp_dir = None if "RAY_TMPDIR" in os.environ else os.path.join(socket_root(RAY_SOCKET_TAIL), "ray")
         # address="local": a cluster of this process's own, never one that `ray start` (or another
         # user on a shared machine) left in <temp>/ray/ray_current_cluster or $RAY_ADDRESS.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+        except Exception:
+            _log_ray_startup_logs(temp_dir or os.path.join(os.environ["RAY_TMPDIR"], "ray"))
+            raise
     serve.start(
         http_options={"host": config.host, "port": config.http_port},
         grpc_options=gRPCOptions(port=config.grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS),
@@ -47,6 +52,17 @@ def start_cloud(config: CloudConfig, num_cpus: int | None = None) -> CloudEndpoi
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
     log.info("cloud tier up: gRPC %s:%d, HTTP %s:%d", config.host, config.grpc_port, config.host, config.http_port)
     return CloudEndpoints(f"{config.host}:{config.grpc_port}", f"http://{config.host}:{config.http_port}")
+
+
+def _log_ray_startup_logs(temp_dir: str, lines: int = 20) -> None:
+    """Ray's own error ("the raylet failed to startup or the GCS has become overloaded") does not
+    say which; the tails of its processes' logs do, and on a CI machine nobody can look later."""
+    logs = Path(temp_dir) / "session_latest" / "logs"
+    for name in ("raylet.err", "raylet.out", "gcs_server.err", "dashboard_agent.log"):
+        path = logs / name
+        if path.is_file():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            log.error("Ray did not start; the end of %s:\n%s", path, "\n".join(tail))
 
 
 def stop_cloud() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.ports import free_port
+from tierlm.cloud.app import MODEL_METADATA_KEY
 from tierlm.cloud.config import CloudConfig
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
@@ -59,28 +61,57 @@ def serve_model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module", params=["torch", "vllm"])
-def cloud(request, serve_model_dir):
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+@pytest.fixture(scope="module")
+def cloud(serve_model_dir):
+    """One cluster serving the model on both engines, one deployment each: Ray starts once per
+    module (a second in-process ray.init after ray.shutdown once timed out on a busy CI machine),
+    and requests reach each model by its name in the gRPC metadata, as a multi-model tier's do."""
     from tierlm.cloud.runner import start_cloud, stop_cloud
 
-    if request.param == "vllm":
-        pytest.importorskip("vllm", reason="needs vLLM (requirements/cloud-cpu.txt)")
+    engines = ["torch", "vllm"] if vllm_installed() else ["torch"]
     config = CloudConfig(
-        models=[{"name": "tiny", "path": str(serve_model_dir), "engine": request.param,
-                 "engine_options": ENGINE_OPTIONS[request.param],
-                 "health_check_period_s": 1.0, "graceful_shutdown_timeout_s": 5.0}],
+        models=[{"name": f"tiny-{engine}", "path": str(serve_model_dir), "engine": engine,
+                 "engine_options": ENGINE_OPTIONS[engine],
+                 "health_check_period_s": 1.0, "graceful_shutdown_timeout_s": 5.0} for engine in engines],
         grpc_port=free_port(), http_port=free_port(),
     )
-    endpoints = start_cloud(config, num_cpus=2)
+    endpoints = start_cloud(config, num_cpus=2)  # one CPU per model's replica
     # Taken while they run: once stopped, a leaked process would be re-parented and lost from view.
     yield RunningCloud(endpoints.grpc_address, ray_processes())
     stop_cloud()
 
 
+@pytest.fixture(params=["torch", "vllm"])
+def model_name(request) -> str:
+    if request.param == "vllm" and not vllm_installed():
+        pytest.skip("needs vLLM (requirements/cloud-cpu.txt)")
+    return f"tiny-{request.param}"
+
+
+@dataclass(frozen=True)
+class ModelStub:
+    """The Generator stub with the metadata that picks one model behind the ingress."""
+
+    stub: generator_pb2_grpc.GeneratorStub
+    metadata: tuple[tuple[str, str], ...]
+
+    def generate(self, prompt: str, max_tokens: int, timeout: float) -> generator_pb2.GenerateResponse:
+        request = generator_pb2.GenerateRequest(prompt=prompt, max_tokens=max_tokens)
+        return self.stub.Generate(request, timeout=timeout, metadata=self.metadata)
+
+    def stream(self, prompt: str, max_tokens: int, timeout: float) -> list[generator_pb2.GenerateResponse]:
+        request = generator_pb2.GenerateRequest(prompt=prompt, max_tokens=max_tokens)
+        return list(self.stub.GenerateStream(request, timeout=timeout, metadata=self.metadata))
+
+
 @pytest.fixture
-def stub(cloud):
+def stub(cloud, model_name):
     with grpc.insecure_channel(cloud.grpc_address) as channel:
-        yield generator_pb2_grpc.GeneratorStub(channel)
+        yield ModelStub(generator_pb2_grpc.GeneratorStub(channel), ((MODEL_METADATA_KEY, model_name),))
 
 
 def direct_greedy(model_dir, prompt: str, max_tokens: int) -> str:
@@ -96,17 +127,17 @@ def direct_greedy(model_dir, prompt: str, max_tokens: int) -> str:
         engine.close()
 
 
-def test_unary_and_stream_match_the_model_run_directly(stub, serve_model_dir):
+def test_unary_and_stream_match_the_model_run_directly(stub, model_name, serve_model_dir):
     expected = direct_greedy(serve_model_dir, PROMPTS[1], 12)
-    reply = stub.Generate(generator_pb2.GenerateRequest(prompt=PROMPTS[1], max_tokens=12), timeout=60)
-    assert (reply.text, reply.tier, reply.model) == (expected, "cloud", "tiny")
-    chunks = list(stub.GenerateStream(generator_pb2.GenerateRequest(prompt=PROMPTS[1], max_tokens=12), timeout=60))
+    reply = stub.generate(PROMPTS[1], 12, timeout=60)
+    assert (reply.text, reply.tier, reply.model) == (expected, "cloud", model_name)
+    chunks = stub.stream(PROMPTS[1], 12, timeout=60)
     assert chunks[-1].is_final and "".join(c.text for c in chunks) == expected
 
 
 def test_sixteen_concurrent_requests_complete(stub):
     def one(i: int) -> str:
-        return stub.Generate(generator_pb2.GenerateRequest(prompt=PROMPTS[i % 4], max_tokens=8), timeout=120).text
+        return stub.generate(PROMPTS[i % 4], 8, timeout=120).text
 
     with ThreadPoolExecutor(16) as pool:
         texts = list(pool.map(one, range(16)))
@@ -118,19 +149,22 @@ def test_health_and_bad_input_through_the_proxy(stub, cloud):
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError) as err:
-        stub.Generate(generator_pb2.GenerateRequest(prompt="", max_tokens=4), timeout=30)
+        stub.generate("", 4, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        ModelStub(stub.stub, ((MODEL_METADATA_KEY, "no-such-model"),)).generate("Gold", 4, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown model" in err.value.details()
 
 
-def test_killed_replica_is_replaced(stub):
+def test_killed_replica_is_replaced(stub, model_name):
     import ray
     from ray import serve
 
     from tierlm.cloud.runner import APP_NAME
 
-    status = serve.status().applications[APP_NAME].deployments["llm-tiny"]
-    assert status.status == "HEALTHY"
-    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "llm-tiny" in a["name"]]
+    deployment = f"llm-{model_name}"
+    assert serve.status().applications[APP_NAME].deployments[deployment].status == "HEALTHY"
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if deployment in a["name"]]
     assert replicas, "no replica actor found"
     ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
     # A new vLLM replica starts its engine-core process and loads the model: about a minute on
@@ -138,14 +172,14 @@ def test_killed_replica_is_replaced(stub):
     deadline = time.monotonic() + REPLACEMENT_S
     while time.monotonic() < deadline:
         try:
-            reply = stub.Generate(generator_pb2.GenerateRequest(prompt="Gold", max_tokens=4), timeout=30)
+            reply = stub.generate("Gold", 4, timeout=30)
             if reply.is_final:
                 break
         except grpc.RpcError:
             time.sleep(1)
     else:
         pytest.fail(f"no successful request within {REPLACEMENT_S} s of killing the replica")
-    assert serve.status().applications[APP_NAME].deployments["llm-tiny"].status == "HEALTHY"
+    assert serve.status().applications[APP_NAME].deployments[deployment].status == "HEALTHY"
 
 
 def test_shutdown_leaves_no_ray_processes(cloud):
