@@ -18,10 +18,11 @@ hidden dimensions, the same for every input, far larger than the others): the
 :data:`OUTLIER_CHANNELS` largest channels of each linear layer's input stay in float32 on a side
 matmul (LLM.int8()'s decomposition), found once by running the float graph on random token
 sequences, so no data set is involved. GELU outputs (the FFN's second matmul) are non-negative
-after a +0.17 shift and take the full unsigned 8-bit range. Measured on this project's 2-core
-AMD EPYC (one thread, CPU time per HEADLINES headline): float32 5.2 ms, this graph 2.1 ms, cosine
-to the torch encoder >= 0.999 on every HEADLINES training headline
-(tests/router/test_onnx_encoder.py), routing decisions unchanged on the demo.
+after a +0.17 shift and take the full unsigned 8-bit range. Cosine to the torch encoder is
+>= 0.999 on every HEADLINES training headline (tests/router/test_onnx_encoder.py) and the demo's
+routing decisions are unchanged. The speed-up depends on the host: bench/router.py records CPU ms
+per query for both graphs (``encoder_cpu_ms_per_query``); two hosts that both report a 2-core
+AMD EPYC with AVX2 and no VNNI gave int8 at 0.47x and at 0.90x float32's time.
 
 The model file is built once per machine into the tierlm cache (``$TIERLM_CACHE/encoders/``) by
 ``tierlm router prepare-encoder`` or on first use (a few seconds).
