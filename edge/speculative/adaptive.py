@@ -8,10 +8,10 @@ good draft on a fast link lengthens them.
 
 A verify call is not flat in k everywhere: on a GPU the verifier's pass over k + 1 positions
 costs about what one position does, but on a CPU it is compute-bound and grows with every
-position (Gemma 3 270M fp32 on one core: about 80 ms for one position, 240 ms for four). So the
-verify cost is modelled as a line in k, fitted over recent rounds by least squares with the same
-forgetting as the other estimates; until rounds of two different k have been seen, the line is
-flat (the slope cannot be told from the intercept).
+position (docs/speculative.md). So the verify cost is modelled as a line in k, fitted over
+recent rounds by least squares with the same forgetting as the other estimates; until rounds
+of two different k have been seen, the line is flat (the slope cannot be told from the
+intercept).
 """
 
 from __future__ import annotations
