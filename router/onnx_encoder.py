@@ -20,9 +20,9 @@ matmul (LLM.int8()'s decomposition), found once by running the float graph on ra
 sequences, so no data set is involved. GELU outputs (the FFN's second matmul) are non-negative
 after a +0.17 shift and take the full unsigned 8-bit range. Cosine to the torch encoder is
 >= 0.999 on every HEADLINES training headline (tests/router/test_onnx_encoder.py) and the demo's
-routing decisions are unchanged. The speed-up depends on the host: bench/router.py records CPU ms
-per query for both graphs (``encoder_cpu_ms_per_query``); two hosts that both report a 2-core
-AMD EPYC with AVX2 and no VNNI gave int8 at 0.47x and at 0.90x float32's time.
+routing decisions are unchanged. The speed-up depends on the host (it was large on one 2-core
+AMD EPYC and small on another of the same name): bench/router.py records CPU ms per query for
+both graphs on the machine it runs on (``encoder_cpu_ms_per_query``).
 
 The model file is built once per machine into the tierlm cache (``$TIERLM_CACHE/encoders/``) by
 ``tierlm router prepare-encoder`` or on first use (a few seconds).
