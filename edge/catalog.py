@@ -20,7 +20,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,15 +213,41 @@ def load_gguf(gguf: Path, report: Report = _silent) -> tuple[PreTrainedModel, Pr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
-    report("building tokenizer from GGUF metadata")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    report("dequantizing GGUF tensors")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    with _one_gguf_parse():
+        report("building tokenizer from GGUF metadata")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        report("dequantizing GGUF tensors")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     model.eval()
     report(f"GGUF loaded in {time.perf_counter() - start:.0f} s")
     return model, tokenizer
+
+
+@contextmanager
+def _one_gguf_parse() -> Iterator[None]:
+    """Let transformers parse each GGUF file once while the context lasts.
+
+    transformers opens the file three times (tokenizer, config, weights), and gguf-py reads
+    every string of the vocabulary through its own memmap view: for Gemma's 262,144 tokens
+    one parse is most of a minute on 2 cores. A parsed reader is read-only, so the three
+    loads share one.
+    """
+    import gguf
+
+    parse = gguf.GGUFReader
+    readers: dict[tuple[str, str], gguf.GGUFReader] = {}
+
+    def shared(path: str | os.PathLike[str], mode: str = "r") -> gguf.GGUFReader:
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = parse(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared  # transformers imports the name from the package at each load
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = parse
 
 
 def hf_config_dict(model: PreTrainedModel) -> dict[str, Any]:
