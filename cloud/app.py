@@ -28,11 +28,10 @@ from tierlm.cloud.config import CloudConfig, ModelDeploymentConfig
 from tierlm.cloud.engines import make_text_engine, make_verifier
 from tierlm.edge.speculative.service import SpeculativeGenerator
 from tierlm.errors import GenerationError
-from tierlm.v1 import generator_pb2
+from tierlm.v1 import MODEL_METADATA_KEY, generator_pb2
 
 log = logging.getLogger(__name__)
 
-MODEL_METADATA_KEY = "tierlm-model"
 # How long a health check waits for each model's replica to answer.
 HEALTH_TIMEOUT_S = 5.0
 # What the proxy must register; the stubs are importable wherever tierlm is installed.

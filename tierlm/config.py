@@ -137,6 +137,9 @@ class TierConfig(_Strict):
     # minilm-probe) or a model/artifact folder (a path: it holds a "/" or starts with "~" or ".").
     # Offline tools (`tierlm router collect`) run it in-process from here.
     model: str | None = None
+    # On a cloud app serving several models (cloud.yaml's `models`): the deployment this tier
+    # calls, by its `name`, sent as `tierlm-model` request metadata. Unset: the app's first model.
+    served_model: str | None = None
     # FrugalGPT's prompt adaptation: with a strategy, the router sends the tier a prompt of its
     # own (instruction + demonstrations + the query) and scores its answer by label choice.
     prompt: PromptStrategy | None = None

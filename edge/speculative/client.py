@@ -19,7 +19,7 @@ from tierlm.edge.speculative.drafter import VerifierFailed
 from tierlm.edge.speculative.sessions import SessionLost
 from tierlm.edge.speculative.verifier import VerifyOutcome, VerifyRound
 from tierlm.edge.speculative.wire import SESSION_LENGTH_KEY, outcome_from_proto, round_to_proto
-from tierlm.v1 import generator_pb2_grpc
+from tierlm.v1 import MODEL_METADATA_KEY, generator_pb2_grpc
 
 # As the router's tier clients: a verifier that restarted is reachable again within 2 s.
 CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
@@ -57,7 +57,7 @@ class GrpcVerifier:
         if endpoint.api_key:
             metadata.append(("x-api-key", endpoint.api_key))
         if endpoint.model:
-            metadata.append(("tierlm-model", endpoint.model))
+            metadata.append((MODEL_METADATA_KEY, endpoint.model))
         self._metadata = tuple(metadata)
 
     def _open(self) -> generator_pb2_grpc.GeneratorStub:

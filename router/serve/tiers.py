@@ -15,8 +15,9 @@ from typing import Any, Protocol
 import grpc
 
 from tierlm import tracing
+from tierlm.auth import API_KEY_HEADER
 from tierlm.config import TierConfig
-from tierlm.v1 import generator_pb2, generator_pb2_grpc
+from tierlm.v1 import MODEL_METADATA_KEY, generator_pb2, generator_pb2_grpc
 
 
 class TierFailure(Exception):
@@ -80,7 +81,10 @@ class TierClient:
             self._channel = grpc.aio.secure_channel(config.address, grpc.ssl_channel_credentials(root), options)
         self._stub = generator_pb2_grpc.GeneratorStub(self._channel)
         key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
-        self._metadata = (("x-api-key", key),) if key else ()
+        metadata = [(API_KEY_HEADER, key)] if key else []
+        if config.served_model:
+            metadata.append((MODEL_METADATA_KEY, config.served_model))
+        self._metadata = tuple(metadata)
 
     def timeout(self, remaining_s: float | None, timeout_s: float | None = None) -> float:
         """The call's deadline: ``timeout_s`` (default: the tier's own timeout), or less if the

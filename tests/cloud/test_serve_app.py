@@ -13,9 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.ports import free_port
-from tierlm.cloud.app import MODEL_METADATA_KEY
 from tierlm.cloud.config import CloudConfig
-from tierlm.v1 import generator_pb2, generator_pb2_grpc
+from tierlm.v1 import MODEL_METADATA_KEY, generator_pb2, generator_pb2_grpc
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["The market rose today", "Gold prices fell sharply after", "Oil futures", "Headlines: stocks up"]
@@ -154,6 +153,25 @@ def test_health_and_bad_input_through_the_proxy(stub, cloud):
     with pytest.raises(grpc.RpcError) as err:
         ModelStub(stub.stub, ((MODEL_METADATA_KEY, "no-such-model"),)).generate("Gold", 4, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown model" in err.value.details()
+
+
+def test_a_router_tier_reaches_its_served_model(cloud, model_name):
+    """A policy tier's `served_model` picks the deployment, as the router calls it; without
+    it the app's first model answers."""
+    import asyncio
+
+    from tierlm.config import TierConfig
+    from tierlm.router.serve.tiers import TierClient
+
+    async def answered_by(**served: str) -> str:
+        client = TierClient(TierConfig(name="cloud", address=cloud.grpc_address, timeout_s=60, **served))
+        try:
+            return (await client.generate(generator_pb2.GenerateRequest(prompt=PROMPTS[0], max_tokens=2), None)).model
+        finally:
+            await client.close()
+
+    assert asyncio.run(answered_by(served_model=model_name)) == model_name
+    assert asyncio.run(answered_by()) == "tiny-torch"
 
 
 def test_killed_replica_is_replaced(stub, model_name):
