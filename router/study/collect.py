@@ -146,8 +146,10 @@ async def collect(
     rows = workload.split(split)[:limit]
     fresh = {tier.name: 0 for tier in tiers}
     work = []
-    for tier in tiers:
-        for row in rows:
+    # Row by row, every tier: in-process tiers run on their own engines, so asking them side by
+    # side keeps every engine busy (tier by tier, one engine works while the others idle).
+    for row in rows:
+        for tier in tiers:
             request = request_for(tier.prompts, row)
             key = prompt_key(request, row.id)
             if not store.has(tier.name, tier.model, key):
