@@ -1,8 +1,11 @@
 """The routing study of one shipped workload: collect -> train -> fit -> eval, one command.
 
-    python bench/routing.py --workload headlines --train-rows 600 --test-rows 600
-    python bench/routing.py --workload snips
-    python bench/routing.py --workload xquad --train-rows 300 --test-rows 300
+    python bench/routing.py --workload headlines --train-rows 300 --test-rows 300   # ~30 min on 2 cores
+    python bench/routing.py --workload snips --train-rows 300 --test-rows 300       # ~50 min
+    python bench/routing.py --workload xquad --train-rows 100 --test-rows 100       # ~25 min
+
+(the committed results; the time is the language-model tiers answering every row once, after
+which a rerun reads the stored answers and takes a few minutes).
 
 Runs the tiers of ``examples/workloads/<workload>.yaml`` in-process on the first rows of the
 workload's train and test files (``tierlm router collect``, resumable: answers are cached in
@@ -16,6 +19,8 @@ result file also says how the fitted policy did on test against what the fit pro
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +29,32 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_SPLIT = {"headlines": "dev", "snips": "test", "xquad": "test"}
 
 
-def tierlm(*args: str) -> None:
-    command = [sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", *args]
-    print("$ tierlm " + " ".join(args), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+def shown(path: Path) -> str:
+    """``path`` as the result file names it, quoted for a shell: relative to the checkout, or under ``~``."""
+    if path.is_relative_to(ROOT):
+        return shlex.quote(str(path.relative_to(ROOT)))
+    if path.is_relative_to(Path.home()):
+        return "~/" + shlex.quote(str(path.relative_to(Path.home())))
+    return shlex.quote(str(path))
+
+
+def tierlm(*args: str | Path) -> str:
+    """Run one CLI step in the checkout; returns it as the result file records it."""
+    step = " ".join(["tierlm", *(shown(a) if isinstance(a, Path) else shlex.quote(a) for a in args)])
+    print(f"$ {step}", flush=True)
+    subprocess.run([sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", *map(str, args)], check=True, cwd=ROOT)
+    return step
+
+
+def name_the_run(result: Path, steps: list[str]) -> None:
+    """The result file's command becomes this script's (what reproduces the table), with the
+    CLI steps it ran, and its paths are shown as :func:`shown` gives them."""
+    document = json.loads(result.read_text())
+    document["command"] = shlex.join(["python", "bench/routing.py", *sys.argv[1:]])
+    document["steps"] = steps
+    for key in ("workload", "scorer"):
+        document[key] = shown(Path(document[key]))
+    result.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def main() -> None:
@@ -44,18 +71,22 @@ def main() -> None:
     name, test = args.workload, TEST_SPLIT[args.workload]
     policy = ROOT / "examples" / "workloads" / f"{name}.yaml"
     data = ROOT / "data" / "workloads" / name
-    runs = args.runs / name
+    runs = args.runs.expanduser().resolve() / name
     answers, scorer, fitted = runs / "answers.sqlite", runs / "scorer", runs / "policy.yaml"
+    result = ROOT / "bench" / "results" / f"routing-{name}.json"
     runs.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", args.train_rows), (test, args.test_rows)):
-        tierlm("router", "collect", "--policy", str(policy), "--workload", str(data / f"{split}.jsonl"), "--limit", str(rows),
-               "--out", str(answers), "--threads", str(args.threads), "--concurrency", str(args.concurrency))
-    tierlm("router", "train", "--answers", str(answers), "--out", str(scorer), "--split", "train", "--report-split", test)
-    tierlm("router", "fit", "--policy", str(policy), "--answers", str(answers), "--scorer", str(scorer),
-           "--budget-share", str(args.budget_share), "--out", str(fitted))
-    tierlm("eval", "cascade", "--answers", str(answers), "--scorer", str(scorer), "--workload", str(data / f"{test}.jsonl"),
-           "--pool", str(data / "train.jsonl"), "--split", test, "--fit-split", "train", "--policy", str(fitted),
-           "--out", str(ROOT / "bench" / "results" / f"routing-{name}.json"))
+    steps = [
+        tierlm("router", "collect", "--policy", policy, "--workload", data / f"{split}.jsonl", "--limit", str(rows),
+               "--out", answers, "--threads", str(args.threads), "--concurrency", str(args.concurrency))
+        for split, rows in (("train", args.train_rows), (test, args.test_rows))
+    ]
+    steps.append(tierlm("router", "train", "--answers", answers, "--out", scorer, "--split", "train", "--report-split", test))
+    steps.append(tierlm("router", "fit", "--policy", policy, "--answers", answers, "--scorer", scorer,
+                        "--budget-share", str(args.budget_share), "--out", fitted))
+    steps.append(tierlm("eval", "cascade", "--answers", answers, "--scorer", scorer, "--workload", data / f"{test}.jsonl",
+                        "--pool", data / "train.jsonl", "--split", test, "--fit-split", "train", "--policy", fitted,
+                        "--out", result))
+    name_the_run(result, steps)
 
 
 if __name__ == "__main__":
