@@ -1,8 +1,8 @@
 """The routing study of one shipped workload: collect -> train -> fit -> eval, one command.
 
     python bench/routing.py --workload headlines --train-rows 300 --test-rows 300   # ~30 min on 2 cores
-    python bench/routing.py --workload snips --train-rows 300 --test-rows 300       # ~50 min
-    python bench/routing.py --workload xquad --train-rows 100 --test-rows 100       # ~25 min
+    python bench/routing.py --workload snips --train-rows 300 --test-rows 300       # ~45 min
+    python bench/routing.py --workload xquad --train-rows 100 --test-rows 100       # ~15 min
 
 (the committed results; the time is the language-model tiers answering every row once, after
 which a rerun reads the stored answers and takes a few minutes).
