@@ -1,6 +1,6 @@
 """Drift: a router fitted on one workload meets another, learns from feedback, and recovers.
 
-    python bench/drift.py --post-rows 300                                  # SNIPS shifts to HEADLINES
+    python bench/drift.py --post-rows 600                                  # SNIPS shifts to HEADLINES
     python bench/drift.py --before headlines --after snips --post-rows 300 # and the other way
 
 Run bench/routing.py for headlines and snips first (their answers are replayed here).
