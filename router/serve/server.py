@@ -335,6 +335,8 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 yield router_pb2.CompleteResponse(answer=book.answer, trace=routed.trace)
         except _Refused as refusal:
             book.code = refusal.code
+            if refusal.code is not grpc.StatusCode.UNAVAILABLE:  # a store known to be down is retried later instead
+                await self._finish_before_telling(book)
             await context.abort(refusal.code, str(refusal), trailing_metadata=refusal.metadata)
         except CascadeError as exc:
             book.code = exc.code
@@ -441,6 +443,14 @@ class RouterService(router_pb2_grpc.RouterServicer):
             telemetry.PROMPT_TOKENS.labels(book.tenant, trace.accepted_tier).inc(usage.prompt_tokens)
             telemetry.COMPLETION_TOKENS.labels(book.tenant, trace.accepted_tier).inc(usage.completion_tokens)
         _trace_outcome(book.tenant, book.request.request_id, trace, usage)
+
+    async def _finish_before_telling(self, book: _Booking) -> None:
+        """Ledger a refusal before the client hears it: a refusal is final (the SDK does not
+        retry it), so a replica killed right after refusing must not take the row with it."""
+        try:
+            await self._finish(book)
+        except StoreUnavailable:
+            pass  # the handler's `finally` books it in the background, with retries
 
     def _finish_later(self, book: _Booking) -> None:
         """Book a request that ended without an answer, outside its (possibly cancelled)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -126,6 +127,43 @@ def test_a_replica_killed_under_load_loses_and_doubles_nothing(tmp_path, tiers, 
     ids = [r.request_id for r in rows]
     assert len(ids) == len(set(ids)) == 120 and set(ids) == set(outcomes)
     assert left == (0, pytest.approx(0.0, abs=1e-9))  # the dead replica's holds were taken over or expired
+
+
+def test_a_refusal_is_ledgered_before_the_client_hears_it(tmp_path, tiers, postgres_dsn):
+    # A budget below one request's worst case refuses every call. The ledger is locked while
+    # the call runs, and the replica dies the moment the caller hears the refusal: its row
+    # must already be written, not left to work the dead replica can no longer do.
+    (router,) = replicas(write_policy(tmp_path / "p.yaml", tiers, budget_per_day=0.005), postgres_dsn, count=1)
+    heard_while_locked = threading.Event()
+    locked = threading.Event()
+
+    def refused_then_killed() -> TierlmError | None:
+        with Client(router.address, api_key=KEY, retry=RetryPolicy(attempts=1)) as client:
+            try:
+                client.complete("unsure words", max_tokens=3, request_id="refused")
+            except TierlmError as exc:
+                if locked.is_set():
+                    heard_while_locked.set()
+                os.kill(router.process.pid, signal.SIGKILL)
+                return exc
+        return None
+
+    try:
+        with psycopg.connect(postgres_dsn) as conn, ThreadPoolExecutor(1) as background:
+            with conn.transaction():
+                conn.execute("LOCK TABLE ledger IN EXCLUSIVE MODE")  # reads pass, the row's INSERT waits
+                locked.set()
+                outcome = background.submit(refused_then_killed)
+                time.sleep(1.5)
+                locked.clear()
+            refusal = outcome.result(timeout=30)
+        router.process.wait(timeout=10)
+        rows = router.rows()
+    finally:
+        router.stop()
+    assert isinstance(refusal, ResourceExhausted)
+    assert not heard_while_locked.is_set(), "the refusal reached the caller before its ledger row was written"
+    assert [(r.request_id, r.outcome) for r in rows] == [("refused", "RESOURCE_EXHAUSTED")]
 
 
 def test_postgres_down_fails_clearly_and_the_replicas_recover(tmp_path, tiers, postgres_server, postgres_dsn):
