@@ -1,10 +1,13 @@
-"""Speculative decoding across tiers: an int4 Gemma 3 270M drafts at the edge, Gemma 3 270M fp32 verifies in the cloud.
+"""Speculative decoding across tiers: a compressed Gemma 3 270M drafts at the edge, Gemma 3 270M fp32 verifies in the cloud.
 
     python bench/speculative.py            # ~30 min on 2 cores once the models are prepared
+    python bench/speculative.py --draft-recipe w8a8-plain --draft-vocab 32768 --out speculative-w8a8-fr32k
 
 The cloud tier is a node on 127.0.0.1 serving Generate and Verify on Gemma 3 270M fp32 (the
-torch engine, 1 thread, batch 1). The edge is a drafter in this process on the int4 artifact of
-``examples/recipes/rtn-w4g128.yaml`` (1 thread), calling Verify over gRPC. Both share this
+torch engine, 1 thread, batch 1). The edge is a drafter in this process on the artifact of
+``examples/recipes/<--draft-recipe>.yaml`` (default rtn-w4g128, int4; 1 thread), calling Verify
+over gRPC. ``--draft-vocab N`` drafts from the N most frequent tokens of
+``data/text/python-docs/calib`` only (FR-Spec; the prompts come from the eval split). Both share this
 2-core machine, one core each. A round trip of ``--rtt-ms`` (0, 10, 50) is simulated on the
 channel to the cloud node (AddedLatency: half before each call, half after its answer), for the
 cloud-only client as for the drafter; the client sits next to the edge, so reaching the drafter
@@ -22,7 +25,7 @@ prompts, one at a time: the openings of paragraphs of ``data/text/python-docs/ev
 - ``fixed-k<k>@0ms``: k held fixed (``--fixed-k-prompts`` prompts), for the acceptance rate by k.
 
 ``decode_tok_s`` is output tokens over the wall time of the whole generation, prompt included.
-Writes ``bench/results/speculative.json`` and ``speculative.png``; exits 1 if any speculative
+Writes ``bench/results/<--out>.json`` and ``<--out>.png`` (default ``speculative``); exits 1 if any speculative
 output differs from the cloud model's own.
 """
 
@@ -45,18 +48,21 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.models import cached_artifact, prepared_model  # noqa: E402
+from tierlm.edge.perplexity import read_text  # noqa: E402
 from tierlm.edge.requests import GenerationRequest  # noqa: E402
 from tierlm.edge.server import SpeculationConfig, load_generator, start_edge  # noqa: E402
 from tierlm.edge.speculative.client import AddedLatency, GrpcVerifier, VerifierEndpoint  # noqa: E402
 from tierlm.edge.speculative.drafter import Drafter, SpeculativeOptions  # noqa: E402
 from tierlm.edge.speculative.sessions import SessionEngine  # noqa: E402
+from tierlm.edge.speculative.vocabulary import frequent_tokens  # noqa: E402
 from tierlm.results import RESULTS, write_results  # noqa: E402
 from tierlm.serving import ServerConfig  # noqa: E402
 from tierlm.v1 import generator_pb2, generator_pb2_grpc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL, DRAFT_RECIPE = "gemma-3-270m", "rtn-w4g128"
+MODEL = "gemma-3-270m"
 EVAL_TEXT = ROOT / "data" / "text" / "python-docs" / "eval"
+CALIB_TEXT = ROOT / "data" / "text" / "python-docs" / "calib"
 PROMPT_CHARS = 240
 
 
@@ -141,7 +147,7 @@ async def speculative(drafting: SessionEngine, cloud, address: str, rtt_s: float
     return run, outputs
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, drafter: str) -> None:
     figure, (speed, passes, by_k) = plt.subplots(1, 3, figsize=(14, 4))
     for mode, style in (("cloud-only", "o-"), ("speculative", "s-")):
         mine = [r for r in rows if r["name"].startswith(f"{mode}@")]
@@ -160,19 +166,24 @@ def plot(rows: list[dict], path: Path) -> None:
     for axes in (speed, passes, by_k):
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.suptitle("Gemma 3 270M: int4 edge drafter, fp32 cloud verifier (greedy, 64 tokens)")
+    figure.suptitle(f"Gemma 3 270M: {drafter} edge drafter, fp32 cloud verifier (greedy, 64 tokens)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
 async def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    verify_dir, draft_dir = prepared_model(MODEL), cached_artifact(MODEL, DRAFT_RECIPE)
+    verify_dir, draft_dir = prepared_model(MODEL), cached_artifact(MODEL, args.draft_recipe)
     texts = prompts(args.prompts)
     cloud = load_generator(verify_dir, "cloud", 1, 1, 8, SpeculationConfig(verify_sessions=4))
     server = await start_edge(cloud, ServerConfig(host="127.0.0.1", port=0))
     address = f"127.0.0.1:{server.port}"
-    drafting = SessionEngine.from_pretrained(draft_dir, max_sessions=2, threads=1)
+    vocab = None
+    if args.draft_vocab:
+        calib = read_text(CALIB_TEXT).split("\n\n")
+        vocab = frequent_tokens(cloud.engine.tokenizer, calib, args.draft_vocab, cloud.engine.model.config.eos_token_ids)
+    drafting = SessionEngine.from_pretrained(draft_dir, max_sessions=2, threads=1, draft_vocab=vocab)
+    drafter_name = args.draft_recipe + (f", {len(vocab)}-token draft vocabulary" if vocab is not None else "")
     rows, mismatched = [], 0
     try:
         await cloud_only(address, 0.0, texts[:1], 8, cloud.engine)  # warm-up: first-call allocations
@@ -196,11 +207,13 @@ async def main(args: argparse.Namespace) -> int:
         await cloud.aclose_speculation()
         await drafting.aclose()
     path = write_results(
-        "speculative", rows, model=MODEL, draft=f"{MODEL} {DRAFT_RECIPE} (int4, tierlm artifact)", verify=f"{MODEL} fp32",
+        args.out, rows, model=MODEL, draft=f"{MODEL} {args.draft_recipe} (tierlm artifact)", verify=f"{MODEL} fp32",
+        draft_vocab=(f"the {len(vocab)} most frequent tokens of {CALIB_TEXT.relative_to(ROOT)} (end-of-sequence included)"
+                     if vocab is not None else "every token"),
         prompts=len(texts), new_tokens=args.new_tokens, threads="1 for the cloud model, 1 for the drafter",
         rtt="simulated on the gRPC channel to the cloud node: half before each call, half after its answer",
     )
-    plot(rows, RESULTS / "speculative.png")
+    plot(rows, RESULTS / f"{args.out}.png", drafter_name)
     print(f"wrote {path}")
     if mismatched:
         print(f"{mismatched} speculative generations differ from the cloud model's own", file=sys.stderr)
@@ -217,4 +230,8 @@ if __name__ == "__main__":
     parser.add_argument("--max-k", type=int, default=10, help="the most draft tokens a round may carry (adaptive)")
     parser.add_argument("--fixed-k", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--fixed-k-prompts", type=int, default=8, help="the first N prompts for the fixed-k rows")
+    parser.add_argument("--draft-recipe", default="rtn-w4g128", help="examples/recipes/<name>.yaml compresses the drafter")
+    parser.add_argument("--draft-vocab", type=int, default=0,
+                        help="draft from the N most frequent tokens of the calib text only (0: every token)")
+    parser.add_argument("--out", default="speculative", help="result name: bench/results/<out>.json and .png")
     sys.exit(asyncio.run(main(parser.parse_args())))

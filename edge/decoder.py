@@ -27,10 +27,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tierlm.edge.config import ModelConfig
-from tierlm.kernels.modules import FusedLinears, fuse_linears, linear_rows
+from tierlm.kernels.modules import FusedLinears, fuse_linears, linear_rows, rows_of
 
 #: "all" positions, the "last" one, "none" (skip the output layer), or the last N positions.
 LogitsMode = Literal["all", "last", "none"] | int
+
+
+@dataclass(frozen=True)
+class OutputSubset:
+    """Some rows of the output layer, cut out once (:meth:`Transformer.output_subset`): a
+    caller that reads the same few thousand tokens' logits at every step (a drafter's frequent
+    vocabulary) reads only those rows, without the per-call gather that token ids cost."""
+
+    token_ids: Tensor  # [V'] int64, ascending
+    layer: nn.Module  # x -> logits of token_ids
+
 
 
 class RMSNorm(nn.Module):
@@ -235,6 +246,15 @@ class Transformer(nn.Module):
         # The final norm is always a dense parameter; a quantized embedding has no `weight`.
         return self.norm.weight.device
 
+    def output_subset(self, token_ids: Tensor) -> OutputSubset:
+        """The output layer's rows of `token_ids` (sorted, distinct), cut once for
+        ``forward(..., vocab=subset)``; in the layer's own format where it allows
+        (:func:`~tierlm.kernels.modules.rows_of`)."""
+        ids = torch.unique(token_ids.to(torch.int64).cpu())
+        if len(ids) == 0 or ids[0] < 0 or ids[-1] >= self.config.vocab_size:
+            raise ValueError(f"an output subset needs token ids in 0..{self.config.vocab_size - 1}")
+        return OutputSubset(ids.to(self.device), rows_of(self.lm_head, ids.to(self.device)))
+
     def fuse_projections(self) -> int:
         """Run each layer's q/k/v and gate/up projections as one product each, where their
         weights can be joined (:func:`~tierlm.kernels.modules.fuse_linears`); returns how many
@@ -249,7 +269,8 @@ class Transformer(nn.Module):
         return fused
 
     def forward(
-        self, tokens: Tensor, positions: Tensor, slots: Tensor, logits: LogitsMode = "all", vocab: Tensor | None = None
+        self, tokens: Tensor, positions: Tensor, slots: Tensor, logits: LogitsMode = "all",
+        vocab: Tensor | OutputSubset | None = None,
     ) -> Tensor | None:
         """Run rows of tokens through the model, writing their keys/values into the cache.
 
@@ -258,7 +279,7 @@ class Transformer(nn.Module):
         A row must have written all positions before its first one in earlier calls.
         Returns logits [B, T, V] ("all"), [B, 1, V] ("last", the next-token prediction of each
         row), [B, N, V] (an int N: the last N positions) or None ("none": a prefill chunk whose predictions nobody reads skips the output layer).
-        With `vocab` (token ids), only those tokens' logits: V = len(vocab).
+        With `vocab` (token ids, or an `OutputSubset`), only those tokens' logits: V = the number of those tokens.
         """
         if tokens.shape[1] > self.max_chunk:
             raise ValueError(f"{tokens.shape[1]} tokens per row exceed max_chunk={self.max_chunk} of setup_cache()")
@@ -292,15 +313,17 @@ class Transformer(nn.Module):
         layouts = {w: _layout(slots, positions, w, ring) for w, ring in self._rings.items()}
         return [(ropes[layer.rope_theta], layouts[layer.sliding_window]) for layer in self.layers]
 
-    def head(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
+    def head(self, x: Tensor, vocab: Tensor | OutputSubset | None = None) -> Tensor:
         """Logits of the last layer's hidden states: final norm, output layer, soft-capping.
 
         With `vocab`, the logits of those token ids only, from those rows of the output layer:
         a request that reads a few tokens' scores (label choices) skips the rest of a 262k-row
-        product.
+        product; an :class:`OutputSubset` brings those rows already cut.
         """
         if vocab is None:
             out = self.lm_head(self.norm(x))
+        elif isinstance(vocab, OutputSubset):
+            out = vocab.layer(self.norm(x))
         else:
             out = linear_rows(self.lm_head, self.norm(x), vocab)
         cap = self.config.final_logit_softcapping

@@ -18,6 +18,7 @@ import grpc
 from tierlm.edge.generator import ProtoGenerator
 from tierlm.edge.speculative.client import VerifierEndpoint
 from tierlm.edge.speculative.service import SpeculativeGenerator
+from tierlm.edge.speculative.vocabulary import DEFAULT_SIZE, frequent_tokens
 from tierlm.errors import GenerationError
 from tierlm.serving import GrpcServer, ServerConfig, current_tenant
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
@@ -69,7 +70,9 @@ class SpeculationConfig:
     """The node's part in speculative decoding.
 
     ``verifier``: draft for this verifier (``draft_sessions`` generations at once, ``k`` and
-    ``max_k`` unless a request says otherwise). ``verify_sessions`` > 0: serve Verify with that
+    ``max_k`` unless a request says otherwise); with ``draft_vocab_text`` (a text file or a folder
+    of ``.txt``), from its ``draft_vocab_size`` most frequent tokens only
+    (:mod:`tierlm.edge.speculative.vocabulary`). ``verify_sessions`` > 0: serve Verify with that
     many sessions, each idle one dropped after ``session_ttl_s``.
     """
 
@@ -79,6 +82,8 @@ class SpeculationConfig:
     max_k: int = 8
     verify_sessions: int = 0
     session_ttl_s: float = 300.0
+    draft_vocab_text: Path | None = None
+    draft_vocab_size: int = DEFAULT_SIZE
 
 
 def load_generator(
@@ -88,6 +93,7 @@ def load_generator(
     """Load a model folder (HF or tierlm artifact) into an engine with Prometheus hooks, with a
     drafter and a verifier on the same model when ``speculation`` asks for them."""
     from tierlm.edge.engine import DecoderEngine
+    from tierlm.edge.perplexity import read_text
     from tierlm.edge.speculative.parts import drafter_for, verifier_for
     from tierlm.edge.telemetry import PrometheusObserver
 
@@ -96,8 +102,12 @@ def load_generator(
     )
     drafter = verifier = None
     if speculation.verifier is not None:
+        vocab = None
+        if speculation.draft_vocab_text is not None:
+            texts = read_text(speculation.draft_vocab_text).split("\n\n")
+            vocab = frequent_tokens(engine.tokenizer, texts, speculation.draft_vocab_size, engine.model.config.eos_token_ids)
         drafter = drafter_for(model_path, engine, speculation.verifier, speculation.draft_sessions, speculation.k,
-                              speculation.max_k, threads)
+                              speculation.max_k, threads, vocab)
     if speculation.verify_sessions:
         verifier = verifier_for(model_path, speculation.verify_sessions, speculation.session_ttl_s, threads)
     return SpeculativeGenerator(engine, Path(model_path).name, tier_name, drafter=drafter, verifier=verifier)

@@ -156,6 +156,25 @@ def linear_rows(linear: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch
     return torch.nn.functional.linear(x, linear.weight[rows], bias)
 
 
+def rows_of(linear: nn.Module, rows: torch.Tensor) -> nn.Module:
+    """A linear layer computing ``linear(x)[..., rows]``, built once from those rows of the
+    weight: in the weight's own format where it can be cut by rows (the same fast kernel then
+    runs it), else dense float32 rows."""
+    bias = None if linear.bias is None else linear.bias.detach()[rows]
+    if isinstance(linear, QuantLinear):
+        taken = linear.qweight.take_rows(rows)
+        if taken is not None:
+            return QuantLinear(taken, bias, linear.backend, linear.int4_accuracy_level)
+        weight = linear.qweight.dequantize_rows(rows)
+    else:
+        weight = linear.weight.detach()[rows]
+    dense = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    dense.weight = nn.Parameter(weight.clone(), requires_grad=False)
+    if bias is not None:
+        dense.bias = nn.Parameter(bias.clone(), requires_grad=False)
+    return dense
+
+
 def _joined_bias(modules: list[nn.Module], sizes: list[int]) -> torch.Tensor | None:
     biases = [m.bias for m in modules]
     present = [b for b in biases if b is not None]

@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import Tensor
 
-from tierlm.edge.decoder import Transformer, load_model
+from tierlm.edge.decoder import OutputSubset, Transformer, load_model
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest, QueueFull
 
 R = TypeVar("R")
@@ -118,6 +118,11 @@ class SessionEngine:
         max_queue: calls that may wait (beyond one per slot) before ``QueueFull``.
         threads: torch intra-op threads for the engine thread (None leaves torch's setting).
         clock: the time source of TTL and LRU (tests pass a fake one).
+        draft_vocab: token ids drafts are drawn from (a frequent vocabulary, as in FR-Spec,
+            Zhao et al. 2025): a pass that serves only drafts computes those rows of the output
+            layer alone, and every other token gets logit -inf. Exactness is untouched (the
+            verifier decides; a sampled draft's distribution is the one really drawn from);
+            only drafts outside the subset are lost.
     """
 
     def __init__(
@@ -131,6 +136,7 @@ class SessionEngine:
         max_queue: int = 64,
         threads: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        draft_vocab: Tensor | None = None,
     ) -> None:
         if max_sessions < 1 or chunk < 1 or ttl_s <= 0 or max_queue < 0:
             raise ValueError("max_sessions and chunk must be >= 1, ttl_s > 0, max_queue >= 0")
@@ -146,6 +152,7 @@ class SessionEngine:
         self._clock = clock
         self._short = min(SHORT_PIECE, chunk)
         model.setup_cache(max_sessions, self.max_seq_len, max_chunk=max(chunk, self._short))
+        self._draft_subset = None if draft_vocab is None else model.output_subset(draft_vocab)
 
         self._cv = threading.Condition()
         self._incoming: deque[_Call] = deque()
@@ -162,6 +169,11 @@ class SessionEngine:
         self.expirations = 0
         self._thread = threading.Thread(target=self._run, name="tierlm-sessions", daemon=True)
         self._thread.start()
+
+    @property
+    def draft_vocab(self) -> Tensor | None:
+        """The token ids drafts are drawn from (ascending), or None: every token."""
+        return None if self._draft_subset is None else self._draft_subset.token_ids
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, **kwargs) -> SessionEngine:
@@ -346,12 +358,22 @@ class SessionEngine:
         tokens = torch.tensor([c.feed + [0] * (width - len(c.feed)) for c in calls], device=dev)
         positions = torch.stack([torch.arange(c.session.length, c.session.length + width, device=dev) for c in calls])
         slots = torch.tensor([c.session.slot for c in calls], device=dev)
-        logits = self.model(tokens, positions, slots, logits=wanted).float()
+        logits = self.model(tokens, positions, slots, logits=wanted, vocab=self._vocab_for(calls)).float()
         self.forward_passes += 1
         for row, call in enumerate(calls):
             fed = len(call.feed)
             end = wanted - (width - fed)
             self._advance(call, fed, logits[row, end - call.rows : end])
+
+    def _vocab_for(self, calls: list[_Call]) -> OutputSubset | None:
+        """The draft vocabulary for a pass that serves drafts alone; scores need every logit."""
+        return self._draft_subset if all(isinstance(c.step, Draft) for c in calls) else None
+
+    def _widened(self, logits: Tensor) -> Tensor:
+        """Logits over the draft vocabulary ([..., V']) as full-vocabulary logits, -inf elsewhere."""
+        full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+        full[..., self._draft_subset.token_ids] = logits
+        return full
 
     def _forward_piece(self, call: _Call) -> None:
         """One chunk of a long piece; the logits when it is the last (which keeps >= rows tokens)."""
@@ -365,6 +387,7 @@ class SessionEngine:
             torch.arange(pos, pos + n, device=dev)[None],
             torch.tensor([call.session.slot], device=dev),
             logits=call.rows if last else "none",
+            vocab=self._vocab_for([call]),
         )
         self.forward_passes += 1
         if last:
@@ -385,7 +408,8 @@ class SessionEngine:
                 call.session.length = min(call.session.length, call.kept_from + keep)
                 self._end(call, value)
                 return
-            token, info = step.choose(logits[-1])
+            last = logits[-1]
+            token, info = step.choose(last if last.shape[-1] == self.vocab_size else self._widened(last))
         except Exception as e:  # noqa: BLE001 - the caller's callback failed: its call fails
             self._end(call, e)
             return

@@ -127,6 +127,11 @@ class QuantizedTensor(ABC):
         """
         return None
 
+    def take_rows(self, rows: torch.Tensor) -> "QuantizedTensor | None":
+        """A tensor of ``rows`` of this one (output rows, in that order) in this format, or None
+        where the format cannot cut its storage by rows (a caller then dequantizes them)."""
+        return None
+
     def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:
         """The compressed-tensors scheme and tensors (names without the module prefix) that
         vLLM runs for this weight; :class:`ExportError` says why a format or setting cannot."""

@@ -292,6 +292,25 @@ class GroupQuantTensor(QuantizedTensor):
         """Unpacked codes ``[N, K]`` (uint8)."""
         return _unpack(self.qweight, self.bits, 0).t()
 
+    def take_rows(self, rows: torch.Tensor) -> GroupQuantTensor | None:
+        """Output columns of the packed codes, zero points (repacked), minimums and scales; the
+        per-input act-order and AWQ scales stay whole. None when integer zero points cannot be
+        packed for that many rows (a multiple of 8 at 4 bits, of 32 at 3)."""
+        rows = rows.to(torch.int64)
+        if self.qzeros is not None and len(rows) % (8 if self.bits == 4 else 32):
+            return None
+        return GroupQuantTensor(
+            qweight=self.qweight[:, rows],
+            qzeros=None if self.qzeros is None else _pack(self.zeros()[:, rows], self.bits, 1),
+            mins=None if self.mins is None else self.mins[:, rows],
+            scales=self.scales[:, rows],
+            bits=self.bits,
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            g_idx=self.g_idx,
+            input_scale=self.input_scale,
+        )
+
     def zeros(self) -> torch.Tensor:
         """Zero points ``[G, N]``: uint8 codes, or float32 ``-min / s`` on a float-zero grid."""
         if self.mins is not None:

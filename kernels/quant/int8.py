@@ -133,6 +133,15 @@ class Int8Tensor(QuantizedTensor):
             return None
         return cls(torch.cat([p.qweight for p in parts]), torch.cat([p.scale for p in parts]), first.smooth)
 
+    def take_rows(self, rows: torch.Tensor) -> Int8Tensor:
+        """Rows of the codes, scales and outlier weights; smoothing and outlier columns are per
+        input feature and stay whole."""
+        rows = rows.to(torch.int64)
+        return Int8Tensor(
+            self.qweight[rows], self.scale[rows], self.smooth, self.outlier_idx,
+            None if self.outlier_weight is None else self.outlier_weight[rows],
+        )
+
     def to_compressed_tensors(self, name: str) -> tuple[Scheme, dict[str, torch.Tensor]]:
         """``int-quantized`` W8A8: per-output-channel symmetric int8 weights, dynamic per-token
         int8 activations, run by vLLM's ``CPUInt8ScaledMMLinearKernel`` (oneDNN). Our

@@ -185,6 +185,8 @@ def test_an_invalid_cloud_config(tmp_path: Path) -> None:
     (["router", "fit", "--budget", "1", "--budget-share", "0.5", "--policy", str(POLICY), "--answers", str(POLICY),
       "--scorer", str(REPO), "--out", "x.yaml"],
      "Error: Invalid value for --budget: give exactly one of --budget and --budget-share"),
+    (["edge", "serve", "--model", str(REPO), "--no-auth", "--draft-vocab-text", str(REPO / "README.md")],
+     "Error: --draft-vocab-text needs --verifier (it shapes what this node drafts)"),
 ])
 def test_conflicting_flags(args: list[str], message: str) -> None:
     code, error = invoke(*args)

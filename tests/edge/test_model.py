@@ -162,3 +162,19 @@ def test_fused_projections_and_output_rows_match_the_plain_model(model_dir):
         want = plain(*step)
         got = fused(*step, vocab=rows)  # only those tokens' logits, from those output rows
         torch.testing.assert_close(got, want[..., rows], atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_an_output_subset_cut_once_gives_those_tokens_logits(model_dir):
+    model = load_model(model_dir)
+    model.setup_cache(max_batch=1, max_seq_len=16)
+    vocab = model.config.vocab_size
+    subset = model.output_subset(torch.tensor([vocab - 1, 4, 9, 4]))  # unsorted, repeated
+    assert subset.token_ids.tolist() == [4, 9, vocab - 1]
+    ids = _tokens(1, vocab, n=6)
+    want = model(ids, torch.arange(6)[None], torch.tensor([0]))
+    got = model(ids, torch.arange(6)[None], torch.tensor([0]), vocab=subset)  # softcapping included (Gemma)
+    torch.testing.assert_close(got, want[..., subset.token_ids], atol=1e-5, rtol=1e-5)
+    for bad in (torch.tensor([vocab]), torch.tensor([-1, 2]), torch.tensor([], dtype=torch.int64)):
+        with pytest.raises(ValueError, match="token ids in 0.."):
+            model.output_subset(bad)

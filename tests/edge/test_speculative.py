@@ -129,13 +129,17 @@ def _chi_square_p(samples: list[tuple[int, int]], joint: dict[tuple[int, int], f
     return float(chisquare(np.array(observed), np.array(expected)).pvalue)
 
 
-def test_sampled_output_follows_the_verifiers_distribution(gemma_dir, draft_dirs):
+@pytest.mark.parametrize("draft_vocab", [None, "even ids"])
+def test_sampled_output_follows_the_verifiers_distribution(gemma_dir, draft_dirs, draft_vocab):
     """2000 seeded speculative samples of the first two tokens against the verifier's exact joint
-    distribution (chi-square); the drafter's own distribution, as a control, is rejected."""
+    distribution (chi-square); the drafter's own distribution, as a control, is rejected. With a
+    draft vocabulary (half the tokens) drafts come from the cut distribution, and the tokens it
+    leaves out reach the output through the verifier's residual alone."""
     temperature, top_p, n = 1.0, 0.95, 2000
     prompt = PROMPTS[3]
     verifier = SessionVerifier.from_pretrained(gemma_dir, max_sessions=64, threads=1)
-    drafting = SessionEngine.from_pretrained(draft_dirs["gemma3"], max_sessions=64, threads=1)
+    vocab = None if draft_vocab is None else torch.arange(0, verifier.sessions.vocab_size, 2)
+    drafting = SessionEngine.from_pretrained(draft_dirs["gemma3"], max_sessions=64, threads=1, draft_vocab=vocab)
     from transformers import AutoTokenizer
 
     drafter = Drafter(drafting, AutoTokenizer.from_pretrained(gemma_dir), verifier, SpeculativeOptions(2, 2))
@@ -220,6 +224,26 @@ def test_a_drafting_node_answers_with_the_verifier_nodes_text(nodes):
         assert answer.model == answer.speculative.verifier_model == alone.model
         streamed = list(_stub(drafter).GenerateStream(speculative(prompt), timeout=60))
         assert "".join(c.text for c in streamed) == alone.text and streamed[-1].speculative.rounds > 0
+
+
+def test_a_node_drafting_from_a_frequent_vocabulary_answers_with_the_verifiers_text(loop, nodes, draft_dirs, tmp_path):
+    (verifier, _), _ = nodes
+    traffic = tmp_path / "traffic.txt"
+    traffic.write_text("\n\n".join(PROMPTS[3:]))  # the vocabulary's texts: not the prompts asked below
+    speculation = SpeculationConfig(VerifierEndpoint(f"127.0.0.1:{verifier.port}", 10.0), draft_sessions=2,
+                                    draft_vocab_text=traffic, draft_vocab_size=40)
+    generator = load_generator(draft_dirs["gemma3"], "edge", 1, 2, 8, speculation)
+    drafter = loop.run(start_edge(generator, ServerConfig()))
+    try:
+        vocab = generator.drafter.sessions.draft_vocab
+        eos = generator.engine.model.config.eos_token_ids
+        assert 40 <= len(vocab) <= 40 + len(eos) and set(eos) <= set(vocab.tolist())
+        for prompt in PROMPTS[:3]:
+            alone = _stub(verifier).Generate(generator_pb2.GenerateRequest(prompt=prompt, max_tokens=40), timeout=60)
+            answer = _stub(drafter).Generate(speculative(prompt), timeout=60)
+            assert answer.text == alone.text and answer.speculative.rounds > 0
+    finally:
+        _stop(loop, drafter, generator)
 
 
 @pytest.mark.parametrize(

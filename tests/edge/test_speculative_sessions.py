@@ -100,6 +100,37 @@ def test_scoring_keeps_only_what_the_callback_accepts_and_drafting_feeds_its_dra
     assert drafted.length == 10 + 3 - 1  # the last draw is not fed
 
 
+def test_drafts_from_a_draft_vocabulary_are_its_best_tokens_and_scores_see_every_token(model_dir, reference):
+    tokens = sequence(12)
+    full = reference(tokens)[-1]
+    # The context's best next token left out: the draft must take the best of the rest.
+    best = int(torch.argmax(full))
+    vocab = torch.tensor([t for t in range(0, 300, 3) if t != best] + [1])
+    engine = SessionEngine.from_pretrained(model_dir, max_sessions=2, chunk=16, draft_vocab=vocab)
+    seen = []
+
+    def choose(logits: torch.Tensor) -> tuple[int, None]:
+        seen.append(logits.clone())
+        return int(torch.argmax(logits)), None
+
+    async def calls():
+        drafted = await engine.run("d", 0, tokens, Draft(2, choose))
+        scored = await engine.run("s", 0, tokens, keep_all(1))
+        return drafted, scored
+
+    try:
+        drafted, scored = asyncio.run(calls())
+    finally:
+        engine.close()
+    outside = torch.ones(full.shape[-1], dtype=torch.bool)
+    outside[vocab] = False
+    assert all(torch.isinf(logits[outside]).all() and logits[outside].max() < 0 for logits in seen)
+    torch.testing.assert_close(seen[0][vocab], full[vocab], atol=1e-4, rtol=1e-4)
+    assert drafted.value[0][0] == int(vocab[torch.argmax(full[vocab])])
+    assert all(token in vocab.tolist() for token, _ in drafted.value)
+    torch.testing.assert_close(scored.value[0], full, atol=1e-4, rtol=1e-4)  # a score is never cut
+
+
 def test_lost_sessions_say_how_much_is_held(model_dir):
     clock = FakeClock()
     engine = SessionEngine.from_pretrained(model_dir, max_sessions=2, ttl_s=10.0, clock=clock)

@@ -1,5 +1,5 @@
 """Joined linears (one product for q/k/v or gate/up), the composite's one-session kernel, and
-output rows computed alone: each against the separate products it replaces."""
+output rows computed alone or cut out once: each against the products it replaces."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from torch import nn
 
 from tierlm.kernels.composite import CompositeTensor
 from tierlm.kernels.methods import QUANTIZERS
-from tierlm.kernels.modules import QuantLinear, fuse_linears, linear_rows
+from tierlm.kernels.modules import QuantLinear, fuse_linears, linear_rows, rows_of
 from tierlm.kernels.ops.ort_nbits import ort_available
 
 needs_ort = pytest.mark.skipif(not ort_available(), reason="onnxruntime not installed")
@@ -123,3 +123,35 @@ def test_output_rows_alone_equal_those_of_the_full_product(parts, name):
     torch.testing.assert_close(linear_rows(module, x, rows), module(x)[:, rows], rtol=1e-5, atol=1e-5)
     dense = linears[1]
     torch.testing.assert_close(linear_rows(dense, x, rows), dense(x)[:, rows])
+
+
+@pytest.mark.parametrize("name", ["rtn-g64", "rtn3-g32", "gptq-g64", "int8", "composite"])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("fast", marks=needs_ort)])
+def test_rows_cut_out_once_equal_those_of_the_full_product(parts, name, backend):
+    linears, stats, x = parts
+    (module,) = _quantized(linears[1:2], stats, name, backend)
+    rows = torch.tensor([5, 0, 63, 17, 40, 41, 2, 9] * 4)  # 32 rows: int3 zero points pack by 32
+    cut = rows_of(module, rows)
+    # Formats that cut their storage by rows keep their format (and kernel, the same products);
+    # the composite, with no such cut, becomes its dense rows (the reference's numerics).
+    assert isinstance(cut, QuantLinear) == (name != "composite")
+    assert (cut.out_features, cut.in_features) == (len(rows), K)
+    expected = module(x)[:, rows] if isinstance(cut, QuantLinear) else linear_rows(module, x, rows)
+    torch.testing.assert_close(cut(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_int_zero_points_that_cannot_pack_for_the_rows_fall_back_to_dense_rows(parts):
+    linears, stats, x = parts
+    (module,) = _quantized(linears[1:2], stats, "rtn-g64")
+    rows = torch.tensor([5, 0, 63])
+    cut = rows_of(module, rows)
+    assert type(cut) is nn.Linear
+    torch.testing.assert_close(cut(x), module(x)[:, rows], rtol=1e-5, atol=1e-5)
+
+
+def test_dense_rows_cut_out_once_are_a_copy(parts):
+    linears, _, x = parts
+    rows = torch.tensor([3, 1])
+    cut = rows_of(linears[1], rows)  # the one with a bias
+    torch.testing.assert_close(cut(x), linears[1](x)[:, rows])
+    assert cut.weight.untyped_storage().data_ptr() != linears[1].weight.untyped_storage().data_ptr()

@@ -10,6 +10,7 @@ import typer
 from tierlm import tracing
 from tierlm.app.commands import server_options as opt
 from tierlm.app.errors import CommandError, ExitCode
+from tierlm.edge.speculative.vocabulary import DEFAULT_SIZE
 
 app = typer.Typer(help="Run an edge node: a compressed small model behind the Generator gRPC service.", no_args_is_help=True)
 
@@ -40,6 +41,12 @@ def serve(
     draft_k: int = typer.Option(4, "--draft-k", min=1, max=16, help="Draft tokens per round to start with (then adaptive)."),
     max_draft_k: int = typer.Option(8, "--max-draft-k", min=1, max=16, help="The most draft tokens per round."),
     draft_sessions: int = typer.Option(8, "--draft-sessions", min=1, help="Speculative generations drafted at once."),
+    draft_vocab_text: Path | None = typer.Option(
+        None, "--draft-vocab-text", exists=True,
+        help="Text file or folder of .txt files like the traffic: draft only from its most frequent tokens (FR-Spec), "
+             "a fraction of the output layer per draft step; the output stays the verifier's."),
+    draft_vocab_size: int = typer.Option(DEFAULT_SIZE, "--draft-vocab-size", min=1,
+                                         help="Tokens of --draft-vocab-text's ranking to draft from."),
     verify_sessions: int = typer.Option(0, "--verify-sessions", min=0,
                                         help="Serve Verify for other nodes' drafters with this many sessions (0: off)."),
     session_ttl_s: float = typer.Option(300.0, "--session-ttl", min=1.0, help="Seconds an idle verify session is kept."),
@@ -58,7 +65,10 @@ def serve(
     if verifier is not None:
         key = os.environ.get(verifier_key_env, "") if verifier_key_env else ""
         endpoint = VerifierEndpoint(verifier, verifier_timeout_s, key, ca_file=str(verifier_ca) if verifier_ca else None)
-    speculation = SpeculationConfig(endpoint, draft_sessions, draft_k, max_draft_k, verify_sessions, session_ttl_s)
+    if draft_vocab_text is not None and verifier is None:
+        raise CommandError("--draft-vocab-text needs --verifier (it shapes what this node drafts)", ExitCode.USAGE)
+    speculation = SpeculationConfig(endpoint, draft_sessions, draft_k, max_draft_k, verify_sessions, session_ttl_s,
+                                    draft_vocab_text, draft_vocab_size)
     generator = load_generator(model, tier_name, threads, max_batch, max_queue, speculation)
 
     def ready(server) -> None:
