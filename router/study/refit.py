@@ -7,8 +7,10 @@ the live policy's budget on *explored* requests (the only ones where every tier 
 cascade's choices can be replayed) using the new scorer's out-of-fold scores, and writes a
 candidate policy. The shadow test replays the candidate and the live policy on explored
 requests it never saw (the held-back, later part of the window) with each policy's own scorer:
-the candidate is promoted only when its estimated accuracy is at least the live policy's at no
-higher cost; the paired 95% interval of the accuracy gain is reported either way.
+the candidate is promoted only when its estimated accuracy is at least the live policy's, at no
+higher cost or, where ``learning.refit_budget_per_query`` is set, within that budget (so a refit
+can spend what the policy allows to win accuracy back after a shift); the paired 95% interval of
+the accuracy gain is reported either way.
 """
 
 from __future__ import annotations
@@ -96,21 +98,23 @@ def refit(
         raise ValueError(f"no cascade fits the refit budget {budget:.3g} per query: {exc}") from None
     write_policy(policy_path, out, scorer_dir.resolve(), FittedPolicy(point, budget, "explored live", len(fit_explored), "out-of-fold"),
                  answers=f"the router's store ({len(fit_part)} labelled requests before {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cut))} UTC)")
-    shadow = shadow_test(policy, point.policy, live_scorer, scorer, shadow_part, tiers)
+    shadow = shadow_test(policy, point.policy, live_scorer, scorer, shadow_part, tiers, policy.learning.refit_budget_per_query)
     return Refit(out, len(fit_part), len(fit_explored), shadow)
 
 
 def shadow_test(
     live: Policy, candidate: CascadePolicy, live_scorer: Scorer | None, candidate_scorer: Scorer,
-    requests: list[LabelledRequest], tiers: list[str],
+    requests: list[LabelledRequest], tiers: list[str], budget: float | None = None,
 ) -> ShadowResult:
-    """Replay both policies on explored requests neither was fitted on, each with its own scorer."""
+    """Replay both policies on explored requests neither was fitted on, each with its own scorer;
+    the candidate may cost up to ``budget`` per query (None: what the live policy costs)."""
     live_result = evaluate_cascade(_cascade_data(requests, tiers, live_scorer), _cascade_of(live))
     candidate_result = evaluate_cascade(_cascade_data(requests, tiers, candidate_scorer), candidate)
     diff = candidate_result.correct.astype(float) - live_result.correct.astype(float)
     low, high = bootstrap_interval(diff)
+    ceiling = max(live_result.cost_per_query, budget or 0.0)
     promote = (candidate_result.accuracy >= live_result.accuracy
-               and candidate_result.cost_per_query <= live_result.cost_per_query * (1 + 1e-9))
+               and candidate_result.cost_per_query <= ceiling * (1 + 1e-9))
     return ShadowResult(len(requests), live_result.accuracy, live_result.cost_per_query, candidate_result.accuracy,
                         candidate_result.cost_per_query, float(diff.mean()), (low, high), promote)
 

@@ -96,6 +96,16 @@ def test_refit_beats_a_blind_policy_and_a_bad_candidate_is_refused(traffic, hash
     cloud_only = live.model_copy(update={"cascade": live.cascade.model_copy(update={"order": ["cloud"], "thresholds": {}})})
     dear = shadow_test(cloud_only, CascadePolicy(("edge", "cloud"), {"edge": 1.01}), None, scorer, requests, ["edge", "cloud"])
     assert dear.candidate_accuracy == dear.live_accuracy and dear.candidate_cost > dear.live_cost and not dear.promote
+    # A dearer candidate that is more accurate: refused at the live policy's cost, promoted where
+    # the policy's refit budget allows what it spends (edge-only live, escalating candidate).
+    edge_only = live.model_copy(update={"cascade": live.cascade.model_copy(update={"order": ["edge"], "thresholds": {}})})
+    better = CascadePolicy(("edge", "cloud"), {"edge": 1.01})
+    held = shadow_test(edge_only, better, None, scorer, requests, ["edge", "cloud"])
+    assert held.candidate_accuracy > held.live_accuracy and held.candidate_cost > held.live_cost and not held.promote
+    allowed = shadow_test(edge_only, better, None, scorer, requests, ["edge", "cloud"], budget=held.candidate_cost)
+    assert allowed.promote
+    short = shadow_test(edge_only, better, None, scorer, requests, ["edge", "cloud"], budget=held.candidate_cost * 0.9)
+    assert not short.promote
 
 
 def test_too_little_explored_traffic_is_a_clear_error(traffic, hashing_encoder, tmp_path):

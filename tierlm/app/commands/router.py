@@ -281,7 +281,8 @@ def refit(
     threads: int = typer.Option(1, "--threads", min=1),
 ) -> None:
     """Refit the policy from labelled live traffic, shadow-test it against the live one, and
-    (with --promote) make it live only if it is at least as accurate at no higher cost."""
+    (with --promote) make it live only if it is at least as accurate at no higher cost (or within
+    the policy's learning.refit_budget_per_query, where set)."""
     from tierlm.router.embeddings import offline_encoder
     from tierlm.router.study.refit import decision_numbers, promote, refit as refit_policy
     from tierlm.router.learn.traffic import policy_version
