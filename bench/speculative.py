@@ -6,8 +6,9 @@
 The cloud tier is a node on 127.0.0.1 serving Generate and Verify on Gemma 3 270M fp32 (the
 torch engine, 1 thread, batch 1). The edge is a drafter in this process on the artifact of
 ``examples/recipes/<--draft-recipe>.yaml`` (default rtn-w4g128, int4; 1 thread), calling Verify
-over gRPC. ``--draft-vocab N`` drafts from the N most frequent tokens of
-``data/text/python-docs/calib`` only (FR-Spec; the prompts come from the eval split). Both share this
+over gRPC. ``--draft-vocab N`` drafts from N tokens only (FR-Spec): those of
+``data/text/python-docs/calib`` by count, then the tokenizer's lowest other ids
+(:mod:`tierlm.edge.speculative.vocabulary`; the prompts come from the eval split). Both share this
 2-core machine, one core each. A round trip of ``--rtt-ms`` (0, 10, 50) is simulated on the
 channel to the cloud node (AddedLatency: half before each call, half after its answer), for the
 cloud-only client as for the drafter; the client sits next to the edge, so reaching the drafter
@@ -181,7 +182,8 @@ async def main(args: argparse.Namespace) -> int:
     vocab = None
     if args.draft_vocab:
         calib = read_text(CALIB_TEXT).split("\n\n")
-        vocab = frequent_tokens(cloud.engine.tokenizer, calib, args.draft_vocab, cloud.engine.model.config.eos_token_ids)
+        config = cloud.engine.model.config
+        vocab = frequent_tokens(cloud.engine.tokenizer, calib, args.draft_vocab, config.vocab_size, config.eos_token_ids)
     drafting = SessionEngine.from_pretrained(draft_dir, max_sessions=2, threads=1, draft_vocab=vocab)
     drafter_name = args.draft_recipe + (f", {len(vocab)}-token draft vocabulary" if vocab is not None else "")
     rows, mismatched = [], 0
@@ -208,8 +210,8 @@ async def main(args: argparse.Namespace) -> int:
         await drafting.aclose()
     path = write_results(
         args.out, rows, model=MODEL, draft=f"{MODEL} {args.draft_recipe} (tierlm artifact)", verify=f"{MODEL} fp32",
-        draft_vocab=(f"the {len(vocab)} most frequent tokens of {CALIB_TEXT.relative_to(ROOT)} (end-of-sequence included)"
-                     if vocab is not None else "every token"),
+        draft_vocab=(f"{len(vocab)} tokens: those of {CALIB_TEXT.relative_to(ROOT)} by count, then the lowest other ids "
+                     "(end-of-sequence included)" if vocab is not None else "every token"),
         prompts=len(texts), new_tokens=args.new_tokens, threads="1 for the cloud model, 1 for the drafter",
         rtt="simulated on the gRPC channel to the cloud node: half before each call, half after its answer",
     )
@@ -232,6 +234,6 @@ if __name__ == "__main__":
     parser.add_argument("--fixed-k-prompts", type=int, default=8, help="the first N prompts for the fixed-k rows")
     parser.add_argument("--draft-recipe", default="rtn-w4g128", help="examples/recipes/<name>.yaml compresses the drafter")
     parser.add_argument("--draft-vocab", type=int, default=0,
-                        help="draft from the N most frequent tokens of the calib text only (0: every token)")
+                        help="draft from N tokens only: the calib text's by count, then the lowest ids (0: every token)")
     parser.add_argument("--out", default="speculative", help="result name: bench/results/<out>.json and .png")
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -105,7 +105,8 @@ def load_generator(
         vocab = None
         if speculation.draft_vocab_text is not None:
             texts = read_text(speculation.draft_vocab_text).split("\n\n")
-            vocab = frequent_tokens(engine.tokenizer, texts, speculation.draft_vocab_size, engine.model.config.eos_token_ids)
+            config = engine.model.config
+            vocab = frequent_tokens(engine.tokenizer, texts, speculation.draft_vocab_size, config.vocab_size, config.eos_token_ids)
         drafter = drafter_for(model_path, engine, speculation.verifier, speculation.draft_sessions, speculation.k,
                               speculation.max_k, threads, vocab)
     if speculation.verify_sessions:

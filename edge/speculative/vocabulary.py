@@ -5,12 +5,19 @@ of its weights), and drafts are mostly common tokens. FR-Spec (Zhao et al. 2025,
 Accelerating Large-Vocabulary Language Models via Frequency-Ranked Speculative Sampling")
 drafts from the most frequent tokens of a corpus only; the verifier still scores the full
 vocabulary, so the output stays exact and only drafts outside the subset are lost.
+
+Frequencies come from text like the node's traffic. A modest text holds a few thousand distinct
+tokens (the python-docs calibration text: 4,191 of Gemma's, covering 88% of the eval text's
+tokens), so the rest of the budget goes to the tokenizer's own order: BPE and SentencePiece
+vocabularies are built most-common-first, so low ids stand in for the frequencies of the
+tokenizer's training corpus (with them, 32,768 tokens cover 97% of that eval text).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,13 +27,12 @@ if TYPE_CHECKING:
 DEFAULT_SIZE = 32768
 
 
-def frequent_tokens(tokenizer: Any, texts: Iterable[str], size: int = DEFAULT_SIZE, always: Sequence[int] = ()) -> torch.Tensor:
-    """The ``size`` most frequent token ids of ``texts`` (ties by lower id) plus ``always``
-    (end-of-sequence ids: a draft must be able to stop), ascending.
-
-    Fewer come back when the texts hold fewer distinct tokens: a token never seen there is
-    not worth a row of every draft step.
-    """
+def frequent_tokens(
+    tokenizer: Any, texts: Iterable[str], size: int = DEFAULT_SIZE, vocab_size: int | None = None, always: Sequence[int] = (),
+) -> torch.Tensor:
+    """``size`` token ids, ascending: those of ``texts`` by count (ties by lower id), then the
+    lowest other ids below ``vocab_size`` (the tokenizer's own order) while room is left, plus
+    ``always`` (end-of-sequence ids: a draft must be able to stop)."""
     import torch  # here: the CLI reads DEFAULT_SIZE without loading torch
 
     if size < 1:
@@ -36,5 +42,7 @@ def frequent_tokens(tokenizer: Any, texts: Iterable[str], size: int = DEFAULT_SI
         counts.update(tokenizer(text, add_special_tokens=False)["input_ids"])
     if not counts:
         raise ValueError("no tokens to rank: the draft vocabulary's texts are empty")
-    ranked = sorted(counts, key=lambda token: (-counts[token], token))[:size]
-    return torch.tensor(sorted(set(ranked) | set(always)), dtype=torch.int64)
+    chosen = set(sorted(counts, key=lambda token: (-counts[token], token))[:size])
+    unseen = (token for token in range(vocab_size or 0) if token not in chosen)
+    chosen.update(islice(unseen, size - len(chosen)))
+    return torch.tensor(sorted(chosen | set(always)), dtype=torch.int64)

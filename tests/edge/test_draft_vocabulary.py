@@ -1,4 +1,5 @@
-"""A drafter's frequent vocabulary: ranked by count in the given texts, stop tokens always in."""
+"""A drafter's frequent vocabulary: ranked by count in the given texts, then the tokenizer's own
+order, stop tokens always in."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ def test_the_most_frequent_tokens_are_kept_ties_by_lower_id():
     assert frequent_tokens(TOKENIZER, texts, size=3).tolist() == [2, 5, 7]  # "the", then ids 2 and 7 of the four tied
     assert frequent_tokens(TOKENIZER, texts, size=3, always=[0, 5]).tolist() == [0, 2, 5, 7]
     assert frequent_tokens(TOKENIZER, texts, size=100).tolist() == [2, 5, 7, 9, 11]  # only what was seen
+
+
+def test_room_the_texts_leave_goes_to_the_lowest_other_ids():
+    texts = ["cat cat on"]  # cat 2, on 1
+    assert frequent_tokens(TOKENIZER, texts, size=5, vocab_size=12).tolist() == [0, 1, 2, 9, 11]
+    assert frequent_tokens(TOKENIZER, texts, size=1, vocab_size=12).tolist() == [9]  # the texts' ranking first
+    assert frequent_tokens(TOKENIZER, texts, size=40, vocab_size=12).tolist() == list(range(12))  # all there is
 
 
 @pytest.mark.parametrize("texts, size, message", [

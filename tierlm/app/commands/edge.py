@@ -43,10 +43,10 @@ def serve(
     draft_sessions: int = typer.Option(8, "--draft-sessions", min=1, help="Speculative generations drafted at once."),
     draft_vocab_text: Path | None = typer.Option(
         None, "--draft-vocab-text", exists=True,
-        help="Text file or folder of .txt files like the traffic: draft only from its most frequent tokens (FR-Spec), "
-             "a fraction of the output layer per draft step; the output stays the verifier's."),
+        help="Text file or folder of .txt files like the traffic: draft only from its most frequent tokens, then the "
+             "tokenizer's lowest ids (FR-Spec), a fraction of the output layer per draft step; the output stays the verifier's."),
     draft_vocab_size: int = typer.Option(DEFAULT_SIZE, "--draft-vocab-size", min=1,
-                                         help="Tokens of --draft-vocab-text's ranking to draft from."),
+                                         help="Tokens to draft from (--draft-vocab-text's ranking, then the lowest ids)."),
     verify_sessions: int = typer.Option(0, "--verify-sessions", min=0,
                                         help="Serve Verify for other nodes' drafters with this many sessions (0: off)."),
     session_ttl_s: float = typer.Option(300.0, "--session-ttl", min=1.0, help="Seconds an idle verify session is kept."),
