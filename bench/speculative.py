@@ -1,7 +1,8 @@
 """Speculative decoding across tiers: a compressed Gemma 3 270M drafts at the edge, Gemma 3 270M fp32 verifies in the cloud.
 
-    python bench/speculative.py            # ~30 min on 2 cores once the models are prepared
-    python bench/speculative.py --draft-recipe w8a8-plain --draft-vocab 32768 --out speculative-w8a8-fr32k
+    python bench/speculative.py [--draft-recipe rtn-w4g128] [--draft-vocab 0] [--out speculative]
+    # the committed speculative.json (~25 min on 2 cores once the models are prepared):
+    python bench/speculative.py --draft-recipe w8a8-plain --draft-vocab 32768
 
 The cloud tier is a node on 127.0.0.1 serving Generate and Verify on Gemma 3 270M fp32 (the
 torch engine, 1 thread, batch 1). The edge is a drafter in this process on the artifact of
@@ -154,7 +155,8 @@ def plot(rows: list[dict], path: Path, drafter: str) -> None:
         mine = [r for r in rows if r["name"].startswith(f"{mode}@")]
         speed.plot([r["rtt_ms"] for r in mine], [r["decode_tok_s"] for r in mine], style, label=mode)
         passes.plot([r["rtt_ms"] for r in mine], [r["verifier_passes_per_token"] for r in mine], style, label=mode)
-    speed.set(xlabel="simulated round trip to the cloud (ms)", ylabel="output tokens/s", title="End to end, batch 1")
+    speed.set(xlabel="simulated round trip to the cloud (ms)", ylabel="output tokens/s", title="End to end, batch 1",
+              ylim=(0, None))
     passes.set(xlabel="simulated round trip to the cloud (ms)", ylabel="cloud forward passes per output token",
                title="Cloud forward passes per token", ylim=(0, None))
     fixed = [r for r in rows if r["name"].startswith("fixed-k")]
