@@ -74,7 +74,7 @@ def cloud(serve_model_dir):
     engines = ["torch", "vllm"] if vllm_installed() else ["torch"]
     config = CloudConfig(
         models=[{"name": f"tiny-{engine}", "path": str(serve_model_dir), "engine": engine,
-                 "engine_options": ENGINE_OPTIONS[engine],
+                 "engine_options": ENGINE_OPTIONS[engine], "verify": {"max_sessions": 4},
                  "health_check_period_s": 1.0, "graceful_shutdown_timeout_s": 5.0} for engine in engines],
         grpc_port=free_port(), http_port=free_port(),
     )
@@ -153,6 +153,30 @@ def test_health_and_bad_input_through_the_proxy(stub, cloud):
     with pytest.raises(grpc.RpcError) as err:
         ModelStub(stub.stub, ((MODEL_METADATA_KEY, "no-such-model"),)).generate("Gold", 4, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown model" in err.value.details()
+
+
+def test_verify_rounds_accept_the_models_own_tokens_and_correct_the_first_wrong_one(stub, model_name, serve_model_dir):
+    """The Verify rpc through the proxy, on each engine (the torch engine's KV sessions, vLLM's
+    prefix cache): drafts equal to the model's greedy tokens are accepted, a wrong one is
+    replaced by the model's own token, and the second round sends only what is new."""
+    from transformers import AutoTokenizer
+
+    greedy = stub.stub.Generate(generator_pb2.GenerateRequest(prompt=PROMPTS[1], max_tokens=6, return_logprobs=True),
+                                timeout=120, metadata=stub.metadata)
+    tokens = [t.token_id for t in greedy.logprobs]
+    prompt = AutoTokenizer.from_pretrained(serve_model_dir)(PROMPTS[1])["input_ids"]
+    session = f"verify-{model_name}"
+
+    def verify(start: int, fed: list[int], drafts: list[int]) -> generator_pb2.VerifyResponse:
+        request = generator_pb2.VerifyRequest(session_id=session, start=start, tokens=fed, draft_tokens=drafts)
+        return stub.stub.Verify(request, timeout=120, metadata=stub.metadata)
+
+    first = verify(0, prompt, tokens[:3])
+    assert (first.accepted, first.next_token, first.length) == (3, tokens[3], len(prompt) + 3)
+    wrong = (tokens[5] + 1) % 256
+    second = verify(first.length, [first.next_token], [tokens[4], wrong])
+    assert (second.accepted, second.next_token, second.length) == (1, tokens[5], len(prompt) + 5)
+    assert second.model == model_name
 
 
 def test_a_router_tier_reaches_its_served_model(cloud, model_name):
