@@ -71,8 +71,8 @@ class SpeculationConfig:
 
     ``verifier``: draft for this verifier (``draft_sessions`` generations at once, ``k`` and
     ``max_k`` unless a request says otherwise); with ``draft_vocab_text`` (a text file or a folder
-    of ``.txt``), from its ``draft_vocab_size`` most frequent tokens only
-    (:mod:`tierlm.edge.speculative.vocabulary`). ``verify_sessions`` > 0: serve Verify with that
+    of ``.txt``), from ``draft_vocab_size`` tokens only: its most frequent, then the tokenizer's
+    lowest ids (:mod:`tierlm.edge.speculative.vocabulary`). ``verify_sessions`` > 0: serve Verify with that
     many sessions, each idle one dropped after ``session_ttl_s``.
     """
 
