@@ -50,13 +50,12 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.models import cached_artifact, prepared_model  # noqa: E402
-from tierlm.edge.perplexity import read_text  # noqa: E402
 from tierlm.edge.requests import GenerationRequest  # noqa: E402
 from tierlm.edge.server import SpeculationConfig, load_generator, start_edge  # noqa: E402
 from tierlm.edge.speculative.client import AddedLatency, GrpcVerifier, VerifierEndpoint  # noqa: E402
 from tierlm.edge.speculative.drafter import Drafter, SpeculativeOptions  # noqa: E402
 from tierlm.edge.speculative.sessions import SessionEngine  # noqa: E402
-from tierlm.edge.speculative.vocabulary import frequent_tokens  # noqa: E402
+from tierlm.edge.speculative.vocabulary import vocabulary_from_text  # noqa: E402
 from tierlm.results import RESULTS, write_results  # noqa: E402
 from tierlm.serving import ServerConfig  # noqa: E402
 from tierlm.v1 import generator_pb2, generator_pb2_grpc  # noqa: E402
@@ -183,9 +182,7 @@ async def main(args: argparse.Namespace) -> int:
     address = f"127.0.0.1:{server.port}"
     vocab = None
     if args.draft_vocab:
-        calib = read_text(CALIB_TEXT).split("\n\n")
-        config = cloud.engine.model.config
-        vocab = frequent_tokens(cloud.engine.tokenizer, calib, args.draft_vocab, config.vocab_size, config.eos_token_ids)
+        vocab = vocabulary_from_text(CALIB_TEXT, cloud.engine.tokenizer, cloud.engine.model.config, args.draft_vocab)
     drafting = SessionEngine.from_pretrained(draft_dir, max_sessions=2, threads=1, draft_vocab=vocab)
     drafter_name = args.draft_recipe + (f", {len(vocab)}-token draft vocabulary" if vocab is not None else "")
     rows, mismatched = [], 0

@@ -43,7 +43,6 @@ class OutputSubset:
     layer: nn.Module  # x -> logits of token_ids
 
 
-
 class RMSNorm(nn.Module):
     """RMSNorm; with `unit_offset` the weight is stored as an offset from one (Gemma's `x*(1+w)`)."""
 
@@ -253,7 +252,8 @@ class Transformer(nn.Module):
         ids = torch.unique(token_ids.to(torch.int64).cpu())
         if len(ids) == 0 or ids[0] < 0 or ids[-1] >= self.config.vocab_size:
             raise ValueError(f"an output subset needs token ids in 0..{self.config.vocab_size - 1}")
-        return OutputSubset(ids.to(self.device), rows_of(self.lm_head, ids.to(self.device)))
+        ids = ids.to(self.device)
+        return OutputSubset(ids, rows_of(self.lm_head, ids))
 
     def fuse_projections(self) -> int:
         """Run each layer's q/k/v and gate/up projections as one product each, where their

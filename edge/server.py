@@ -18,7 +18,7 @@ import grpc
 from tierlm.edge.generator import ProtoGenerator
 from tierlm.edge.speculative.client import VerifierEndpoint
 from tierlm.edge.speculative.service import SpeculativeGenerator
-from tierlm.edge.speculative.vocabulary import DEFAULT_SIZE, frequent_tokens
+from tierlm.edge.speculative.vocabulary import DEFAULT_SIZE, vocabulary_from_text
 from tierlm.errors import GenerationError
 from tierlm.serving import GrpcServer, ServerConfig, current_tenant
 from tierlm.v1 import generator_pb2, generator_pb2_grpc
@@ -93,7 +93,6 @@ def load_generator(
     """Load a model folder (HF or tierlm artifact) into an engine with Prometheus hooks, with a
     drafter and a verifier on the same model when ``speculation`` asks for them."""
     from tierlm.edge.engine import DecoderEngine
-    from tierlm.edge.perplexity import read_text
     from tierlm.edge.speculative.parts import drafter_for, verifier_for
     from tierlm.edge.telemetry import PrometheusObserver
 
@@ -104,9 +103,8 @@ def load_generator(
     if speculation.verifier is not None:
         vocab = None
         if speculation.draft_vocab_text is not None:
-            texts = read_text(speculation.draft_vocab_text).split("\n\n")
-            config = engine.model.config
-            vocab = frequent_tokens(engine.tokenizer, texts, speculation.draft_vocab_size, config.vocab_size, config.eos_token_ids)
+            vocab = vocabulary_from_text(speculation.draft_vocab_text, engine.tokenizer, engine.model.config,
+                                         speculation.draft_vocab_size)
         drafter = drafter_for(model_path, engine, speculation.verifier, speculation.draft_sessions, speculation.k,
                               speculation.max_k, threads, vocab)
     if speculation.verify_sessions:

@@ -167,12 +167,18 @@ def rows_of(linear: nn.Module, rows: torch.Tensor) -> nn.Module:
             return QuantLinear(taken, bias, linear.backend, linear.int4_accuracy_level)
         weight = linear.qweight.dequantize_rows(rows)
     else:
-        weight = linear.weight.detach()[rows]
-    dense = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    dense.weight = nn.Parameter(weight.clone(), requires_grad=False)
+        weight = linear.weight.detach()[rows]  # advanced indexing: already a copy
+    return _frozen_linear(weight, bias)
+
+
+def _frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` holding ``weight`` ([out, in]) and ``bias`` themselves, no gradients
+    (built on the meta device, so no throwaway initialisation is allocated)."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
     if bias is not None:
-        dense.bias = nn.Parameter(bias.clone(), requires_grad=False)
-    return dense
+        linear.bias = nn.Parameter(bias, requires_grad=False)
+    return linear
 
 
 def _joined_bias(modules: list[nn.Module], sizes: list[int]) -> torch.Tensor | None:
@@ -204,10 +210,7 @@ def fuse_linears(modules: list[nn.Module]) -> FusedLinears | None:
     sizes = [m.out_features for m in modules]
     bias = _joined_bias(modules, sizes)
     if all(type(m) is nn.Linear for m in modules):
-        joined = nn.Linear(modules[0].in_features, sum(sizes), bias=bias is not None, device="meta")
-        joined.weight = nn.Parameter(torch.cat([m.weight.detach() for m in modules]), requires_grad=False)
-        if bias is not None:
-            joined.bias = nn.Parameter(bias, requires_grad=False)
+        joined = _frozen_linear(torch.cat([m.weight.detach() for m in modules]), bias)
         for module, view in zip(modules, joined.weight.split(sizes)):
             module.weight = nn.Parameter(view, requires_grad=False)
         return FusedLinears(joined, sizes)

@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from tierlm.edge.config import ModelConfig
 
 #: Tokens kept when a size is not given: a quarter of a 131k-262k vocabulary's product or less.
 DEFAULT_SIZE = 32768
@@ -46,3 +49,11 @@ def frequent_tokens(
     unseen = (token for token in range(vocab_size or 0) if token not in chosen)
     chosen.update(islice(unseen, size - len(chosen)))
     return torch.tensor(sorted(chosen | set(always)), dtype=torch.int64)
+
+
+def vocabulary_from_text(path: str | Path, tokenizer: Any, config: ModelConfig, size: int = DEFAULT_SIZE) -> torch.Tensor:
+    """:func:`frequent_tokens` of a text file (or a folder's ``.txt`` files), paragraph by
+    paragraph, within ``config``'s vocabulary and with its end-of-sequence ids."""
+    from tierlm.edge.perplexity import read_text
+
+    return frequent_tokens(tokenizer, read_text(path).split("\n\n"), size, config.vocab_size, config.eos_token_ids)
