@@ -1,0 +1,153 @@
+"""Where a batch-1 decode step's time goes: the output layer, the blocks' linears, the rest.
+
+    python bench/edge_step.py [--model gemma-3-270m] [--artifact w8a8-plain ...] [--threads 1 --threads 2]
+                              [--reps 30] [--no-llama-cpp]
+
+For the prepared fp32 folder and each artifact (``~/.cache/tierlm/artifacts/<model>/<name>``,
+built by bench/compression.py or bench/edge.py), in a fresh process per model and thread
+count, loaded the way the edge engine loads it (projections fused, loading on a passing
+thread so the timing thread's OpenMP team is the only one):
+
+- ``step_ms``: one decode step (one token at position 32, logits of the whole vocabulary);
+- ``head_ms``: the final norm and output layer (soft-capping included) alone;
+- ``linears_ms``: every block linear the step calls (fused q/k/v and gate/up where the
+  format allows), each timed alone on an input of its width, summed;
+- ``other_ms``: ``step_ms - head_ms - linears_ms``: norms, rope, attention, the KV cache,
+  embedding and Python dispatch.
+
+Each is the median over ``--reps`` calls after warm-up. The anchor row is llama.cpp on the
+model's own Q4_K_M GGUF with the same threads (one ``eval`` per token, as bench/edge.py times
+it). Writes bench/results/edge_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `bench.*` imports when run as a script
+
+DEFAULT_ARTIFACTS = ("w8a8-plain", "gptq-w4g64", "composite-edge")
+POSITION = 32  # every timed step attends over the same number of keys
+
+
+def median_ms(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 3)
+
+
+def block_linears(model) -> list[tuple[object, int]]:
+    """The linear modules one decode step calls, in order, each with its input width."""
+    c = model.config
+    hidden, attn_out, mlp_hidden = c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size
+    calls = []
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        calls += [(attn.qkv, hidden)] if attn.qkv is not None else [(m, hidden) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        calls.append((attn.o_proj, attn_out))
+        calls += [(mlp.gate_up, hidden)] if mlp.gate_up is not None else [(m, hidden) for m in (mlp.gate_proj, mlp.up_proj)]
+        calls.append((mlp.down_proj, mlp_hidden))
+    return calls
+
+
+def breakdown(model_dir: str, threads: int, reps: int) -> dict:
+    """The step's parts for one model on `threads` threads (runs in a fresh process)."""
+    import torch
+
+    from tierlm.edge.decoder import load_model
+    from tierlm.edge.engine import on_passing_thread
+
+    torch.set_num_threads(threads)
+
+    def load():
+        model = load_model(Path(model_dir))
+        model.fuse_projections()
+        model.setup_cache(1, POSITION + 8)
+        return model
+
+    model = on_passing_thread(load)
+    c = model.config
+    slot = torch.tensor([0])
+    with torch.inference_mode():
+        model(torch.full((1, POSITION), 5), torch.arange(POSITION)[None], slot, logits="none")
+        token, position = torch.tensor([[5]]), torch.tensor([[POSITION]])
+        step_ms = median_ms(lambda: model(token, position, slot, logits="last"), reps)
+        x = torch.randn(1, 1, c.hidden_size)
+        head_ms = median_ms(lambda: model.head(x), reps)
+        linears_ms = 0.0
+        for module, width in block_linears(model):
+            inputs = torch.randn(1, 1, width)
+            linears_ms += median_ms(lambda m=module, i=inputs: m(i), reps)
+    linears_ms = round(linears_ms, 3)
+    return {
+        "step_ms": step_ms,
+        "tok_s": round(1000 / step_ms, 2),
+        "head_ms": head_ms,
+        "linears_ms": linears_ms,
+        "other_ms": round(step_ms - head_ms - linears_ms, 3),
+        "head_share": round(head_ms / step_ms, 3),
+    }
+
+
+def llama_cpp_step(gguf: Path, threads: int, reps: int) -> dict:
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf), n_ctx=128, n_threads=threads, n_threads_batch=threads, verbose=False)
+    try:
+        llm.eval([5] * POSITION)
+
+        def one() -> None:
+            llm.n_tokens = POSITION  # rewrite the same position each time, as the rows above do
+            llm.eval([5])
+
+        step_ms = median_ms(one, reps)
+    finally:
+        llm.close()
+    return {"step_ms": step_ms, "tok_s": round(1000 / step_ms, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--artifact", action="append", help=f"artifact name (repeatable); default: {', '.join(DEFAULT_ARTIFACTS)}")
+    parser.add_argument("--threads", type=int, action="append", help="thread counts (repeatable); default: 1 and 2")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--no-llama-cpp", action="store_true")
+    args = parser.parse_args()
+
+    from bench.compression import in_fresh_process
+    from tierlm.edge import catalog
+    from tierlm.results import write_results
+
+    folder = catalog.prepare(args.model)
+    targets = {"fp32": folder}
+    for name in args.artifact or DEFAULT_ARTIFACTS:
+        path = catalog.cache_root() / "artifacts" / folder.name / name
+        if not path.is_dir():
+            raise SystemExit(f"no artifact {path}: build it with bench/compression.py or bench/edge.py first")
+        targets[name] = path
+    rows = []
+    for threads in args.threads or [1, 2]:
+        if not args.no_llama_cpp:
+            rows.append({"name": "llama.cpp-q4_k_m", "threads": threads,
+                         **in_fresh_process(llama_cpp_step, catalog.gguf_path(args.model), threads, args.reps)})
+            print(rows[-1], flush=True)
+        for name, path in targets.items():
+            rows.append({"name": name, "threads": threads, **in_fresh_process(breakdown, str(path), threads, args.reps)})
+            print(rows[-1], flush=True)
+    path = write_results("edge_step", rows, model=args.model, position=POSITION, reps=args.reps)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
