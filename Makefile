@@ -30,7 +30,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$rc
 
-## demo: install into .venv, start every tier on 127.0.0.1 and route 200 HEADLINES dev queries (tierlm demo)
+## demo: install into .venv, start every tier on 127.0.0.1 and route 50 HEADLINES dev queries (tierlm demo)
 DEMO_ARGS ?=
 demo: $(VENV)/.installed
 	$(PY) -m tierlm.app.cli demo $(DEMO_ARGS)

@@ -13,6 +13,13 @@ import typer
 from tierlm.data import workloads_dir
 
 DEFAULT_POLICY = Path("examples/demo/policy.yaml")
+# Sized for the demo's time budget (5 min with caches warm on 2 cores): each LLM tier prefills
+# a prompt of 8 retrieved demonstrations on one core, so 50 queries take about a minute per
+# pass there. 4 in flight measured the same throughput as 8 at half the latency: more only
+# queue on the tier, and on a slower machine the queue reaches the tier timeout (30 s for the
+# edge) and opens its breaker, as the 8-in-flight run of 2026-12-05 did on a slower host.
+DEFAULT_QUERIES = 50
+DEFAULT_CONCURRENCY = 4
 HEADLINES = workloads_dir() / "headlines"
 
 
@@ -23,8 +30,8 @@ def _interrupt(*_: object) -> None:
 
 def demo(
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", exists=True, dir_okay=False, help="The demo stack's policy (tiers with `launch` blocks)."),
-    queries: int = typer.Option(200, "--queries", min=1, help="HEADLINES dev rows to send (the first N)."),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight from the SDK."),
+    queries: int = typer.Option(DEFAULT_QUERIES, "--queries", min=1, help="HEADLINES dev rows to send (the first N); bench/results/demo.json is --queries 200."),
+    concurrency: int = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", min=1, help="Requests in flight from the SDK."),
     single: list[str] = typer.Option(["edge", "cloud"], "--single", help="Tiers to also measure alone (force_tier), repeatable."),
     out: Path | None = typer.Option(None, "--out", help="Folder for demo.json and demo_cost_accuracy.png (default: the run folder)."),
     refit: bool = typer.Option(False, "--refit", help="Re-run collect -> train -> fit on HEADLINES train (out-of-fold scores) and rewrite the policy's scorer and cascade."),
