@@ -23,7 +23,9 @@ DOCUMENT = ROOT / "docs" / "benchmarks.md"
 #: What each bench measures, in the order the page shows them (others follow, by name).
 ABOUT = {
     "demo": "`make demo`: the local stack (knn, edge, cloud, router) answering HEADLINES dev queries; each tier alone and the "
-            "cascade. The single-tier passes run side by side and the cascade runs alone, so latencies compare within a pass only.",
+            "cascade. The single-tier passes run side by side and the cascade runs alone, so latencies compare within a pass only. "
+            "`stack_ready_s` counts from the command's start, so it includes preparing the models and building the edge "
+            "artifact when the cache is empty.",
     "routing-headlines": "Routing study on HEADLINES (bench/routing.py): every tier alone, fitted cascades, on the test split.",
     "routing-snips": "Routing study on SNIPS intents (bench/routing.py).",
     "routing-xquad": "Routing study on XQuAD English extractive QA (bench/routing.py).",
