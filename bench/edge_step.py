@@ -3,9 +3,9 @@
     python bench/edge_step.py [--model gemma-3-270m] [--artifact w8a8-plain ...] [--threads 1 --threads 2]
                               [--reps 30] [--no-llama-cpp]
 
-For the prepared fp32 folder and each artifact (``~/.cache/tierlm/artifacts/<model>/<name>``,
-built by bench/compression.py or bench/edge.py), in a fresh process per model and thread
-count, loaded the way the edge engine loads it (projections fused, loading on a passing
+For the prepared fp32 folder and each artifact (built from ``examples/recipes/<name>.yaml``
+into ``~/.cache/tierlm/artifacts/<model>/<name>`` when missing and reused while its recipe is
+unchanged, as bench/edge.py does), in a fresh process per model and thread count, loaded the way the edge engine loads it (projections fused, loading on a passing
 thread so the timing thread's OpenMP team is the only one):
 
 - ``step_ms``: one decode step (one token at position 32, logits of the whole vocabulary);
@@ -127,19 +127,18 @@ def main() -> None:
     parser.add_argument("--no-llama-cpp", action="store_true")
     args = parser.parse_args()
 
-    from bench.compression import in_fresh_process
+    from bench.compression import RECIPES, artifact_for, in_fresh_process
     from tierlm.edge import catalog
     from tierlm.results import write_results
 
+    thread_counts = args.threads or [1, 2]
     folder = catalog.prepare(args.model)
+    artifacts = catalog.cache_root() / "artifacts" / folder.name
     targets = {"fp32": folder}
     for name in args.artifact or DEFAULT_ARTIFACTS:
-        path = catalog.cache_root() / "artifacts" / folder.name / name
-        if not path.is_dir():
-            raise SystemExit(f"no artifact {path}: build it with bench/compression.py or bench/edge.py first")
-        targets[name] = path
+        targets[name], _ = artifact_for(folder, RECIPES / f"{name}.yaml", artifacts, True, max(thread_counts))
     rows = []
-    for threads in args.threads or [1, 2]:
+    for threads in thread_counts:
         if not args.no_llama_cpp:
             rows.append({"name": "llama.cpp-q4_k_m", "threads": threads,
                          **in_fresh_process(llama_cpp_step, catalog.gguf_path(args.model), threads, args.reps)})
