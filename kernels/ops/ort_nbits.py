@@ -28,10 +28,17 @@ linears measured 10-30% slower on two threads than on one), so a weight below
 :data:`PARALLEL_MIN_WEIGHTS` runs single-threaded up to :data:`SERIAL_MAX_ROWS` rows, and on
 every thread for a prefill chunk (a second session, built when first needed); big weights (the
 262k-row output layer) use every thread always.
+
+Under ``torch.compile`` a run is the custom op ``tierlm::matmul_nbits`` (the sessions found by a
+handle), so a compiled decode step keeps its weights' matmuls in one graph with the elementwise
+work around them instead of breaking the graph at every linear; eager calls skip the op's
+dispatch and run the session directly.
 """
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,6 +68,23 @@ def ort_available() -> bool:
     return True
 
 
+# Every live `_Sessions` by handle: a custom op's arguments are tensors and numbers, so a
+# compiled graph names its weight by handle. Weak, so an unloaded model's sessions still go.
+_BY_HANDLE: weakref.WeakValueDictionary[int, _Sessions] = weakref.WeakValueDictionary()
+_HANDLES = itertools.count()
+
+
+@torch.library.custom_op("tierlm::matmul_nbits", mutates_args=())
+def matmul_nbits(a: torch.Tensor, handle: int) -> torch.Tensor:
+    """``a [M, K] float32 -> [M, N] float32`` through the sessions registered as ``handle``."""
+    return _BY_HANDLE[handle].run_now(a)
+
+
+@matmul_nbits.register_fake
+def _(a: torch.Tensor, handle: int) -> torch.Tensor:
+    return a.new_empty((a.shape[0], _BY_HANDLE[handle].n))
+
+
 class _Sessions:
     """One ``MatMulNBits`` graph run by a session per thread count: a weight below
     :data:`PARALLEL_MIN_WEIGHTS` gets one thread at decode's few rows and every thread for a
@@ -73,6 +97,9 @@ class _Sessions:
         self._max = torch.get_num_threads()
         self._small = n * k < PARALLEL_MIN_WEIGHTS
         self._by_threads: dict[int, object] = {}
+        self.n = n
+        self.handle = next(_HANDLES)
+        _BY_HANDLE[self.handle] = self
         self.for_rows(1)
 
     def for_rows(self, rows: int):
@@ -82,6 +109,11 @@ class _Sessions:
         return self._by_threads[threads]
 
     def run(self, a: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return matmul_nbits(a, self.handle)
+        return self.run_now(a)
+
+    def run_now(self, a: torch.Tensor) -> torch.Tensor:
         # A plain run (ORT allocates Y) measured ~10 µs faster per call than binding our own
         # output buffer: building an IOBinding per call costs more than the allocation.
         (y,) = self.for_rows(a.shape[0]).run(None, {"A": a.contiguous().numpy()})
