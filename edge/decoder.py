@@ -18,6 +18,7 @@ five of every six layers' caches to about the window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -102,6 +103,14 @@ class BatchLayout:
     key_start: int  # the cache entries attention reads: [key_start, key_end)
     key_end: int
     mask: Tensor  # [B, 1, T, key_end - key_start], True where attention is allowed
+
+
+#: torch.compile's stance for compiled decode steps: a step no graph fits runs op by op
+#: instead of stalling for a compile. Tests set "fail_on_recompile" to prove none needs one.
+SERVING_STANCE = "eager_on_recompile"
+
+Ropes = dict[float, tuple[Tensor, Tensor]]  # rope theta -> (cos, sin) at the rows' positions
+Layouts = dict[int | None, BatchLayout]  # sliding window (None: global) -> the rows' layout
 
 
 class Attention(nn.Module):
@@ -208,6 +217,7 @@ class Transformer(nn.Module):
         self.max_chunk = 0
         self._rope: dict[float, tuple[Tensor, Tensor]] = {}
         self._rings: dict[int | None, int | None] = {}  # window -> ring length (None: linear cache)
+        self._compiled_decode: Callable[..., Tensor] | None = None  # set by compile_decode
 
     def setup_cache(
         self, max_batch: int, max_seq_len: int, max_chunk: int | None = None, dtype: torch.dtype | None = None
@@ -233,7 +243,11 @@ class Transformer(nn.Module):
             for w in set(c.sliding_window)
         }
         for layer in self.layers:
-            length = self._rings[layer.sliding_window] or max_seq_len
+            ring = self._rings[layer.sliding_window]
+            # A spare entry past the ring: reading the whole ring is then still a strict part
+            # of the buffer, laid out as before it wrapped, so a compiled decode graph's
+            # guards on that view's strides hold at every position.
+            length = ring + 1 if ring is not None else max_seq_len
             layer.self_attn.kv_cache = KVCache(max_batch, c.num_kv_heads, length, c.head_dim, dtype, device)
         self._rope = {
             theta: tuple(t.to(device) for t in _rope_table(theta, c.head_dim, max_seq_len, dtype))
@@ -283,9 +297,7 @@ class Transformer(nn.Module):
         """
         if tokens.shape[1] > self.max_chunk:
             raise ValueError(f"{tokens.shape[1]} tokens per row exceed max_chunk={self.max_chunk} of setup_cache()")
-        x = self.embed(tokens)
-        for layer, (rope, layout) in zip(self.layers, self.layer_inputs(positions, slots)):
-            x = layer(x, rope, layout)
+        x = self._blocks(self.embed(tokens), *self._tables(positions, slots))
         if logits == "none":
             return None
         if logits == "last":
@@ -307,11 +319,69 @@ class Transformer(nn.Module):
 
     def layer_inputs(self, positions: Tensor, slots: Tensor) -> list[tuple[tuple[Tensor, Tensor], BatchLayout]]:
         """The (rope, layout) arguments of each decoder layer for rows at `positions` in `slots`."""
+        ropes, layouts = self._tables(positions, slots)
+        return [(ropes[layer.rope_theta], layouts[layer.sliding_window]) for layer in self.layers]
+
+    def _tables(self, positions: Tensor, slots: Tensor, keys_from_zero: bool = False) -> tuple[Ropes, Layouts]:
+        """The rope tables (by theta) and batch layouts (by window) the layers read."""
         if not self._rope:
             raise RuntimeError("call setup_cache() before forward()")
         ropes = {theta: (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)) for theta, (cos, sin) in self._rope.items()}
-        layouts = {w: _layout(slots, positions, w, ring) for w, ring in self._rings.items()}
-        return [(ropes[layer.rope_theta], layouts[layer.sliding_window]) for layer in self.layers]
+        layouts = {w: _layout(slots, positions, w, ring, keys_from_zero) for w, ring in self._rings.items()}
+        return ropes, layouts
+
+    def _blocks(self, x: Tensor, ropes: Ropes, layouts: Layouts) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, ropes[layer.rope_theta], layouts[layer.sliding_window])
+        return x
+
+    def _decode_graph(self, x: Tensor, ropes: Ropes, layouts: Layouts) -> Tensor:
+        return self.head(self._blocks(x, ropes, layouts))[:, 0]
+
+    # ---- decode steps, optionally compiled ----
+
+    def compile_decode(self) -> None:
+        """Compile `decode`'s blocks and output layer with inductor, and build the graphs now.
+
+        Run op by op, a decode step spends more time dispatching small ops (norms, rope,
+        attention, the cache) than in its quantized matmuls; compiled, the elementwise work is
+        fused into a few C++ kernels around the matmuls (onnxruntime's stay, as custom ops).
+        Two graphs are built here, for one row and for two or more, each about a minute on two
+        cores the first time (inductor keeps them on disk, under ``TORCHINDUCTOR_CACHE_DIR``,
+        for the next start). Call after `setup_cache` and before any sequence is fed: the
+        warm-up writes position 2 of slots 0 and 1.
+        """
+        if not self._rope:
+            raise RuntimeError("call setup_cache() before compile_decode()")
+        self._compiled_decode = torch.compile(self._decode_graph, dynamic=True)
+        # Without duck shaping, sizes that happen to be equal in the warm-up (two layers' key
+        # counts) stay separate symbols instead of a guard that they are always equal; position
+        # 2 avoids the sizes 0 and 1, which torch specializes.
+        with torch.inference_mode(), torch.fx.experimental._config.patch(use_duck_shape=False):
+            for rows in range(1, min(2, self.max_batch) + 1):
+                position = torch.full((rows, 1), 2, device=self.device)
+                self._run_compiled(torch.zeros_like(position), position, torch.arange(rows, device=self.device))
+
+    def decode(self, tokens: Tensor, positions: Tensor, slots: Tensor) -> Tensor:
+        """Next-token logits [B, V] of rows bringing one token each (tokens, positions: [B, 1]).
+
+        After `compile_decode`, rows in slots 0..B-1 (the engine hands out the lowest slots
+        first, so its batches usually are) run a compiled graph. Another layout, or a shape
+        no graph was built for, runs op by op rather than compiling again in the middle of
+        serving.
+        """
+        if tokens.shape[1] != 1:
+            raise ValueError(f"decode takes one token per row, got {tokens.shape[1]}")
+        if self._compiled_decode is None or slots.tolist() != list(range(len(slots))):
+            return self._decode_graph(self.embed(tokens), *self._tables(positions, slots))
+        with torch.compiler.set_stance(SERVING_STANCE):
+            return self._run_compiled(tokens, positions, slots)
+
+    def _run_compiled(self, tokens: Tensor, positions: Tensor, slots: Tensor) -> Tensor:
+        # Reading each layer's keys from entry 0 (masked as before) keeps a sliding window's
+        # start out of the graph's guards: one graph serves every position.
+        tables = self._tables(positions, slots, keys_from_zero=True)
+        return self._compiled_decode(self.embed(tokens), *tables)
 
     def head(self, x: Tensor, vocab: Tensor | OutputSubset | None = None) -> Tensor:
         """Logits of the last layer's hidden states: final norm, output layer, soft-capping.
@@ -355,11 +425,14 @@ class CausalLM(nn.Module):
         return out
 
 
-def _layout(slots: Tensor, positions: Tensor, window: int | None, ring: int | None) -> BatchLayout:
+def _layout(
+    slots: Tensor, positions: Tensor, window: int | None, ring: int | None, keys_from_zero: bool = False
+) -> BatchLayout:
     """Cache entries, key range and mask for rows at `positions`: causal, within `window` if set.
 
     Until a ring wraps, entry = position and the key range starts where the oldest query's
-    window starts, so a sliding-window layer attends over at most window + T - 1 keys. Once
+    window starts (or at 0 with `keys_from_zero`: at most a ring's keys, the mask unchanged),
+    so a sliding-window layer attends over at most window + T - 1 keys. Once
     positions pass the ring's length, all its entries are read and each row's mask recovers
     which position an entry holds: the latest one at or before the row's last position that
     is congruent to the entry modulo the ring.
@@ -370,10 +443,12 @@ def _layout(slots: Tensor, positions: Tensor, window: int | None, ring: int | No
     key_end = int(positions.max()) + 1
     q = positions[..., None]  # [B, T, 1]
     if ring is None or key_end <= ring:
-        key_start = 0 if window is None else max(0, int(positions.min()) - window + 1)
+        key_start = 0 if window is None or keys_from_zero else max(0, int(positions.min()) - window + 1)
         keys = torch.arange(key_start, key_end, device=positions.device)
         mask = keys <= q
-        entries = positions
+        # A ring's entries are a tensor of their own even before it wraps, as after: a compiled
+        # graph guards on which layouts share their entries.
+        entries = positions if ring is None else positions % ring
     else:
         key_start, key_end = 0, ring
         last = positions[:, -1:]  # [B, 1]: positions ascend along a row

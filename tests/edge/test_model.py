@@ -39,7 +39,7 @@ def _ring_cache(ours: Transformer, max_batch: int = 4) -> None:
     """Chunks of at most 8 tokens: the tiny Gemma's window-6 layers get 13-entry rings."""
     ours.setup_cache(max_batch=max_batch, max_seq_len=64, max_chunk=8)
     for layer in ours.layers:
-        expected = 6 + 8 - 1 if layer.sliding_window else 64
+        expected = 6 + 8 - 1 + 1 if layer.sliding_window else 64  # the ring and its spare entry
         assert layer.self_attn.kv_cache.k.shape[2] == expected
 
 
