@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import heapq
+import logging
 import threading
 import time
 from collections import deque
@@ -37,6 +38,8 @@ from tierlm.edge.requests import ChoiceScore, Completion, FinishReason, Generati
 from tierlm.edge.sampling import sample, token_logprobs
 from tierlm.edge.stats import EngineHealth, EngineObserver, EngineStats
 from tierlm.edge.text import TextAssembler
+
+log = logging.getLogger(__name__)
 
 Event = TokenDelta | Completion
 T = TypeVar("T")
@@ -187,6 +190,8 @@ class DecoderEngine:
             None leaves torch's setting alone.
         observer: metric hooks, see `EngineObserver`.
         max_choices: most choices per scoring request.
+        compile: compile the decode step (`Transformer.compile_decode`): faster steps for a
+            start-up that is a minute or two longer the first time.
     """
 
     def __init__(
@@ -201,6 +206,7 @@ class DecoderEngine:
         threads: int | None = None,
         observer: EngineObserver | None = None,
         max_choices: int = 64,
+        compile: bool = False,
     ) -> None:
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise ValueError("max_batch and prefill_chunk must be >= 1, max_queue >= 0")
@@ -220,6 +226,11 @@ class DecoderEngine:
         # One product for q/k/v and one for gate/up: three fewer linear calls per layer and step.
         model.fuse_projections()
         model.setup_cache(max_batch, self.max_seq_len, max_chunk=prefill_chunk)
+        if compile:
+            if threads:
+                torch.set_num_threads(threads)  # the graphs' kernels are built for this many
+            log.info("compiling the decode step (a minute or two per graph the first time; cached after)")
+            model.compile_decode()
 
         self._cv = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
@@ -422,7 +433,7 @@ class DecoderEngine:
         tokens = torch.tensor([[s.next_token] for s in seqs], device=dev)
         positions = torch.tensor([[s.pos] for s in seqs], device=dev)
         slots = torch.tensor([s.slot for s in seqs], device=dev)
-        logits = self.model(tokens, positions, slots, logits="last")[:, 0]
+        logits = self.model.decode(tokens, positions, slots)
         self._decode_steps += 1
         # One argmax over the batch instead of one per greedy row (sampled rows ignore theirs).
         best = torch.argmax(logits, dim=-1).tolist()

@@ -23,6 +23,10 @@ def serve(
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting for a slot; beyond, RESOURCE_EXHAUSTED."),
     tier_name: str = typer.Option("edge", "--tier-name", help="Tier name put on answers."),
+    compile_decode: bool = typer.Option(
+        False, "--compile/--no-compile",
+        help="Compile the decode step with torch.compile (needs a C compiler): faster tokens, a start-up a minute or two "
+             "longer per graph the first time (cached under TORCHINDUCTOR_CACHE_DIR)."),
     api_keys: Path | None = opt.API_KEYS,
     no_auth: bool = opt.NO_AUTH,
     host: str = opt.HOST,
@@ -69,7 +73,7 @@ def serve(
         raise CommandError("--draft-vocab-text needs --verifier (it shapes what this node drafts)", ExitCode.USAGE)
     speculation = SpeculationConfig(endpoint, draft_sessions, draft_k, max_draft_k, verify_sessions, session_ttl_s,
                                     draft_vocab_text, draft_vocab_size)
-    generator = load_generator(model, tier_name, threads, max_batch, max_queue, speculation)
+    generator = load_generator(model, tier_name, threads, max_batch, max_queue, speculation, compile=compile_decode)
 
     def ready(server) -> None:
         typer.echo(f"EDGE_PORT {server.port}")
