@@ -1,7 +1,7 @@
 """Edge node bench: decode tokens/s, TTFT and latency at 1 and 8 concurrent streams, one run.
 
     python bench/edge.py [--model gemma-3-270m] [--artifact composite-edge --artifact w8a8 ...]
-                         [--threads 2] [--tokens 64] [--concurrency 1 8] [--no-llama-cpp] [--quick]
+                         [--threads 2] [--tokens 64] [--concurrency 1 8] [--compile] [--no-llama-cpp] [--quick]
 
 Each configuration (the prepared fp32 HF folder, then each compressed artifact, built from
 ``examples/recipes/<name>.yaml`` into ``~/.cache/tierlm/artifacts/<model>/<name>`` when missing
@@ -26,8 +26,11 @@ Ratios: ``speedup_vs_1_stream`` (C > 1 rows), ``speedup_vs_fp32`` and
 process start to listening; llama.cpp: loading the GGUF). ``ppl_vs_fp32``: the relative
 perplexity increase of the model a row runs (bench/compression.py's evaluation, the first
 ``--ppl-tokens`` eval tokens; perplexities cached there are reused). ``--quick``: 32 tokens
-per stream, one round, perplexity on 8192 tokens. Writes bench/results/edge.json and prints
-the table for the README.
+per stream, one round, perplexity on 8192 tokens. ``--compile``: each configuration is served a
+second time with ``tierlm edge serve --compile`` (rows ``<name> compiled``, ``compiled: true``;
+their ``load_s`` includes building the graphs, from an empty inductor cache when the bench
+points ``TORCHINDUCTOR_CACHE_DIR`` at a new folder, as it does). Writes bench/results/edge.json
+and prints the table for the README.
 
 `measure_engine` and `llama_cpp_stream` are also the batch-1 decode timers of
 bench/compression.py, so both benches time decoding the same way.
@@ -42,6 +45,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,11 +131,12 @@ def measure_engine(engine, concurrency: int, tokens: int) -> dict:
 class EdgeServer:
     """`tierlm edge serve` on 127.0.0.1 in a child process; a context manager that stops it."""
 
-    def __init__(self, model: Path, threads: int, max_batch: int) -> None:
+    def __init__(self, model: Path, threads: int, max_batch: int, compile: bool = False) -> None:
         self.command = [
             sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", "edge", "serve",
             "--model", str(model), "--host", "127.0.0.1", "--port", "0",
             "--threads", str(threads), "--max-batch", str(max_batch), "--max-queue", str(max_batch), "--no-auth",
+            "--compile" if compile else "--no-compile",
         ]  # fmt: skip
         self.process: subprocess.Popen | None = None
         self.port = 0
@@ -206,14 +211,15 @@ def median_round(name: str, rounds: list[dict], **extra) -> dict:
     return row
 
 
-def bench_server(name: str, model: Path, args: argparse.Namespace) -> list[dict]:
+def bench_server(name: str, model: Path, args: argparse.Namespace, compile: bool = False) -> list[dict]:
     results: dict[int, list[dict]] = {c: [] for c in args.concurrency}
-    with EdgeServer(model, args.threads, max(args.concurrency)) as server:
+    with EdgeServer(model, args.threads, max(args.concurrency), compile) as server:
         log(f"{name}: serving on port {server.port} (started in {server.load_s:.1f} s)")
         for _ in range(args.rounds):
             for c in args.concurrency:
                 results[c].append(asyncio.run(measure_server(server.port, c, args.tokens)))
-    return [median_round(name, rounds, load_s=round(server.load_s, 1)) for rounds in results.values()]
+    extra = {"compiled": True} if compile else {}
+    return [median_round(name, rounds, load_s=round(server.load_s, 1), **extra) for rounds in results.values()]
 
 
 # ---- llama.cpp ----
@@ -287,6 +293,7 @@ def main() -> None:
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp anchor row")
     parser.add_argument("--ppl-tokens", type=int, help="eval tokens of the ppl_vs_fp32 perplexities (default: all)")
     parser.add_argument("--quick", action="store_true", help="32 tokens per stream, one round, perplexity on 8192 tokens")
+    parser.add_argument("--compile", action="store_true", help="also serve each configuration with --compile (rows '<name> compiled')")
     parser.add_argument("--name", default="edge", help="results file bench/results/NAME.json (e.g. edge_t1 for a 1-thread run)")
     args = parser.parse_args()
     if args.quick:
@@ -319,10 +326,13 @@ def main() -> None:
             row = bench_llama_cpp(gguf, args)
             row["ppl_vs_fp32"] = round(llama_cpp_perplexity(gguf, args) / ppl["fp32"] - 1, 4)
             rows.append(row)
-    for name, path in configs:
-        for row in bench_server(name, path, args):
-            row["ppl_vs_fp32"] = round(ppl[name] / ppl["fp32"] - 1, 4)
-            rows.append(row)
+    with tempfile.TemporaryDirectory(prefix="tierlm-bench-inductor-") as inductor_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache  # compile times from scratch, not a past run's cache
+        for name, path in configs:
+            for compile in (False, True) if args.compile else (False,):
+                for row in bench_server(f"{name} compiled" if compile else name, path, args, compile):
+                    row["ppl_vs_fp32"] = round(ppl[name] / ppl["fp32"] - 1, 4)
+                    rows.append(row)
     add_ratios(rows)
 
     path = write_results(
