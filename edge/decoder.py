@@ -357,7 +357,7 @@ class Transformer(nn.Module):
         # Without duck shaping, sizes that happen to be equal in the warm-up (two layers' key
         # counts) stay separate symbols instead of a guard that they are always equal; position
         # 2 avoids the sizes 0 and 1, which torch specializes.
-        with torch.inference_mode(), torch.fx.experimental._config.patch(use_duck_shape=False):
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
             for rows in range(1, min(2, self.max_batch) + 1):
                 position = torch.full((rows, 1), 2, device=self.device)
                 self._run_compiled(torch.zeros_like(position), position, torch.arange(rows, device=self.device))
@@ -378,10 +378,14 @@ class Transformer(nn.Module):
             return self._run_compiled(tokens, positions, slots)
 
     def _run_compiled(self, tokens: Tensor, positions: Tensor, slots: Tensor) -> Tensor:
-        # Reading each layer's keys from entry 0 (masked as before) keeps a sliding window's
-        # start out of the graph's guards: one graph serves every position.
-        tables = self._tables(positions, slots, keys_from_zero=True)
-        return self._compiled_decode(self.embed(tokens), *tables)
+        # The graphs guard on their inputs being inference tensors, as in the warm-up: the
+        # caller's own tensors reach them only as copies made here.
+        with torch.inference_mode():
+            positions, slots = positions.clone(), slots.clone()
+            # Reading each layer's keys from entry 0 (masked as before) keeps a sliding window's
+            # start out of the graph's guards: one graph serves every position.
+            tables = self._tables(positions, slots, keys_from_zero=True)
+            return self._compiled_decode(self.embed(tokens), *tables)
 
     def head(self, x: Tensor, vocab: Tensor | OutputSubset | None = None) -> Tensor:
         """Logits of the last layer's hidden states: final norm, output layer, soft-capping.

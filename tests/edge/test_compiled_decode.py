@@ -69,6 +69,13 @@ def test_rows_outside_slots_0_to_b_run_op_by_op_with_the_same_logits(compiled, h
     torch.testing.assert_close(got[0], hf_model(ids).logits[0, 20], atol=1e-4, rtol=1e-4)
 
 
+def test_tensors_made_outside_inference_mode_use_the_graphs_too(compiled, monkeypatch):
+    monkeypatch.setattr(decoder_module, "SERVING_STANCE", "fail_on_recompile")
+    for rows in (1, 3):
+        logits = compiled.decode(torch.full((rows, 1), 4), torch.full((rows, 1), 9), torch.arange(rows))
+        assert logits.shape == (rows, compiled.config.vocab_size)
+
+
 def test_decode_takes_one_token_per_row(compiled):
     with pytest.raises(ValueError, match="one token per row"):
         compiled.decode(torch.zeros(1, 2, dtype=torch.int64), torch.tensor([[3, 4]]), torch.tensor([0]))
