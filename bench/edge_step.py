@@ -1,7 +1,7 @@
 """Where a batch-1 decode step's time goes: the output layer, the blocks' linears, the rest.
 
     python bench/edge_step.py [--model gemma-3-270m] [--artifact w8a8-plain ...] [--threads 1 --threads 2]
-                              [--reps 30] [--no-llama-cpp]
+                              [--reps 30] [--compile] [--no-llama-cpp]
 
 For the prepared fp32 folder and each artifact (built from ``examples/recipes/<name>.yaml``
 into ``~/.cache/tierlm/artifacts/<model>/<name>`` when missing and reused while its recipe is
@@ -11,11 +11,15 @@ thread so the timing thread's OpenMP team is the only one):
 - ``step_ms``: one decode step (one token at position 32, logits of the whole vocabulary);
 - ``head_ms``: the final norm and output layer (soft-capping included) alone;
 - ``linears_ms``: every block linear the step calls (fused q/k/v and gate/up where the
-  format allows), each timed alone on an input of its width, summed;
+  format allows), called once each in the step's order on inputs of their widths, the whole
+  sequence timed: as in a step, each weight is read from memory after the others have pushed
+  it out of the caches (timed alone and repeated, a small weight stays cached and looks up to
+  half as costly);
 - ``other_ms``: ``step_ms - head_ms - linears_ms``: norms, rope, attention, the KV cache,
   embedding and Python dispatch.
 
-Each is the median over ``--reps`` calls after warm-up. The anchor row is llama.cpp on the
+With ``--compile``, ``compiled_step_ms``: the same step through ``Transformer.compile_decode``'s
+graph (built before timing, not counted). Each is the median over ``--reps`` calls after warm-up. The anchor row is llama.cpp on the
 model's own Q4_K_M GGUF with the same threads (one ``eval`` per token, as bench/edge.py times
 it). Writes bench/results/edge_step.json.
 """
@@ -62,7 +66,7 @@ def block_linears(model) -> list[tuple[object, int]]:
     return calls
 
 
-def breakdown(model_dir: str, threads: int, reps: int) -> dict:
+def breakdown(model_dir: str, threads: int, reps: int, compile: bool) -> dict:
     """The step's parts for one model on `threads` threads (runs in a fresh process)."""
     import torch
 
@@ -75,6 +79,8 @@ def breakdown(model_dir: str, threads: int, reps: int) -> dict:
         model = load_model(Path(model_dir))
         model.fuse_projections()
         model.setup_cache(1, POSITION + 8)
+        if compile:
+            model.compile_decode()
         return model
 
     model = on_passing_thread(load)
@@ -84,13 +90,11 @@ def breakdown(model_dir: str, threads: int, reps: int) -> dict:
         model(torch.full((1, POSITION), 5), torch.arange(POSITION)[None], slot, logits="none")
         token, position = torch.tensor([[5]]), torch.tensor([[POSITION]])
         step_ms = median_ms(lambda: model(token, position, slot, logits="last"), reps)
+        compiled = {"compiled_step_ms": median_ms(lambda: model.decode(token, position, slot), reps)} if compile else {}
         x = torch.randn(1, 1, c.hidden_size)
         head_ms = median_ms(lambda: model.head(x), reps)
-        linears_ms = 0.0
-        for module, width in block_linears(model):
-            inputs = torch.randn(1, 1, width)
-            linears_ms += median_ms(lambda m=module, i=inputs: m(i), reps)
-    linears_ms = round(linears_ms, 3)
+        calls = [(module, torch.randn(1, 1, width)) for module, width in block_linears(model)]
+        linears_ms = median_ms(lambda: [module(inputs) for module, inputs in calls], reps)
     return {
         "step_ms": step_ms,
         "tok_s": round(1000 / step_ms, 2),
@@ -98,6 +102,7 @@ def breakdown(model_dir: str, threads: int, reps: int) -> dict:
         "linears_ms": linears_ms,
         "other_ms": round(step_ms - head_ms - linears_ms, 3),
         "head_share": round(head_ms / step_ms, 3),
+        **compiled,
     }
 
 
@@ -125,6 +130,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, action="append", help="thread counts (repeatable); default: 1 and 2")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--no-llama-cpp", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled step (compiled_step_ms)")
     args = parser.parse_args()
 
     from bench.compression import RECIPES, artifact_for, in_fresh_process
@@ -144,7 +150,7 @@ def main() -> None:
                          **in_fresh_process(llama_cpp_step, catalog.gguf_path(args.model), threads, args.reps)})
             print(rows[-1], flush=True)
         for name, path in targets.items():
-            rows.append({"name": name, "threads": threads, **in_fresh_process(breakdown, str(path), threads, args.reps)})
+            rows.append({"name": name, "threads": threads, **in_fresh_process(breakdown, str(path), threads, args.reps, args.compile)})
             print(rows[-1], flush=True)
     path = write_results("edge_step", rows, model=args.model, position=POSITION, reps=args.reps)
     print(f"wrote {path}")
