@@ -34,10 +34,13 @@ ABOUT = {
     "soak": "Soak (bench/soak.py): a long run of requests through the stack with tiers killed on the way; nothing may be lost.",
     "store": "The router's store (bench/store.py): ledger and budget operations on SQLite and PostgreSQL.",
     "router": "Router overhead (bench/router.py): what routing adds on top of the tiers' own latency.",
-    "edge": "Edge runtime decode speed (bench/edge.py) against llama.cpp.",
+    "edge": "Edge runtime decode speed (bench/edge.py) against llama.cpp. Rows `<name> compiled` serve the same artifact "
+            "with `tierlm edge serve --compile` (the decode step through torch.compile); their `load_s` includes building "
+            "its graphs from an empty inductor cache.",
     "edge_step": "Where a batch-1 decode step's time goes (bench/edge_step.py): the output layer, the blocks' linears "
-                 "(each timed alone, summed) and everything else (norms, attention, rope, cache, dispatch), per artifact "
-                 "and thread count, beside llama.cpp's whole step.",
+                 "(called once each in the step's order, the sequence timed, so each weight comes from memory as in a "
+                 "step) and everything else (norms, attention, rope, cache, dispatch), per artifact and thread count, "
+                 "beside llama.cpp's whole step; `compiled_step_ms` is the same step through torch.compile.",
     "compression": "The bits-per-weight frontier (bench/compression.py): perplexity, stored bytes and decode speed of our recipes "
                    "and llama.cpp's types, per model. Both models come from 4-bit GGUF files, so formats on the source's grid "
                    "re-quantize almost losslessly for that reason alone (the caveat under each plot).",
