@@ -343,9 +343,10 @@ class Transformer(nn.Module):
     def compile_decode(self) -> None:
         """Compile `decode`'s blocks and output layer with inductor, and build the graphs now.
 
-        Run op by op, a decode step spends more time dispatching small ops (norms, rope,
-        attention, the cache) than in its quantized matmuls; compiled, the elementwise work is
-        fused into a few C++ kernels around the matmuls (onnxruntime's stay, as custom ops).
+        Run op by op, a decode step spends almost as long on its small ops (norms, rope,
+        attention, the cache) as in its quantized matmuls (bench/edge_step.py); compiled, that
+        work is fused into a few C++ kernels around the matmuls (onnxruntime's stay, as custom
+        ops).
         Two graphs are built here, for one row and for two or more, each about a minute on two
         cores the first time (inductor keeps them on disk, under ``TORCHINDUCTOR_CACHE_DIR``,
         for the next start). Call after `setup_cache` and before any sequence is fed: the
