@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tierlm.edge.decoder import load_model
+from tierlm.edge.decoder import Transformer, load_model
 from tierlm.edge.perplexity import encode
 from tierlm.kernels.artifact import is_artifact, read_manifest, save_artifact
 from tierlm.kernels.mixed import plan_mixed_precision
@@ -54,17 +54,22 @@ def calibration_tokens(tokenizer: Any, text: str, sequences: int, seq_len: int) 
     return rows
 
 
-def compress(
-    model_path: str | Path,
-    recipe: Recipe,
-    calib_text: str,
-    out: str | Path,
-    progress: Progress | None = None,
-) -> CompressionResult:
-    """Load an HF folder with our decoder, compress it by ``recipe``, write the artifact to ``out``."""
+@dataclass
+class Compressed:
+    """A model compressed in memory (:func:`compress_in_memory`), not yet written."""
+
+    model: Transformer
+    calibration: torch.Tensor  # [n, seq_len] token ids it was calibrated on
+    layer_seconds: list[float]
+    manifest_extra: dict[str, Any]  # the recipe (and mixed-precision plan) for the manifest
+
+
+def compress_in_memory(
+    model_path: str | Path, recipe: Recipe, calib_text: str, progress: Progress | None = None
+) -> Compressed:
+    """Load an HF folder with our decoder and compress it by ``recipe``, in memory."""
     from transformers import AutoTokenizer
 
-    start = time.perf_counter()
     model_path = Path(model_path)
     model = load_model(model_path, torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
@@ -78,18 +83,32 @@ def compress(
         resolved = plan.recipe(recipe)
         extra["mixed_precision_plan"] = plan.summary()
     layer_seconds = compress_model(model, resolved, tokens, progress)
+    return Compressed(model, tokens, layer_seconds, extra)
+
+
+def compress(
+    model_path: str | Path,
+    recipe: Recipe,
+    calib_text: str,
+    out: str | Path,
+    progress: Progress | None = None,
+) -> CompressionResult:
+    """Load an HF folder with our decoder, compress it by ``recipe``, write the artifact to ``out``."""
+    start = time.perf_counter()
+    done = compress_in_memory(model_path, recipe, calib_text, progress)
     seconds = time.perf_counter() - start
+    tokens = done.calibration
     manifest = save_artifact(
-        model,
+        done.model,
         out,
-        model_path,
+        Path(model_path),
         extra={
-            **extra,
+            **done.manifest_extra,
             "calibration": {"sequences": int(tokens.shape[0]), "seq_len": int(tokens.shape[1])},
             "compress_seconds": round(seconds, 1),
         },
     )
-    return CompressionResult(seconds, int(tokens.shape[0]), int(tokens.numel()), layer_seconds, manifest)
+    return CompressionResult(seconds, int(tokens.shape[0]), int(tokens.numel()), done.layer_seconds, manifest)
 
 
 def artifact_matches(folder: str | Path, recipe: Recipe) -> bool:
