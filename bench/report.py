@@ -44,6 +44,8 @@ ABOUT = {
     "compression": "The bits-per-weight frontier (bench/compression.py): perplexity, stored bytes and decode speed of our recipes "
                    "and llama.cpp's types, per model. Both models come from 4-bit GGUF files, so formats on the source's grid "
                    "re-quantize almost losslessly for that reason alone (the caveat under each plot).",
+    "reload": "Reloading the real models (bench/reload.py): per artifact kind, the logits of a model compressed in memory "
+              "against those of its artifact written and loaded back (`identical`: bitwise equal).",
     "speculative": "Speculative decoding across tiers (bench/speculative.py): an edge drafter, a cloud verifier, simulated round trips.",
     "cloud": "Cloud tier throughput (bench/cloud.py).",
     "install": "Install footprint per extra (bench/install.py).",
