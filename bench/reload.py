@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `bench.*` imports when run as a script
 
-# Group-wise int4 (RTN; GPTQ's act-order; float zero points on the source's grid), int8, NF4,
+# Group-wise int4 (RTN; GPTQ; float zero points on the source's grid), int8, NF4,
 # pruned + low-rank on int4 with an int8 table, and per-tensor mixed bits.
 DEFAULT_RECIPES = ("rtn-w4g64", "gptq-w4g64", "grid-w4g32", "w8a8-plain", "nf4", "composite-edge", "mixed-3.5")
 TOKENS = 128
