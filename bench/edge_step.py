@@ -18,6 +18,11 @@ thread so the timing thread's OpenMP team is the only one):
 - ``other_ms``: ``step_ms - head_ms - linears_ms``: norms, rope, attention, the KV cache,
   embedding and Python dispatch.
 
+``pool``: how the threads are split (tierlm.edge.threads). ``shared``, the engine's split: the
+onnxruntime graphs on one process-wide pool, torch on one thread; ``own``: every graph with a pool
+of its own, torch on all threads (the split before the shared pool; measured beside it for
+artifacts at more than one thread; a model without onnxruntime graphs, fp32, has only this one).
+
 With ``--compile``, ``compiled_step_ms``: the same step through ``Transformer.compile_decode``'s
 graph (built before timing, not counted). Each is the median over ``--reps`` calls after warm-up. The anchor row is llama.cpp on the
 model's own Q4_K_M GGUF with the same threads (one ``eval`` per token, as bench/edge.py times
@@ -66,17 +71,23 @@ def block_linears(model) -> list[tuple[object, int]]:
     return calls
 
 
-def breakdown(model_dir: str, threads: int, reps: int, compile: bool) -> dict:
-    """The step's parts for one model on `threads` threads (runs in a fresh process)."""
+def breakdown(model_dir: str, threads: int, reps: int, compile: bool, share_pool: bool) -> dict:
+    """The step's parts for one model on `threads` threads, split as the engine splits them or
+    (not `share_pool`) with a pool per onnxruntime graph (runs in a fresh process)."""
     import torch
 
     from tierlm.edge.decoder import load_model
     from tierlm.edge.engine import on_passing_thread
+    from tierlm.edge.threads import prepare, runs_on_shared_pool, torch_threads
 
-    torch.set_num_threads(threads)
+    if share_pool:
+        prepare(threads)
+    else:
+        torch.set_num_threads(threads)
 
     def load():
         model = load_model(Path(model_dir))
+        torch.set_num_threads(torch_threads(model, threads))  # before compiling: graphs are built for it
         model.fuse_projections()
         model.setup_cache(1, POSITION + 8)
         if compile:
@@ -84,6 +95,7 @@ def breakdown(model_dir: str, threads: int, reps: int, compile: bool) -> dict:
         return model
 
     model = on_passing_thread(load)
+    torch.set_num_threads(torch_threads(model, threads))
     c = model.config
     slot = torch.tensor([0])
     with torch.inference_mode():
@@ -96,6 +108,7 @@ def breakdown(model_dir: str, threads: int, reps: int, compile: bool) -> dict:
         calls = [(module, torch.randn(1, 1, width)) for module, width in block_linears(model)]
         linears_ms = median_ms(lambda: [module(inputs) for module, inputs in calls], reps)
     return {
+        "pool": "shared" if runs_on_shared_pool(model) else "own",
         "step_ms": step_ms,
         "tok_s": round(1000 / step_ms, 2),
         "head_ms": head_ms,
@@ -150,8 +163,11 @@ def main() -> None:
                          **in_fresh_process(llama_cpp_step, catalog.gguf_path(args.model), threads, args.reps)})
             print(rows[-1], flush=True)
         for name, path in targets.items():
-            rows.append({"name": name, "threads": threads, **in_fresh_process(breakdown, str(path), threads, args.reps, args.compile)})
-            print(rows[-1], flush=True)
+            # The split before the shared pool, beside the engine's, where there is a pool to share.
+            for share_pool in (True, False) if threads > 1 and name != "fp32" else (True,):
+                rows.append({"name": name, "threads": threads,
+                             **in_fresh_process(breakdown, str(path), threads, args.reps, args.compile, share_pool)})
+                print(rows[-1], flush=True)
     path = write_results("edge_step", rows, model=args.model, position=POSITION, reps=args.reps)
     print(f"wrote {path}")
 

@@ -38,6 +38,8 @@ from tierlm.edge.requests import ChoiceScore, Completion, FinishReason, Generati
 from tierlm.edge.sampling import sample, token_logprobs
 from tierlm.edge.stats import EngineHealth, EngineObserver, EngineStats
 from tierlm.edge.text import TextAssembler
+from tierlm.edge.threads import prepare as prepare_threads
+from tierlm.edge.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +188,9 @@ class DecoderEngine:
         max_queue: admitted requests that may wait for a slot; beyond that `QueueFull`.
         max_seq_len: positions per slot (prompt + output); default min(model limit, 2048).
         prefill_chunk: most prompt tokens fed per engine step.
-        threads: torch intra-op threads for the decode thread (process-wide in torch);
-            None leaves torch's setting alone.
+        threads: threads for the decode thread, split between torch and onnxruntime as
+            `tierlm.edge.threads` says (load the model after `threads.prepare`, as
+            `from_pretrained` does); None leaves torch's setting alone.
         observer: metric hooks, see `EngineObserver`.
         max_choices: most choices per scoring request.
         compile: compile the decode step (`Transformer.compile_decode`): faster steps for a
@@ -216,7 +219,7 @@ class DecoderEngine:
         self.max_queue = max_queue
         self.max_seq_len = max_seq_len or min(model.config.max_position_embeddings, 2048)
         self.prefill_chunk = prefill_chunk
-        self.threads = threads
+        self._torch_threads = torch_threads(model, threads)
         self.device = model.device
         self.observer = observer or EngineObserver()
         self._preparer = RequestPreparer(tokenizer, self.max_seq_len, max_choices)
@@ -227,8 +230,8 @@ class DecoderEngine:
         model.fuse_projections()
         model.setup_cache(max_batch, self.max_seq_len, max_chunk=prefill_chunk)
         if compile:
-            if threads:
-                torch.set_num_threads(threads)  # the graphs' kernels are built for this many
+            if self._torch_threads:
+                torch.set_num_threads(self._torch_threads)  # the graphs' kernels are built for this many
             log.info("compiling the decode step (a minute or two per graph the first time; cached after)")
             model.compile_decode()
 
@@ -254,10 +257,7 @@ class DecoderEngine:
         """Load an HF model folder (config.json, safetensors, tokenizer files) and start an engine."""
         from transformers import AutoTokenizer
 
-        if kwargs.get("threads"):
-            # Before loading: an artifact's onnxruntime kernels take their thread count from
-            # torch's setting when their sessions are built, and must match the decode thread's.
-            torch.set_num_threads(kwargs["threads"])
+        prepare_threads(kwargs.get("threads"))  # before loading: sessions are built while loading
 
         def build() -> DecoderEngine:
             return cls(load_model(path, dtype, device), AutoTokenizer.from_pretrained(str(path)), **kwargs)
@@ -361,8 +361,8 @@ class DecoderEngine:
     # ---- the decode thread ----
 
     def _run(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
         try:
             with torch.inference_mode():
                 while self._iterate():

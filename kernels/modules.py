@@ -96,6 +96,11 @@ class QuantLinear(nn.Module):
             self._kernels[device] = kernel
         return self._kernels[device]
 
+    @property
+    def home_kernel(self) -> Kernel | None:
+        """The kernel on the weight's own device (None: the reference path, or released)."""
+        return self._kernels.get(self.qweight.device)
+
     def _weight_on(self, device: torch.device) -> QuantizedTensor:
         if device == self.qweight.device:
             return self.qweight

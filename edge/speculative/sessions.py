@@ -35,6 +35,8 @@ from torch import Tensor
 
 from tierlm.edge.decoder import OutputSubset, Transformer, load_model
 from tierlm.edge.errors import EngineClosed, EngineError, InvalidRequest, QueueFull
+from tierlm.edge.threads import prepare as prepare_threads
+from tierlm.edge.threads import torch_threads
 
 R = TypeVar("R")
 
@@ -116,7 +118,8 @@ class SessionEngine:
         ttl_s: an idle session older than this is dropped.
         chunk: most tokens of a long piece fed per iteration.
         max_queue: calls that may wait (beyond one per slot) before ``QueueFull``.
-        threads: torch intra-op threads for the engine thread (None leaves torch's setting).
+        threads: threads for the engine thread, split as in ``DecoderEngine`` (None leaves
+            torch's setting).
         clock: the time source of TTL and LRU (tests pass a fake one).
         draft_vocab: token ids drafts are drawn from (a frequent vocabulary, as in FR-Spec,
             Zhao et al. 2025): a pass that serves only drafts computes those rows of the output
@@ -146,7 +149,7 @@ class SessionEngine:
         self.ttl_s = ttl_s
         self.chunk = chunk
         self.max_queue = max_queue
-        self.threads = threads
+        self._torch_threads = torch_threads(model, threads)
         self.vocab_size = model.config.vocab_size
         self.device = model.device
         self._clock = clock
@@ -180,8 +183,7 @@ class SessionEngine:
         """Load a model folder (HF or tierlm artifact) on a passing thread and start an engine."""
         from tierlm.edge.engine import on_passing_thread
 
-        if kwargs.get("threads"):
-            torch.set_num_threads(kwargs["threads"])  # before loading: see DecoderEngine.from_pretrained
+        prepare_threads(kwargs.get("threads"))  # before loading: sessions are built while loading
         return on_passing_thread(lambda: cls(load_model(path, dtype), **kwargs))
 
     # ---- the caller's side (event loop) ----
@@ -247,8 +249,8 @@ class SessionEngine:
     # ---- the engine thread ----
 
     def _run(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
         try:
             with torch.inference_mode():
                 while self._iterate():

@@ -27,7 +27,9 @@ batch 1 that hand-off costs more than the second core gives back (Gemma 3 270M's
 linears measured 10-30% slower on two threads than on one), so a weight below
 :data:`PARALLEL_MIN_WEIGHTS` runs single-threaded up to :data:`SERIAL_MAX_ROWS` rows, and on
 every thread for a prefill chunk (a second session, built when first needed); big weights (the
-262k-row output layer) use every thread always.
+262k-row output layer) use every thread always. :func:`share_pool` replaces all of that with
+one process-wide pool whose workers stay awake between runs (an engine's choice, see
+``tierlm.edge.threads``).
 
 Under ``torch.compile`` a run is the custom op ``tierlm::matmul_nbits`` (the sessions found by a
 handle), so a compiled decode step keeps its weights' matmuls in one graph with the elementwise
@@ -72,6 +74,36 @@ def ort_available() -> bool:
 # compiled graph names its weight by handle. Weak, so an unloaded model's sessions still go.
 _BY_HANDLE: weakref.WeakValueDictionary[int, _Sessions] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count()
+# The process-wide pool's size once `share_pool` was called; None: every session has its own.
+_shared_pool_threads: int | None = None
+
+
+def share_pool(threads: int) -> None:
+    """Build every later session on one process-wide pool of ``threads`` threads, whose workers
+    spin between runs, instead of a pool of its own whose workers sleep.
+
+    A decode step makes ~70 small matmul runs back to back. A worker that sleeps between them
+    costs a wake-up per run, which is why a small weight runs on one thread in a pool of its
+    own; workers that spin in a pool per session would be one busy thread per weight. One shared
+    pool keeps a single worker awake for all of them. Its spinning holds the other cores between
+    runs, so the caller's own torch ops should then run on one thread.
+
+    Once per process, with one size: onnxruntime cannot resize its pool.
+    """
+    global _shared_pool_threads
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if _shared_pool_threads == threads:
+        return
+    if _shared_pool_threads is not None:
+        raise RuntimeError(
+            f"onnxruntime's shared pool already has {_shared_pool_threads} threads and cannot be resized;"
+            f" run the engines of one process on one thread count (asked for {threads})"
+        )
+    from onnxruntime.capi._pybind_state import set_global_thread_pool_sizes
+
+    set_global_thread_pool_sizes(threads, 1)
+    _shared_pool_threads = threads
 
 
 @torch.library.custom_op("tierlm::matmul_nbits", mutates_args=())
@@ -89,21 +121,26 @@ class _Sessions:
     """One ``MatMulNBits`` graph run by a session per thread count: a weight below
     :data:`PARALLEL_MIN_WEIGHTS` gets one thread at decode's few rows and every thread for a
     prefill chunk, a bigger one every thread always (module docstring). The decode session is
-    built at once, a prefill one the first time a call needs it, from ``build(threads)``."""
+    built at once, a prefill one the first time a call needs it, from ``build(threads)``, where
+    ``threads`` None means the shared pool (:func:`share_pool`; then one session serves all rows)."""
 
     def __init__(self, build, n: int, k: int, num_threads: int | None) -> None:
         self._build = build
         self._fixed = num_threads
+        self.shared = num_threads is None and _shared_pool_threads is not None
         self._max = torch.get_num_threads()
         self._small = n * k < PARALLEL_MIN_WEIGHTS
-        self._by_threads: dict[int, object] = {}
+        self._by_threads: dict[int | None, object] = {}
         self.n = n
         self.handle = next(_HANDLES)
         _BY_HANDLE[self.handle] = self
         self.for_rows(1)
 
     def for_rows(self, rows: int):
-        threads = self._fixed or (1 if self._small and rows <= SERIAL_MAX_ROWS else self._max)
+        if self.shared:
+            threads = None
+        else:
+            threads = self._fixed or (1 if self._small and rows <= SERIAL_MAX_ROWS else self._max)
         if threads not in self._by_threads:
             self._by_threads[threads] = self._build(threads)
         return self._by_threads[threads]
@@ -120,7 +157,18 @@ class _Sessions:
         return torch.from_numpy(y)
 
 
-class NBitsMatMul:
+class OrtKernel:
+    """A kernel that runs an onnxruntime graph (:class:`NBitsMatMul`, :class:`Int8NBitsMatMul`)."""
+
+    _sessions: _Sessions
+
+    @property
+    def on_shared_pool(self) -> bool:
+        """Whether this kernel runs on the pool of :func:`share_pool`."""
+        return self._sessions.shared
+
+
+class NBitsMatMul(OrtKernel):
     """``x [M, K] float -> [M, N] float32`` for a :class:`GroupQuantTensor`, plus an optional
     low-rank term ``(x · Rᵀ) · Lᵀ`` computed in the same session."""
 
@@ -148,8 +196,9 @@ class NBitsMatMul:
         self.n, self.k = n, k
         self._sessions = _Sessions(self._session, n, k, num_threads)
 
-    def _session(self, threads: int):
-        """The graph's session on ``threads`` threads, its initializers made from the tensor."""
+    def _session(self, threads: int | None):
+        """The graph's session on ``threads`` threads (None: the shared pool), its initializers
+        made from the tensor."""
         qt, (n, k) = self.qt, self.qt.shape
         nb = k // qt.group_size
         scales = qt.scales.to(torch.float32)
@@ -199,7 +248,7 @@ class NBitsMatMul:
         return self._sessions.run(x)
 
 
-class Int8NBitsMatMul:
+class Int8NBitsMatMul(OrtKernel):
     """``x [M, K] float -> [M, N] float32`` for an :class:`Int8Tensor` (module docstring)."""
 
     def __init__(self, qt: Int8Tensor, num_threads: int | None = None, accuracy_level: int = 4) -> None:
@@ -209,7 +258,7 @@ class Int8NBitsMatMul:
         self.qt, self.accuracy_level = qt, accuracy_level
         self._sessions = _Sessions(self._session, n, k, num_threads)
 
-    def _session(self, threads: int):
+    def _session(self, threads: int | None):
         (n, k), block = self.qt.shape, int8_block(self.qt.shape[1])
         blob = (self.qt.qweight.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // block, block)
         scales = self.qt.scale.to(torch.float32)[:, None].expand(n, k // block).contiguous()
@@ -265,8 +314,11 @@ def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, 
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
     )  # fmt: skip
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    # Spinning workers would steal cores from torch's own threads between calls.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is None:
+        so.use_per_session_threads = False  # the pool of `share_pool`
+    else:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        # Spinning workers would steal cores from torch's own threads between calls.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
