@@ -19,7 +19,7 @@ app = typer.Typer(help="Run an edge node: a compressed small model behind the Ge
 def serve(
     model: Path = typer.Option(..., "--model", exists=True, help="Model folder: a tierlm artifact or an HF folder."),
     port: int = typer.Option(50061, "--port", min=0, max=opt.MAX_PORT, help="gRPC port."),
-    threads: int = typer.Option(2, "--threads", min=1, help="torch threads of the decode loop."),
+    threads: int = typer.Option(2, "--threads", min=1, help="threads of the decode loop: a compressed model's onnxruntime kernels get them as one shared pool and torch runs on one (docs/compression.md)."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Requests decoded together."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting for a slot; beyond, RESOURCE_EXHAUSTED."),
     tier_name: str = typer.Option("edge", "--tier-name", help="Tier name put on answers."),
