@@ -107,7 +107,9 @@ def decode_speed(model_dir: Path, args: argparse.Namespace) -> float:
 def _decode_speed_here(model_dir: str, decode_tokens: int, threads: int) -> float:
     from bench.edge import measure_engine
     from tierlm.edge import DecoderEngine
+    from tierlm.edge.threads import share_pool_for_serving
 
+    share_pool_for_serving(threads)  # the engine as `tierlm edge serve` runs it
     engine = DecoderEngine.from_pretrained(model_dir, max_batch=1, max_seq_len=decode_tokens + 64, threads=threads)
     try:
         return measure_engine(engine, 1, decode_tokens)["decode_tok_s"]

@@ -18,7 +18,7 @@ thread so the timing thread's OpenMP team is the only one):
 - ``other_ms``: ``step_ms - head_ms - linears_ms``: norms, rope, attention, the KV cache,
   embedding and Python dispatch.
 
-``pool``: how the threads are split (tierlm.edge.threads). ``shared``, the engine's split: the
+``pool``: how the threads are split (tierlm.edge.threads). ``shared``, ``tierlm edge serve``'s split: the
 onnxruntime graphs on one process-wide pool, torch on one thread; ``own``: every graph with a pool
 of its own, torch on all threads (the split before the shared pool; measured beside it for
 artifacts at more than one thread; a model without onnxruntime graphs, fp32, has only this one).
@@ -72,18 +72,17 @@ def block_linears(model) -> list[tuple[object, int]]:
 
 
 def breakdown(model_dir: str, threads: int, reps: int, compile: bool, share_pool: bool) -> dict:
-    """The step's parts for one model on `threads` threads, split as the engine splits them or
-    (not `share_pool`) with a pool per onnxruntime graph (runs in a fresh process)."""
+    """The step's parts for one model on `threads` threads, split as `tierlm edge serve` splits
+    them or (not `share_pool`) with a pool per onnxruntime graph (runs in a fresh process)."""
     import torch
 
     from tierlm.edge.decoder import load_model
     from tierlm.edge.engine import on_passing_thread
-    from tierlm.edge.threads import prepare, runs_on_shared_pool, torch_threads
+    from tierlm.edge.threads import runs_on_shared_pool, share_pool_for_serving, torch_threads
 
+    torch.set_num_threads(threads)
     if share_pool:
-        prepare(threads)
-    else:
-        torch.set_num_threads(threads)
+        share_pool_for_serving(threads)  # as `tierlm edge serve` does
 
     def load():
         model = load_model(Path(model_dir))
@@ -163,7 +162,7 @@ def main() -> None:
                          **in_fresh_process(llama_cpp_step, catalog.gguf_path(args.model), threads, args.reps)})
             print(rows[-1], flush=True)
         for name, path in targets.items():
-            # The split before the shared pool, beside the engine's, where there is a pool to share.
+            # The split before the shared pool, beside edge serve's, where there is a pool to share.
             for share_pool in (True, False) if threads > 1 and name != "fp32" else (True,):
                 rows.append({"name": name, "threads": threads,
                              **in_fresh_process(breakdown, str(path), threads, args.reps, args.compile, share_pool)})

@@ -41,7 +41,7 @@ ABOUT = {
                  "(called once each in the step's order, the sequence timed, so each weight comes from memory as in a "
                  "step) and everything else (norms, attention, rope, cache, dispatch), per artifact and thread count, "
                  "beside llama.cpp's whole step; `compiled_step_ms` is the same step through torch.compile. `pool`: `shared`, "
-                 "the engine's split of the threads (onnxruntime's graphs on one shared pool, torch on one thread), or `own` "
+                 "`tierlm edge serve`'s split of the threads (onnxruntime's graphs on one shared pool, torch on one thread), or `own` "
                  "(a pool per graph, torch on every thread: the split before).",
     "compression": "The bits-per-weight frontier (bench/compression.py): perplexity, stored bytes and decode speed of our recipes "
                    "and llama.cpp's types, per model. Both models come from 4-bit GGUF files, so formats on the source's grid "

@@ -188,9 +188,9 @@ class DecoderEngine:
         max_queue: admitted requests that may wait for a slot; beyond that `QueueFull`.
         max_seq_len: positions per slot (prompt + output); default min(model limit, 2048).
         prefill_chunk: most prompt tokens fed per engine step.
-        threads: threads for the decode thread, split between torch and onnxruntime as
-            `tierlm.edge.threads` says (load the model after `threads.prepare`, as
-            `from_pretrained` does); None leaves torch's setting alone.
+        threads: threads for the decode thread: torch's, or split between torch and
+            onnxruntime's shared pool when the model runs on it (`tierlm.edge.threads`);
+            None leaves torch's setting alone.
         observer: metric hooks, see `EngineObserver`.
         max_choices: most choices per scoring request.
         compile: compile the decode step (`Transformer.compile_decode`): faster steps for a

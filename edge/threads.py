@@ -1,13 +1,19 @@
 """How an engine's threads are split between torch and onnxruntime.
 
-An engine asked for N > 1 threads loads its model after :func:`prepare`: the onnxruntime
-graphs that run a compressed model's linears (:mod:`tierlm.kernels.ops.ort_nbits`) then share
-one pool of N threads whose workers stay awake between runs, and :func:`torch_threads` leaves
-torch's own ops (norms, rope, attention, the cache, a compiled step's fused kernels) the engine
-thread alone: at a decode step's few rows they are too small to split, and a second torch
-thread would fight the pool's awake worker for a core. A model whose linears run in torch
-(fp32, NF4's reference path) keeps all N threads for torch. The split is measured against
-pools per session in ``bench/results/edge_step.json`` (rows with ``"pool": "shared"``).
+A process that serves one engine's model and nothing else (``tierlm edge serve``) calls
+:func:`share_pool_for_serving` before loading it: the onnxruntime graphs that run a compressed
+model's linears (:mod:`tierlm.kernels.ops.ort_nbits`) then share one pool of N threads whose
+workers stay awake between runs, and :func:`torch_threads` leaves torch's own ops (norms, rope,
+attention, the cache, a compiled step's fused kernels) the engine thread alone: at a decode
+step's few rows they are too small to split, and a second torch thread would fight the pool's
+awake worker for a core. A model whose linears run in torch (fp32, NF4's reference path) keeps
+all N threads for torch. The split is measured against pools per session in
+``bench/results/edge_step.json`` (rows with ``"pool": "shared"``).
+
+Any other process keeps a pool per session: once onnxruntime's shared pool exists it refuses
+every session that asks for a pool of its own (the router's ONNX query encoder does), so a
+process that mixes engines with other onnxruntime users, such as ``tierlm router collect``
+with its in-process tiers, must not share it.
 """
 
 from __future__ import annotations
@@ -19,14 +25,19 @@ from tierlm.kernels.modules import QuantLinear
 from tierlm.kernels.ops.ort_nbits import OrtKernel, ort_available, share_pool
 
 
-def prepare(threads: int | None) -> None:
-    """Call before loading a model for an engine on ``threads`` threads (None: torch's setting
-    stays, every session keeps a pool of its own): the sessions are built while loading."""
-    if not threads:
-        return
-    torch.set_num_threads(threads)  # loading's own work (dequantizing, packing) uses them all
+def share_pool_for_serving(threads: int) -> None:
+    """In a process that serves one engine and runs no other onnxruntime session: build the
+    model's sessions, loaded after this call, on one shared pool of ``threads`` (> 1) threads."""
     if threads > 1 and ort_available():
         share_pool(threads)
+
+
+def prepare(threads: int | None) -> None:
+    """Call before loading a model for an engine on ``threads`` threads (None: torch's setting
+    stays): loading's own work (dequantizing, packing) and any sessions built without the shared
+    pool take their threads from torch's setting."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def torch_threads(model: nn.Module, threads: int | None) -> int | None:

@@ -88,7 +88,9 @@ def share_pool(threads: int) -> None:
     pool keeps a single worker awake for all of them. Its spinning holds the other cores between
     runs, so the caller's own torch ops should then run on one thread.
 
-    Once per process, with one size: onnxruntime cannot resize its pool.
+    Once per process, with one size: onnxruntime cannot resize its pool. And once it exists,
+    onnxruntime refuses every session in the process that asks for a pool of its own, so the
+    sessions of this module built later share it whatever thread count they were given.
     """
     global _shared_pool_threads
     if threads < 1:
@@ -127,7 +129,7 @@ class _Sessions:
     def __init__(self, build, n: int, k: int, num_threads: int | None) -> None:
         self._build = build
         self._fixed = num_threads
-        self.shared = num_threads is None and _shared_pool_threads is not None
+        self.shared = _shared_pool_threads is not None  # onnxruntime then allows no other pool
         self._max = torch.get_num_threads()
         self._small = n * k < PARALLEL_MIN_WEIGHTS
         self._by_threads: dict[int | None, object] = {}

@@ -1,5 +1,6 @@
-"""An engine on two threads runs a compressed model's onnxruntime graphs on one shared pool and
-torch on the engine thread alone (tierlm.edge.threads), with the tokens of a one-thread engine.
+"""In a serving process, an engine on two threads runs a compressed model's onnxruntime graphs
+on one shared pool and torch on the engine thread alone (tierlm.edge.threads), with the tokens
+of an engine whose graphs have pools of their own; loading alone never shares the pool.
 
 The shared pool is process-wide and cannot be resized, so the engines run in a fresh
 interpreter: the rest of the suite keeps its pools per session.
@@ -24,40 +25,40 @@ ROOT = Path(__file__).resolve().parents[2]
 
 ENGINES = """
 import asyncio, json, sys
-import torch
 from tierlm.edge import DecoderEngine, GenerationRequest
-from tierlm.edge.threads import runs_on_shared_pool, torch_threads
+from tierlm.edge.threads import runs_on_shared_pool, share_pool_for_serving, torch_threads
 from tierlm.kernels.ops.ort_nbits import share_pool
 
 artifact, dense = sys.argv[1], sys.argv[2]
 request = GenerationRequest(prompt="The json module", max_tokens=12, ignore_eos=True)
 
-def run(path, threads):
-    engine = DecoderEngine.from_pretrained(path, max_batch=2, max_seq_len=64, threads=threads)
+def run(path):
+    engine = DecoderEngine.from_pretrained(path, max_batch=2, max_seq_len=64, threads=2)
     try:
         completion = asyncio.run(engine.generate(request))
         return engine.model, completion.token_ids
     finally:
         engine.close()
 
-one_model, one_tokens = run(artifact, 1)  # before any shared pool: sessions of its own
-two_model, two_tokens = run(artifact, 2)
-dense_model, _ = run(dense, 2)
+own_model, own_tokens = run(artifact)  # a library caller: a pool per session
+share_pool_for_serving(2)  # as `tierlm edge serve` does before loading
+shared_model, shared_tokens = run(artifact)
+dense_model, _ = run(dense)
 try:
     share_pool(3)
     resized = None
 except RuntimeError as e:
     resized = str(e)
 print(json.dumps({
-    "one": {"shared": runs_on_shared_pool(one_model), "torch": torch_threads(one_model, 1), "tokens": one_tokens},
-    "two": {"shared": runs_on_shared_pool(two_model), "torch": torch_threads(two_model, 2), "tokens": two_tokens},
+    "own": {"shared": runs_on_shared_pool(own_model), "torch": torch_threads(own_model, 2), "tokens": own_tokens},
+    "shared": {"shared": runs_on_shared_pool(shared_model), "torch": torch_threads(shared_model, 2), "tokens": shared_tokens},
     "dense": {"shared": runs_on_shared_pool(dense_model), "torch": torch_threads(dense_model, 2)},
     "resized": resized,
 }))
 """
 
 
-def test_two_threads_share_one_pool_and_decode_the_same_tokens(gemma_dir: Path, tmp_path: Path) -> None:
+def test_a_serving_process_shares_one_pool_and_decodes_the_same_tokens(gemma_dir: Path, tmp_path: Path) -> None:
     artifact = tmp_path / "w8a8"
     save_artifact(compressed(gemma_dir, recipe_text("int8", "{}", embedding="{method: int8}")), artifact, gemma_dir)
     done = subprocess.run(
@@ -66,10 +67,10 @@ def test_two_threads_share_one_pool_and_decode_the_same_tokens(gemma_dir: Path, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["one"]["shared"] is False and result["one"]["torch"] == 1
-    assert result["two"]["shared"] is True and result["two"]["torch"] == 1  # torch yields the cores to the pool
+    assert result["own"]["shared"] is False and result["own"]["torch"] == 2  # loading alone never shares
+    assert result["shared"]["shared"] is True and result["shared"]["torch"] == 1  # torch yields the cores to the pool
     assert result["dense"]["shared"] is False and result["dense"]["torch"] == 2  # fp32 linears run in torch
-    assert len(result["two"]["tokens"]) == 12
+    assert len(result["shared"]["tokens"]) == 12
     # Each output is computed alike whichever worker takes its columns: the same greedy tokens.
-    assert result["two"]["tokens"] == result["one"]["tokens"]
+    assert result["shared"]["tokens"] == result["own"]["tokens"]
     assert "cannot be resized" in result["resized"]
