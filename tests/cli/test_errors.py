@@ -140,6 +140,11 @@ def test_a_folder_that_holds_no_model(tmp_path: Path) -> None:
     assert code == ExitCode.MISSING
     assert error == (f"Error: {tmp_path}: not a model folder (no config.json); "
                      "give an HF folder or a `tierlm compress` artifact")
+    # Refused before the process committed to onnxruntime's shared pool (it would refuse every
+    # later session with a pool of its own: the router's encoder, the kernels' tests).
+    from tierlm.kernels.ops import ort_nbits
+
+    assert ort_nbits._shared_pool_threads is None
 
 
 def test_a_policy_tier_whose_model_folder_is_missing(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ def serve(
 
     from tierlm.edge.server import SpeculationConfig, load_generator, serve_edge
     from tierlm.edge.speculative.client import VerifierEndpoint
+    from tierlm.edge.config import ModelConfig
     from tierlm.edge.threads import share_pool_for_serving
 
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
@@ -74,6 +75,9 @@ def serve(
         raise CommandError("--draft-vocab-text needs --verifier (it shapes what this node drafts)", ExitCode.USAGE)
     speculation = SpeculationConfig(endpoint, draft_sessions, draft_k, max_draft_k, verify_sessions, session_ttl_s,
                                     draft_vocab_text, draft_vocab_size)
+    # A folder that holds no model fails with its own error before the process commits to
+    # onnxruntime's shared pool, which it cannot undo (and which refuses any other pool).
+    ModelConfig.from_dir(model)
     share_pool_for_serving(threads)  # this process serves one model and nothing else
     generator = load_generator(model, tier_name, threads, max_batch, max_queue, speculation, compile=compile_decode)
 
