@@ -94,7 +94,7 @@ def breakdown(model_dir: str, threads: int, reps: int, compile: bool, share_pool
         return model
 
     model = on_passing_thread(load)
-    torch.set_num_threads(torch_threads(model, threads))
+    torch.set_num_threads(torch_threads(model, threads))  # again: OpenMP's setting is per thread, and this one times
     c = model.config
     slot = torch.tensor([0])
     with torch.inference_mode():
