@@ -11,7 +11,8 @@ thread so the timing thread's OpenMP team is the only one):
 - ``step_ms``: one decode step (one token at position 32, logits of the whole vocabulary);
 - ``head_ms``: the final norm and output layer (soft-capping included) alone;
 - ``linears_ms``: every block linear the step calls (fused q/k/v and gate/up where the
-  format allows), called once each in the step's order on inputs of their widths, the whole
+  format allows; a layer's o_proj, norms and MLP where they run as one onnxruntime graph,
+  ``tierlm.edge.fused_layers``), called once each in the step's order on inputs of their widths, the whole
   sequence timed: as in a step, each weight is read from memory after the others have pushed
   it out of the caches (timed alone and repeated, a small weight stays cached and looks up to
   half as costly);
@@ -57,17 +58,20 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
     return round(1000 * statistics.median(times), 3)
 
 
-def block_linears(model) -> list[tuple[object, int]]:
-    """The linear modules one decode step calls, in order, each with its input width."""
+def block_linears(model) -> list[tuple[object, tuple[int, ...]]]:
+    """The linear calls one decode step makes, in order, each with its inputs' widths."""
     c = model.config
     hidden, attn_out, mlp_hidden = c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size
     calls = []
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        calls += [(attn.qkv, hidden)] if attn.qkv is not None else [(m, hidden) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
-        calls.append((attn.o_proj, attn_out))
-        calls += [(mlp.gate_up, hidden)] if mlp.gate_up is not None else [(m, hidden) for m in (mlp.gate_proj, mlp.up_proj)]
-        calls.append((mlp.down_proj, mlp_hidden))
+        calls += [(attn.qkv, (hidden,))] if attn.qkv is not None else [(m, (hidden,)) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        if layer.tail is not None:  # o_proj, the norms and the MLP in one run
+            calls.append((layer.tail, (attn_out, hidden)))
+            continue
+        calls.append((attn.o_proj, (attn_out,)))
+        calls += [(mlp.gate_up, (hidden,))] if mlp.gate_up is not None else [(m, (hidden,)) for m in (mlp.gate_proj, mlp.up_proj)]
+        calls.append((mlp.down_proj, (mlp_hidden,)))
     return calls
 
 
@@ -104,8 +108,8 @@ def breakdown(model_dir: str, threads: int, reps: int, compile: bool, share_pool
         compiled = {"compiled_step_ms": median_ms(lambda: model.decode(token, position, slot), reps)} if compile else {}
         x = torch.randn(1, 1, c.hidden_size)
         head_ms = median_ms(lambda: model.head(x), reps)
-        calls = [(module, torch.randn(1, 1, width)) for module, width in block_linears(model)]
-        linears_ms = median_ms(lambda: [module(inputs) for module, inputs in calls], reps)
+        calls = [(module, [torch.randn(1, 1, width) for width in widths]) for module, widths in block_linears(model)]
+        linears_ms = median_ms(lambda: [module(*inputs) for module, inputs in calls], reps)
     return {
         "pool": "shared" if runs_on_shared_pool(model) else "own",
         "step_ms": step_ms,

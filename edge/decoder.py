@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tierlm.edge.config import ModelConfig
+from tierlm.edge.fused_layers import LayerTail, fuse_tail
 from tierlm.kernels.modules import FusedLinears, fuse_linears, linear_rows, rows_of
 
 #: "all" positions, the "last" one, "none" (skip the output layer), or the last N positions.
@@ -132,6 +133,10 @@ class Attention(nn.Module):
         self.qkv: FusedLinears | None = None  # set by Transformer.fuse_projections
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
+        return self.o_proj(self.attend(x, rope, batch))
+
+    def attend(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
+        """The heads' outputs joined ``[B, T, heads * head_dim]``, before the output projection."""
         b, t, _ = x.shape
         q, k, v = self.qkv(x) if self.qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
         q = q.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
@@ -148,7 +153,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=batch.mask, scale=self.scale, enable_gqa=self.num_heads != self.num_kv_heads
             )
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+        return y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
 
 
 class MLP(nn.Module):
@@ -190,8 +195,11 @@ class DecoderLayer(nn.Module):
         if self.sandwich:
             self.pre_feedforward_layernorm = norm()
             self.post_feedforward_layernorm = norm()
+        self.tail: LayerTail | None = None  # set by Transformer.fuse_projections
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
+        if self.tail is not None:
+            return self.tail(self.self_attn.attend(self.input_layernorm(x), rope, batch), x)
         h = self.self_attn(self.input_layernorm(x), rope, batch)
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
@@ -271,14 +279,17 @@ class Transformer(nn.Module):
 
     def fuse_projections(self) -> int:
         """Run each layer's q/k/v and gate/up projections as one product each, where their
-        weights can be joined (:func:`~tierlm.kernels.modules.fuse_linears`); returns how many
-        groups were fused. A decode step then makes four linear calls per layer instead of seven.
+        weights can be joined (:func:`~tierlm.kernels.modules.fuse_linears`), and the rest of
+        the layer after attention as one onnxruntime run where its products all run there
+        (:func:`~tierlm.edge.fused_layers.fuse_tail`); returns how many groups of projections
+        were joined. A decode step then makes four linear calls per layer instead of seven, or two.
         The modules keep their names and weights, so the model still saves as before."""
         fused = 0
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
             attn.qkv = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
             mlp.gate_up = fuse_linears([mlp.gate_proj, mlp.up_proj])
+            layer.tail = fuse_tail(layer)
             fused += (attn.qkv is not None) + (mlp.gate_up is not None)
         return fused
 

@@ -8,7 +8,8 @@ activations (slower, closer to the reference). One small ONNX graph and session 
 with the weight baked in as an initializer (ORT prepacks it at session start).
 
 A low-rank correction ``(x · Rᵀ) · Lᵀ`` (the composite's) can be added inside the same graph,
-so a composite layer is one session run rather than three torch products and a sum.
+so a composite layer is one session run rather than three torch products and a sum. A decoder
+layer's products and the work between them can share one graph too (:class:`OrtGraph`).
 
 Layout mapping: B is ``[N, K/block, block/2]`` uint8, low nibble = even input index, which is
 the GPTQ ``qweight`` transposed and read as bytes; int3 codes are widened to 4 bits (the grid
@@ -41,7 +42,8 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -108,15 +110,26 @@ def share_pool(threads: int) -> None:
     _shared_pool_threads = threads
 
 
-@torch.library.custom_op("tierlm::matmul_nbits", mutates_args=())
+# Registered with torch.library's low-level API, a CPU kernel and a fake, rather than
+# `torch.library.custom_op`: a compiled decode step calls this op ~70 times, and custom_op's
+# Python layers (autograd wrapping, argument checks) cost ~16 µs more per call under
+# inference_mode (47 vs 31 µs for a 64 x 64 weight inside a compiled graph, measured on this
+# CPU), about a millisecond per step. Nothing differentiates through it.
+_LIB = torch.library.Library("tierlm", "DEF")
+_LIB.define("matmul_nbits(Tensor a, int handle) -> Tensor")
+
+
 def matmul_nbits(a: torch.Tensor, handle: int) -> torch.Tensor:
     """``a [M, K] float32 -> [M, N] float32`` through the sessions registered as ``handle``."""
     return _BY_HANDLE[handle].run_now(a)
 
 
-@matmul_nbits.register_fake
-def _(a: torch.Tensor, handle: int) -> torch.Tensor:
+def _matmul_nbits_fake(a: torch.Tensor, handle: int) -> torch.Tensor:
     return a.new_empty((a.shape[0], _BY_HANDLE[handle].n))
+
+
+_LIB.impl("matmul_nbits", matmul_nbits, "CPU")
+torch.library.register_fake("tierlm::matmul_nbits", _matmul_nbits_fake, lib=_LIB)
 
 
 class _Sessions:
@@ -124,14 +137,15 @@ class _Sessions:
     :data:`PARALLEL_MIN_WEIGHTS` gets one thread at decode's few rows and every thread for a
     prefill chunk, a bigger one every thread always (module docstring). The decode session is
     built at once, a prefill one the first time a call needs it, from ``build(threads)``, where
-    ``threads`` None means the shared pool (:func:`share_pool`; then one session serves all rows)."""
+    ``threads`` None means the shared pool (:func:`share_pool`; then one session serves all rows).
+    ``n``: the graph's output width; ``weights``: how many weights its products read."""
 
-    def __init__(self, build, n: int, k: int, num_threads: int | None) -> None:
+    def __init__(self, build, n: int, weights: int, num_threads: int | None) -> None:
         self._build = build
         self._fixed = num_threads
         self.shared = _shared_pool_threads is not None  # onnxruntime then allows no other pool
         self._max = torch.get_num_threads()
-        self._small = n * k < PARALLEL_MIN_WEIGHTS
+        self._small = weights < PARALLEL_MIN_WEIGHTS
         self._by_threads: dict[int | None, object] = {}
         self.n = n
         self.handle = next(_HANDLES)
@@ -149,7 +163,7 @@ class _Sessions:
 
     def run(self, a: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
-            return matmul_nbits(a, self.handle)
+            return torch.ops.tierlm.matmul_nbits(a, self.handle)
         return self.run_now(a)
 
     def run_now(self, a: torch.Tensor) -> torch.Tensor:
@@ -160,14 +174,35 @@ class _Sessions:
 
 
 class OrtKernel:
-    """A kernel that runs an onnxruntime graph (:class:`NBitsMatMul`, :class:`Int8NBitsMatMul`)."""
+    """A kernel that runs an onnxruntime graph ``[M, k] -> [M, n]`` (:class:`NBitsMatMul`,
+    :class:`Int8NBitsMatMul`, :class:`OrtGraph`)."""
 
     _sessions: _Sessions
+    n: int
+    k: int
 
     @property
     def on_shared_pool(self) -> bool:
         """Whether this kernel runs on the pool of :func:`share_pool`."""
         return self._sessions.shared
+
+    @property
+    def composable(self) -> bool:
+        """Whether :meth:`graph_part` can place this product in a larger graph: False when it
+        needs work in torch around its session (input scales, permutations, outliers)."""
+        return False
+
+    def graph_part(self, prefix: str, x: str, y: str) -> GraphPart:
+        """This kernel's product ``x -> y`` as nodes of a larger graph, names starting with
+        ``prefix`` (only when :attr:`composable`)."""
+        raise NotImplementedError
+
+
+class GraphPart(NamedTuple):
+    """Nodes and initializers of a piece of an onnx graph (onnx ``NodeProto``s, ``TensorProto``s)."""
+
+    nodes: list
+    initializers: list
 
 
 class NBitsMatMul(OrtKernel):
@@ -196,11 +231,19 @@ class NBitsMatMul(OrtKernel):
             self.perm = perm
         self.input_scale = qt.input_scale
         self.n, self.k = n, k
-        self._sessions = _Sessions(self._session, n, k, num_threads)
+        self._sessions = _Sessions(self._session, n, n * k, num_threads)
 
     def _session(self, threads: int | None):
-        """The graph's session on ``threads`` threads (None: the shared pool), its initializers
-        made from the tensor."""
+        """The graph's session on ``threads`` threads (None: the shared pool)."""
+        return _build_session(self.graph_part("", "A", "Y"), self.k, self.n, threads)
+
+    @property
+    def composable(self) -> bool:
+        # AWQ's input scales and act-order's permutation run in torch before the session.
+        return self.input_scale is None and self.perm is None
+
+    def graph_part(self, prefix: str, x: str, y: str) -> GraphPart:
+        """The product's nodes, its initializers made from the tensor."""
         qt, (n, k) = self.qt, self.qt.shape
         nb = k // qt.group_size
         scales = qt.scales.to(torch.float32)
@@ -237,8 +280,8 @@ class NBitsMatMul(OrtKernel):
                 torch.cat([r.to(torch.float32) for r in rights], dim=1).contiguous(),
                 torch.cat([l.to(torch.float32) for l in lefts], dim=0).contiguous(),
             )
-        return _build_session(
-            blob, scales.t().contiguous(), zp, k, n, qt.group_size, self.accuracy_level, threads, factors
+        return _matmul_part(
+            prefix, x, y, blob, scales.t().contiguous(), zp, k, n, qt.group_size, self.accuracy_level, factors
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,13 +301,23 @@ class Int8NBitsMatMul(OrtKernel):
         if int8_block(k) is None:
             raise ValueError(f"no MatMulNBits block size divides in_features {k}")
         self.qt, self.accuracy_level = qt, accuracy_level
-        self._sessions = _Sessions(self._session, n, k, num_threads)
+        self.n, self.k = n, k
+        self._sessions = _Sessions(self._session, n, n * k, num_threads)
 
     def _session(self, threads: int | None):
+        n, k = self.qt.shape
+        return _build_session(self.graph_part("", "A", "Y"), k, n, threads)
+
+    @property
+    def composable(self) -> bool:
+        # SmoothQuant's scales and the float outlier product run in torch around the session.
+        return self.qt.smooth is None and self.qt.outlier_idx is None
+
+    def graph_part(self, prefix: str, x: str, y: str) -> GraphPart:
         (n, k), block = self.qt.shape, int8_block(self.qt.shape[1])
         blob = (self.qt.qweight.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // block, block)
         scales = self.qt.scale.to(torch.float32)[:, None].expand(n, k // block).contiguous()
-        return _build_session(blob, scales, None, k, n, block, self.accuracy_level, threads, bits=8)
+        return _matmul_part(prefix, x, y, blob, scales, None, k, n, block, self.accuracy_level, bits=8)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         inliers, outliers = self.qt.split_input(x.to(torch.float32))
@@ -277,19 +330,42 @@ def int8_block(k: int) -> int | None:
     return next((b for b in (128, 64, 32, 16) if k % b == 0), None)
 
 
-def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, threads, factors=None, bits=4):
-    import onnxruntime as ort
+class OrtGraph(OrtKernel):
+    """``A [M, k] -> Y [M, n]`` through a graph composed of kernels' products
+    (:meth:`OrtKernel.graph_part`) and the work between them, as one session run.
+
+    A decode step's runs are small and many: each costs ~12 µs of onnxruntime entry and,
+    compiled, ~20 µs of torch dispatch around it (measured on this CPU), and a run's workers
+    start cold, so fewer, larger runs are faster (``tierlm.edge.fused_layers``). ``part`` builds
+    the nodes for each session made (:class:`_Sessions`); ``weights``: how many weights its
+    products read.
+    """
+
+    def __init__(
+        self, part: Callable[[], GraphPart], k: int, n: int, weights: int, num_threads: int | None = None
+    ) -> None:
+        self.n, self.k = n, k
+        self._sessions = _Sessions(lambda threads: _build_session(part(), k, n, threads), n, weights, num_threads)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._sessions.run(x.to(torch.float32))
+
+
+def _matmul_part(
+    prefix, x, y, blob, scales, zero_points, k, n, block_size, accuracy_level, factors=None, bits=4
+) -> GraphPart:
+    """``MatMulNBits`` (plus the low-rank ``factors``' thin product) from ``x`` to ``y``."""
     from onnx import TensorProto, helper
 
     def init(name, t, dtype):
-        return helper.make_tensor(name, dtype, list(t.shape), t.numpy().tobytes(), raw=True)
+        return helper.make_tensor(prefix + name, dtype, list(t.shape), t.numpy().tobytes(), raw=True)
 
-    inputs = ["A", "B", "scales"]
+    inputs = [x, prefix + "B", prefix + "scales"]
     inits = [init("B", blob, TensorProto.UINT8), init("scales", scales.reshape(-1), TensorProto.FLOAT)]
     if zero_points is not None:
-        inputs.append("zero_points")
+        inputs.append(prefix + "zero_points")
         inits.append(init("zero_points", zero_points.reshape(-1), TensorProto.UINT8))
-    base_out = "Y" if factors is None else "base"
+    base_out = y if factors is None else prefix + "base"
     nodes = [
         helper.make_node(
             "MatMulNBits", inputs, [base_out], domain="com.microsoft",
@@ -300,15 +376,24 @@ def _build_session(blob, scales, zero_points, k, n, block_size, accuracy_level, 
         right_t, left_t = factors  # [K, r], [r, N]
         inits += [init("right_t", right_t, TensorProto.FLOAT), init("left_t", left_t, TensorProto.FLOAT)]
         nodes += [
-            helper.make_node("MatMul", ["A", "right_t"], ["thin"]),
-            helper.make_node("MatMul", ["thin", "left_t"], ["correction"]),
-            helper.make_node("Add", ["base", "correction"], ["Y"]),
+            helper.make_node("MatMul", [x, prefix + "right_t"], [prefix + "thin"]),
+            helper.make_node("MatMul", [prefix + "thin", prefix + "left_t"], [prefix + "correction"]),
+            helper.make_node("Add", [base_out, prefix + "correction"], [y]),
         ]
+    return GraphPart(nodes, inits)
+
+
+def _build_session(part: GraphPart, k: int, n: int, threads: int | None):
+    """A session for the graph ``A [M, k] -> Y [M, n]`` made of ``part``, on ``threads``
+    threads (None: the shared pool)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
-        nodes, "nbits",
+        part.nodes, "nbits",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
-        initializer=inits,
+        initializer=part.initializers,
     )  # fmt: skip
     # IR 9 / opset 17: the newest the onnx package writes may be newer than this ORT reads.
     model = helper.make_model(
