@@ -11,8 +11,8 @@ thread so the timing thread's OpenMP team is the only one):
 - ``step_ms``: one decode step (one token at position 32, logits of the whole vocabulary);
 - ``head_ms``: the final norm and output layer (soft-capping included) alone;
 - ``linears_ms``: every block linear the step calls (fused q/k/v and gate/up where the
-  format allows; a layer's o_proj, norms and MLP where they run as one onnxruntime graph,
-  ``tierlm.edge.fused_layers``), called once each in the step's order on inputs of their widths, the whole
+  format allows; a layer's o_proj, norms, MLP and the next layer's q/k/v where they run as
+  one onnxruntime graph, ``tierlm.edge.fused_layers``), called once each in the step's order on inputs of their widths, the whole
   sequence timed: as in a step, each weight is read from memory after the others have pushed
   it out of the caches (timed alone and repeated, a small weight stays cached and looks up to
   half as costly);
@@ -63,10 +63,13 @@ def block_linears(model) -> list[tuple[object, tuple[int, ...]]]:
     c = model.config
     hidden, attn_out, mlp_hidden = c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size
     calls = []
+    fed = False  # whether the previous layer's tail made this layer's q/k/v
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        calls += [(attn.qkv, (hidden,))] if attn.qkv is not None else [(m, (hidden,)) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
-        if layer.tail is not None:  # o_proj, the norms and the MLP in one run
+        if not fed:
+            calls += [(attn.qkv, (hidden,))] if attn.qkv is not None else [(m, (hidden,)) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        fed = layer.tail is not None and layer.tail.next_sizes is not None
+        if layer.tail is not None:  # o_proj, the norms, the MLP (and the next q/k/v) in one run
             calls.append((layer.tail, (attn_out, hidden)))
             continue
         calls.append((attn.o_proj, (attn_out,)))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tierlm.edge.config import ModelConfig
-from tierlm.edge.fused_layers import LayerTail, fuse_tail
+from tierlm.edge.fused_layers import LayerTail, can_fuse_tail, fuse_tail
 from tierlm.kernels.modules import FusedLinears, fuse_linears, linear_rows, rows_of
 
 #: "all" positions, the "last" one, "none" (skip the output layer), or the last N positions.
@@ -135,10 +135,15 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
         return self.o_proj(self.attend(x, rope, batch))
 
-    def attend(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
-        """The heads' outputs joined ``[B, T, heads * head_dim]``, before the output projection."""
+    def attend(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout, qkv: tuple[Tensor, ...] | None = None
+    ) -> Tensor:
+        """The heads' outputs joined ``[B, T, heads * head_dim]``, before the output projection.
+        ``qkv``: the projections of ``x`` when the previous layer's fused tail made them."""
         b, t, _ = x.shape
-        q, k, v = self.qkv(x) if self.qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        if qkv is None:
+            qkv = self.qkv(x) if self.qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q, k, v = qkv
         q = q.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -199,13 +204,25 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], batch: BatchLayout) -> Tensor:
         if self.tail is not None:
-            return self.tail(self.self_attn.attend(self.input_layernorm(x), rope, batch), x)
+            return self.step(x, None, rope, batch)[0]
         h = self.self_attn(self.input_layernorm(x), rope, batch)
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def step(
+        self, x: Tensor, qkv: tuple[Tensor, ...] | None, rope: tuple[Tensor, Tensor], batch: BatchLayout
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """`forward` in a model whose layers may be fused (`Transformer.fuse_projections`):
+        takes this layer's q/k/v when the previous layer's tail made them, and returns the next
+        layer's with the output when this layer's tail makes them."""
+        if self.tail is None:
+            return self(x, rope, batch), None
+        # Given q/k/v, attention does not read its input: the norm is skipped.
+        normed = x if qkv is not None else self.input_layernorm(x)
+        return self.tail(self.self_attn.attend(normed, rope, batch, qkv), x)
 
 
 class Transformer(nn.Module):
@@ -282,15 +299,16 @@ class Transformer(nn.Module):
         weights can be joined (:func:`~tierlm.kernels.modules.fuse_linears`), and the rest of
         the layer after attention as one onnxruntime run where its products all run there
         (:func:`~tierlm.edge.fused_layers.fuse_tail`); returns how many groups of projections
-        were joined. A decode step then makes four linear calls per layer instead of seven, or two.
+        were joined. A decode step then makes four linear calls per layer instead of seven, or one.
         The modules keep their names and weights, so the model still saves as before."""
         fused = 0
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
             attn.qkv = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
             mlp.gate_up = fuse_linears([mlp.gate_proj, mlp.up_proj])
-            layer.tail = fuse_tail(layer)
             fused += (attn.qkv is not None) + (mlp.gate_up is not None)
+        for layer, following in zip(self.layers, [*self.layers[1:], None]):
+            layer.tail = fuse_tail(layer, following if following is not None and can_fuse_tail(following) else None)
         return fused
 
     def forward(
@@ -342,8 +360,9 @@ class Transformer(nn.Module):
         return ropes, layouts
 
     def _blocks(self, x: Tensor, ropes: Ropes, layouts: Layouts) -> Tensor:
+        qkv = None  # the next layer's q/k/v, when a fused tail made them
         for layer in self.layers:
-            x = layer(x, ropes[layer.rope_theta], layouts[layer.sliding_window])
+            x, qkv = layer.step(x, qkv, ropes[layer.rope_theta], layouts[layer.sliding_window])
         return x
 
     def _decode_graph(self, x: Tensor, ropes: Ropes, layouts: Layouts) -> Tensor:

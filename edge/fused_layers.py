@@ -10,9 +10,9 @@ weights took 7.1 ms where one graph holding all 72 products took 5.7 ms (a probe
 So where a layer's output projection and MLP products all run whole in onnxruntime
 (:attr:`~tierlm.kernels.ops.ort_nbits.OrtKernel.composable`), :func:`fuse_tail` builds one graph
 for the rest of the layer after attention: the output projection, the norms and residual adds
-around it (Gemma's sandwich norms or Llama's pre-norm), and the gated MLP. A step then makes two
-runs per layer, q/k/v and this one. The layer's modules keep their names and weights; only their
-kernels go.
+around it (Gemma's sandwich norms or Llama's pre-norm), the gated MLP, and the next layer's
+input norm and q/k/v. A step then makes one run per layer (and the first layer's q/k/v). The
+layers' modules keep their names and weights; only their kernels go.
 """
 
 from __future__ import annotations
@@ -30,64 +30,102 @@ if TYPE_CHECKING:  # the decoder imports this module, not the reverse
 
 
 class LayerTail:
-    """``(attention output before o_proj, the layer's input) -> the layer's output`` in one run.
-    A runtime view, like :class:`~tierlm.kernels.modules.FusedLinears`: state dicts never see it."""
+    """``(attention output before o_proj, the layer's input) -> (the layer's output, the next
+    layer's q/k/v or None)`` in one run. A runtime view, like
+    :class:`~tierlm.kernels.modules.FusedLinears`: state dicts never see it."""
 
-    def __init__(self, kernel: OrtGraph, attn_width: int, hidden: int) -> None:
+    def __init__(self, kernel: OrtGraph, attn_width: int, hidden: int, next_sizes: list[int] | None) -> None:
         self.kernel = kernel
         self.attn_width, self.hidden = attn_width, hidden
+        self.next_sizes = next_sizes  # the next layer's q, k, v widths when this graph computes them
 
-    def __call__(self, attn: Tensor, x: Tensor) -> Tensor:
-        # The graph takes one input (the compiled step calls it as one custom op): both, side by side.
+    def __call__(self, attn: Tensor, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        # The graph takes one input and gives one output (the compiled step calls it as one
+        # custom op): the inputs side by side, then the outputs.
         joined = torch.cat([attn.reshape(-1, self.attn_width), x.reshape(-1, self.hidden)], dim=-1)
-        return self.kernel(joined).reshape(x.shape).to(x.dtype)
+        y = self.kernel(joined).reshape(*x.shape[:-1], -1).to(x.dtype)
+        if self.next_sizes is None:
+            return y, None
+        out, qkv = y.split([self.hidden, sum(self.next_sizes)], dim=-1)
+        return out, qkv.split(self.next_sizes, dim=-1)
 
 
-def fuse_tail(layer: DecoderLayer) -> LayerTail | None:
+def fuse_tail(layer: DecoderLayer, following: DecoderLayer | None = None) -> LayerTail | None:
     """The tail of ``layer`` (its projections fused already: ``mlp.gate_up`` set) as one graph,
-    or None where a product cannot join it: not quantized, a bias, or work in torch around it."""
+    or None where a product cannot join it (:func:`can_fuse_tail`). With ``following``, the
+    next layer (its own tail fused too), the graph also computes that layer's input norm and
+    q/k/v where its joined projection can join: one run per layer, not two."""
+    if not can_fuse_tail(layer):
+        return None
     attn, mlp = layer.self_attn, layer.mlp
-    gate_up = mlp.gate_up
-    linears = (attn.o_proj, None if gate_up is None else gate_up.linear, mlp.down_proj)
-    if not all(isinstance(m, QuantLinear) and m.bias is None for m in linears):
-        return None
-    o_proj, joined, down = (m.home_kernel for m in linears)
-    if not all(isinstance(k, OrtKernel) and k.composable for k in (o_proj, joined, down)):
-        return None
+    linears = [attn.o_proj, mlp.gate_up.linear, mlp.down_proj]
+    chained = following is not None and _composable(following.self_attn.qkv and following.self_attn.qkv.linear)
+    if chained:
+        linears.append(following.self_attn.qkv.linear)
+    # The kernels themselves, not the modules: these build the graph's parts after the
+    # modules have let them go (a session for more threads is built when first needed).
+    kernels = [m.home_kernel for m in linears]
+    o_proj, joined, down, next_qkv = [*kernels, None][:4]
     hidden, attn_width, intermediate = o_proj.n, o_proj.k, down.k
     sandwich = layer.sandwich
 
     def part() -> GraphPart:
-        halves = _int64("halves", [attn_width, hidden])
+        out = "x_out" if chained else "Y"
         nodes = [_node("Split", ["A", "halves"], ["attn", "x"], axis=1)]
-        inits = [halves]
+        inits = [_int64("halves", [attn_width, hidden])]
         parts = [o_proj.graph_part("o_", "attn", "o")]
-        if sandwich:  # x2 = x + norm(o); y = x2 + norm(mlp(norm(x2)))
+        if sandwich:  # x2 = x + norm(o); out = x2 + norm(mlp(norm(x2)))
             parts += [
                 _rms_norm(layer.post_attention_layernorm, "post_attn_", "o", "o_normed"),
                 _add("x", "o_normed", "x2"),
                 _rms_norm(layer.pre_feedforward_layernorm, "pre_mlp_", "x2", "mlp_in"),
                 _mlp(joined, down, intermediate, mlp.gelu, "mlp_in", "mlp_out"),
                 _rms_norm(layer.post_feedforward_layernorm, "post_mlp_", "mlp_out", "mlp_normed"),
-                _add("x2", "mlp_normed", "Y"),
+                _add("x2", "mlp_normed", out),
             ]
-        else:  # x2 = x + o; y = x2 + mlp(norm(x2))
+        else:  # x2 = x + o; out = x2 + mlp(norm(x2))
             parts += [
                 _add("x", "o", "x2"),
                 _rms_norm(layer.post_attention_layernorm, "pre_mlp_", "x2", "mlp_in"),
                 _mlp(joined, down, intermediate, mlp.gelu, "mlp_in", "mlp_out"),
-                _add("x2", "mlp_out", "Y"),
+                _add("x2", "mlp_out", out),
+            ]
+        if chained:  # Y = [out, qkv_next(norm_next(out))]
+            parts += [
+                _rms_norm(following.input_layernorm, "next_in_", out, "next_in"),
+                next_qkv.graph_part("next_qkv_", "next_in", "next_qkv"),
+                GraphPart([_node("Concat", [out, "next_qkv"], ["Y"], axis=1)], []),
             ]
         for p in parts:
             nodes += p.nodes
             inits += p.initializers
         return GraphPart(nodes, inits)
 
-    weights = hidden * attn_width + 3 * hidden * intermediate
-    tail = LayerTail(OrtGraph(part, attn_width + hidden, hidden, weights), attn_width, hidden)
-    for module in linears:
+    next_sizes = following.self_attn.qkv.sizes if chained else None
+    out_width = hidden + (sum(next_sizes) if chained else 0)
+    weights = sum(m.in_features * m.out_features for m in linears)
+    tail = LayerTail(OrtGraph(part, attn_width + hidden, out_width, weights), attn_width, hidden, next_sizes)
+    for module, kernel in zip(linears, kernels):
+        kernel.release_sessions()
         module.release_kernels()
     return tail
+
+
+def can_fuse_tail(layer: DecoderLayer) -> bool:
+    """Whether ``layer``'s o_proj, joined gate/up and down products all run whole in onnxruntime
+    (quantized, no biases, nothing computed in torch around them)."""
+    gate_up = layer.mlp.gate_up
+    linears = (layer.self_attn.o_proj, gate_up and gate_up.linear, layer.mlp.down_proj)
+    return gate_up is not None and len(set(gate_up.sizes)) == 1 and all(_composable(m) for m in linears)
+
+
+def _composable(linear) -> bool:
+    return (
+        isinstance(linear, QuantLinear)
+        and linear.bias is None
+        and isinstance(linear.home_kernel, OrtKernel)
+        and linear.home_kernel.composable
+    )
 
 
 def _mlp(gate_up: OrtKernel, down: OrtKernel, intermediate: int, gelu: bool, x: str, y: str) -> GraphPart:

@@ -161,6 +161,10 @@ class _Sessions:
             self._by_threads[threads] = self._build(threads)
         return self._by_threads[threads]
 
+    def clear(self) -> None:
+        """Drop the built sessions; the next run builds the one it needs again."""
+        self._by_threads.clear()
+
     def run(self, a: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return torch.ops.tierlm.matmul_nbits(a, self.handle)
@@ -185,6 +189,11 @@ class OrtKernel:
     def on_shared_pool(self) -> bool:
         """Whether this kernel runs on the pool of :func:`share_pool`."""
         return self._sessions.shared
+
+    def release_sessions(self) -> None:
+        """Drop this kernel's sessions and the packed weights they hold: for a kernel whose
+        product a larger graph runs now (:class:`OrtGraph`), which may still build its parts."""
+        self._sessions.clear()
 
     @property
     def composable(self) -> bool:

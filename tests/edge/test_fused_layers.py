@@ -11,6 +11,7 @@ import torch
 
 from tierlm.edge.decoder import load_model
 from tierlm.kernels.artifact import save_artifact
+from tierlm.kernels.modules import QuantLinear
 from tierlm.kernels.ops.ort_nbits import ort_available
 from tests.kernels.test_pipeline import compressed, recipe_text
 
@@ -20,6 +21,18 @@ FUSIBLE = {
     "int8": recipe_text("int8", "{}", embedding="{method: int8}"),
     "gptq-int4": recipe_text("gptq", "{bits: 4, group_size: 32}"),
 }
+
+
+def _float_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's kernels rebuilt at accuracy level 0 (float activations): served at level 4,
+    a norm's float rounding in onnxruntime rather than torch can move an activation onto the
+    neighbouring int8 level, which a random tiny model amplifies; at level 0 both paths compute
+    the same products, so any other difference is a wiring error."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.int4_accuracy_level = 0
+            module.backend = module.backend  # rebuilds the kernel
+    return model
 
 
 def _artifact(model_dir: Path, tmp_path: Path, recipe: str) -> Path:
@@ -32,9 +45,12 @@ def _artifact(model_dir: Path, tmp_path: Path, recipe: str) -> Path:
 @torch.inference_mode()
 def test_fused_layers_compute_the_plain_models_logits(model_dir: Path, tmp_path: Path, recipe: str) -> None:
     path = _artifact(model_dir, tmp_path, FUSIBLE[recipe])
-    plain, fused = load_model(path), load_model(path)
+    plain, fused = _float_activations(load_model(path)), _float_activations(load_model(path))
     fused.fuse_projections()
     assert all(layer.tail is not None for layer in fused.layers)
+    # Each tail also makes the next layer's q/k/v: one run per layer.
+    assert [layer.tail.next_sizes is not None for layer in fused.layers] == [True] * (len(fused.layers) - 1) + [False]
+    assert all(layer.self_attn.qkv.linear.home_kernel is None for layer in fused.layers[1:])
     assert all(layer.mlp.down_proj.home_kernel is None for layer in fused.layers)  # the graph holds its weights
     vocab = plain.config.vocab_size
     ids = torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -47,10 +63,7 @@ def test_fused_layers_compute_the_plain_models_logits(model_dir: Path, tmp_path:
     for tokens, positions in steps:
         want = plain(tokens, positions, slots)
         got = fused(tokens, positions, slots)
-        # The norms run in onnxruntime rather than torch (float rounding apart), so a few
-        # activations may land on the neighbouring int8 level before the next product.
-        torch.testing.assert_close(got, want, atol=2e-3 * want.abs().max().item(), rtol=0)
-        assert torch.equal(got.argmax(-1), want.argmax(-1))
+        torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
 
 
 @torch.inference_mode()
