@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tierlm.edge.fused_layers import LayerTail
 from tierlm.kernels.modules import QuantLinear
 from tierlm.kernels.ops.ort_nbits import OrtKernel, ort_available, share_pool
 
@@ -49,8 +50,8 @@ def torch_threads(model: nn.Module, threads: int | None) -> int | None:
 
 
 def runs_on_shared_pool(model: nn.Module) -> bool:
-    """Whether any of ``model``'s linears runs on onnxruntime's shared pool."""
-    return any(
-        isinstance(m, QuantLinear) and isinstance(m.home_kernel, OrtKernel) and m.home_kernel.on_shared_pool
-        for m in model.modules()
-    )
+    """Whether any of ``model``'s linears runs on onnxruntime's shared pool: on its own, or in
+    a layer's fused tail (whose graph then holds the linears' weights)."""
+    kernels = [m.home_kernel for m in model.modules() if isinstance(m, QuantLinear)]
+    kernels += [m.tail.kernel for m in model.modules() if isinstance(getattr(m, "tail", None), LayerTail)]
+    return any(isinstance(k, OrtKernel) and k.on_shared_pool for k in kernels)
