@@ -39,7 +39,8 @@ ABOUT = {
             "its graphs from an empty inductor cache.",
     "edge_step": "Where a batch-1 decode step's time goes (bench/edge_step.py): the output layer, the blocks' linears "
                  "(called once each in the step's order, the sequence timed, so each weight comes from memory as in a "
-                 "step) and everything else (norms, attention, rope, cache, dispatch), per artifact and thread count, "
+                 "step; where a layer's tail runs as one onnxruntime graph, edge/fused_layers.py, that run with its "
+                 "norms and activation) and everything else (norms, attention, rope, cache, dispatch), per artifact and thread count, "
                  "beside llama.cpp's whole step; `compiled_step_ms` is the same step through torch.compile. `pool`: `shared`, "
                  "`tierlm edge serve`'s split of the threads (onnxruntime's graphs on one shared pool, torch on one thread), or `own` "
                  "(a pool per graph, torch on every thread: the split before).",
