@@ -37,6 +37,9 @@ ABOUT = {
     "edge": "Edge runtime decode speed (bench/edge.py) against llama.cpp. Rows `<name> compiled` serve the same artifact "
             "with `tierlm edge serve --compile` (the decode step through torch.compile); their `load_s` includes building "
             "its graphs from an empty inductor cache.",
+    "edge_confirm": "A second bench/edge.py run, same settings, fp32 and the two artifacts within +5% perplexity only: "
+                    "llama.cpp's tokens/s moves between runs on this shared machine (51-59 in the runs so far), so the "
+                    "ratio to it is shown from two runs.",
     "edge_step": "Where a batch-1 decode step's time goes (bench/edge_step.py): the output layer, the blocks' linears "
                  "(called once each in the step's order, the sequence timed, so each weight comes from memory as in a "
                  "step; where a layer's tail runs as one onnxruntime graph, edge/fused_layers.py, that run with its "

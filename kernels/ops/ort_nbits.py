@@ -84,7 +84,7 @@ def share_pool(threads: int) -> None:
     """Build every later session on one process-wide pool of ``threads`` threads, whose workers
     spin between runs, instead of a pool of its own whose workers sleep.
 
-    A decode step makes ~70 small matmul runs back to back. A worker that sleeps between them
+    A decode step makes many small runs back to back (~20 with fused layers, 73 without). A worker that sleeps between them
     costs a wake-up per run, which is why a small weight runs on one thread in a pool of its
     own; workers that spin in a pool per session would be one busy thread per weight. One shared
     pool keeps a single worker awake for all of them. Its spinning holds the other cores between
@@ -111,10 +111,10 @@ def share_pool(threads: int) -> None:
 
 
 # Registered with torch.library's low-level API, a CPU kernel and a fake, rather than
-# `torch.library.custom_op`: a compiled decode step calls this op ~70 times, and custom_op's
+# `torch.library.custom_op`: a compiled decode step calls this op ~20-70 times, and custom_op's
 # Python layers (autograd wrapping, argument checks) cost ~16 µs more per call under
 # inference_mode (47 vs 31 µs for a 64 x 64 weight inside a compiled graph, measured on this
-# CPU), about a millisecond per step. Nothing differentiates through it.
+# CPU), 0.3-1 ms per step. Nothing differentiates through it.
 _LIB = torch.library.Library("tierlm", "DEF")
 _LIB.define("matmul_nbits(Tensor a, int handle) -> Tensor")
 
