@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))  # `bench.*` imports when run as a script
 # A news-style prompt the Gemma base model continues past 64 tokens without an end-of-text
 # token (the wire contract has no ignore-EOS switch; rows report the tokens actually made).
 PROMPT = "Gold prices fell sharply after the central bank raised rates, and traders said"
-DEFAULT_ARTIFACTS = ("composite-edge", "gptq-w4g64", "w8a8")
+DEFAULT_ARTIFACTS = ("composite-edge", "gptq-w4g64", "w8a8-plain", "w8a8-t4")
 SERVER_START_TIMEOUT_S = 600.0
 
 

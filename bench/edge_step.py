@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `bench.*` imports when run as a script
 
-DEFAULT_ARTIFACTS = ("w8a8-plain", "gptq-w4g64", "composite-edge")
+DEFAULT_ARTIFACTS = ("w8a8-plain", "w8a8-t4", "gptq-w4g64", "composite-edge")
 POSITION = 32  # every timed step attends over the same number of keys
 
 

@@ -65,7 +65,8 @@ def fuse_tail(layer: DecoderLayer, following: DecoderLayer | None = None) -> Lay
     # The kernels themselves, not the modules: these build the graph's parts after the
     # modules have let them go (a session for more threads is built when first needed).
     kernels = [m.home_kernel for m in linears]
-    o_proj, joined, down, next_qkv = [*kernels, None][:4]
+    o_proj, joined, down = kernels[:3]
+    next_qkv = kernels[3] if chained else None
     hidden, attn_width, intermediate = o_proj.n, o_proj.k, down.k
     sandwich = layer.sandwich
 
@@ -119,7 +120,8 @@ def can_fuse_tail(layer: DecoderLayer) -> bool:
     return gate_up is not None and len(set(gate_up.sizes)) == 1 and all(_composable(m) for m in linears)
 
 
-def _composable(linear) -> bool:
+def _composable(linear: object) -> bool:
+    """Whether ``linear`` is a quantized linear without bias whose kernel can join a graph."""
     return (
         isinstance(linear, QuantLinear)
         and linear.bias is None
