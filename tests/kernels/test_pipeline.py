@@ -149,6 +149,8 @@ def test_cli_compress_writes_an_artifact(llama_dir: Path, tmp_path: Path) -> Non
     result = runner.invoke(app, ["compress", "--model", str(llama_dir), "--recipe", str(recipe), "--calib", str(CALIB), "--out", str(out), "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "modules compressed by t-rtn" in result.output
+    # Not a terminal: a line per step rather than a bar drawn only at the end.
+    assert "t-rtn: layer 0: compressing" in result.stderr and "t-rtn: done" in result.stderr
     assert (out / MANIFEST).is_file() and isinstance(load_model(out).layers[0].mlp.up_proj, QuantLinear)
 
 

@@ -36,13 +36,21 @@ def compress(
     if not (folder / "config.json").is_file():
         raise MissingResource(f"{model}: not an HF folder (no config.json) nor a registered name (`tierlm model list`)")
     text = read_text(calib)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_status
-    ) as bar:
-        task = bar.add_task(f"{parsed.name}: loading", total=None)
+    if _status.is_terminal:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_status
+        ) as bar:
+            task = bar.add_task(f"{parsed.name}: loading", total=None)
 
+            def progress(done: int, total: int, message: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"{parsed.name}: {message}")
+
+            result = run(folder, parsed, text, out, progress)
+    else:
+        # A log file or a pod's log: a bar there is drawn once, at the end; a line per step shows
+        # how far a build of several minutes has got.
         def progress(done: int, total: int, message: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"{parsed.name}: {message}")
+            _status.print(f"{parsed.name}: {message} ({done}/{total})", highlight=False)
 
         result = run(folder, parsed, text, out, progress)
     size = result.manifest["bytes"]
