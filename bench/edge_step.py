@@ -12,10 +12,10 @@ thread so the timing thread's OpenMP team is the only one):
 - ``head_ms``: the final norm and output layer (soft-capping included) alone;
 - ``linears_ms``: every block linear the step calls (fused q/k/v and gate/up where the
   format allows; a layer's o_proj, norms, MLP and the next layer's q/k/v where they run as
-  one onnxruntime graph, ``tierlm.edge.fused_layers``), called once each in the step's order on inputs of their widths, the whole
-  sequence timed: as in a step, each weight is read from memory after the others have pushed
-  it out of the caches (timed alone and repeated, a small weight stays cached and looks up to
-  half as costly);
+  one onnxruntime graph, ``tierlm.edge.fused_layers``), called once each in the step's order
+  on inputs of their widths, the whole sequence timed: as in a step, each weight is read from
+  memory after the others have pushed it out of the caches (timed alone and repeated, a small
+  weight stays cached and looks up to half as costly);
 - ``other_ms``: ``step_ms - head_ms - linears_ms``: norms, rope, attention, the KV cache,
   embedding and Python dispatch.
 

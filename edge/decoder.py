@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tierlm.edge.config import ModelConfig
-from tierlm.edge.fused_layers import LayerTail, can_fuse_tail, fuse_tail
+from tierlm.edge.fused_layers import LayerTail, fuse_tail
 from tierlm.kernels.modules import FusedLinears, fuse_linears, linear_rows, rows_of
 
 #: "all" positions, the "last" one, "none" (skip the output layer), or the last N positions.
@@ -308,7 +308,7 @@ class Transformer(nn.Module):
             mlp.gate_up = fuse_linears([mlp.gate_proj, mlp.up_proj])
             fused += (attn.qkv is not None) + (mlp.gate_up is not None)
         for layer, following in zip(self.layers, [*self.layers[1:], None]):
-            layer.tail = fuse_tail(layer, following if following is not None and can_fuse_tail(following) else None)
+            layer.tail = fuse_tail(layer, following)
         return fused
 
     def forward(

@@ -53,13 +53,18 @@ class LayerTail:
 def fuse_tail(layer: DecoderLayer, following: DecoderLayer | None = None) -> LayerTail | None:
     """The tail of ``layer`` (its projections fused already: ``mlp.gate_up`` set) as one graph,
     or None where a product cannot join it (:func:`can_fuse_tail`). With ``following``, the
-    next layer (its own tail fused too), the graph also computes that layer's input norm and
-    q/k/v where its joined projection can join: one run per layer, not two."""
+    next layer, the graph also computes that layer's input norm and q/k/v where its joined
+    projection can join and its own tail can be fused (it then takes them from this one): one
+    run per layer, not two."""
     if not can_fuse_tail(layer):
         return None
     attn, mlp = layer.self_attn, layer.mlp
     linears = [attn.o_proj, mlp.gate_up.linear, mlp.down_proj]
-    chained = following is not None and _composable(following.self_attn.qkv and following.self_attn.qkv.linear)
+    chained = (
+        following is not None
+        and can_fuse_tail(following)
+        and _composable(following.self_attn.qkv and following.self_attn.qkv.linear)
+    )
     if chained:
         linears.append(following.self_attn.qkv.linear)
     # The kernels themselves, not the modules: these build the graph's parts after the

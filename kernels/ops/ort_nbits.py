@@ -84,8 +84,8 @@ def share_pool(threads: int) -> None:
     """Build every later session on one process-wide pool of ``threads`` threads, whose workers
     spin between runs, instead of a pool of its own whose workers sleep.
 
-    A decode step makes many small runs back to back (~20 with fused layers, 73 without). A worker that sleeps between them
-    costs a wake-up per run, which is why a small weight runs on one thread in a pool of its
+    A decode step makes many small runs back to back (~20 with fused layers, 73 without). A
+    worker that sleeps between them costs a wake-up per run, which is why a small weight runs on one thread in a pool of its
     own; workers that spin in a pool per session would be one busy thread per weight. One shared
     pool keeps a single worker awake for all of them. Its spinning holds the other cores between
     runs, so the caller's own torch ops should then run on one thread.
@@ -206,6 +206,10 @@ class OrtKernel:
         ``prefix`` (only when :attr:`composable`)."""
         raise NotImplementedError
 
+    def _session(self, threads: int | None):
+        """A session of this kernel's product alone on ``threads`` threads (None: the shared pool)."""
+        return _build_session(self.graph_part("", "A", "Y"), self.k, self.n, threads)
+
 
 class GraphPart(NamedTuple):
     """Nodes and initializers of a piece of an onnx graph (onnx ``NodeProto``s, ``TensorProto``s)."""
@@ -241,10 +245,6 @@ class NBitsMatMul(OrtKernel):
         self.input_scale = qt.input_scale
         self.n, self.k = n, k
         self._sessions = _Sessions(self._session, n, n * k, num_threads)
-
-    def _session(self, threads: int | None):
-        """The graph's session on ``threads`` threads (None: the shared pool)."""
-        return _build_session(self.graph_part("", "A", "Y"), self.k, self.n, threads)
 
     @property
     def composable(self) -> bool:
@@ -312,10 +312,6 @@ class Int8NBitsMatMul(OrtKernel):
         self.qt, self.accuracy_level = qt, accuracy_level
         self.n, self.k = n, k
         self._sessions = _Sessions(self._session, n, n * k, num_threads)
-
-    def _session(self, threads: int | None):
-        n, k = self.qt.shape
-        return _build_session(self.graph_part("", "A", "Y"), k, n, threads)
 
     @property
     def composable(self) -> bool:
