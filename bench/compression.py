@@ -266,6 +266,32 @@ def llama_decode_speed(gguf: Path, prompt_ids: list[int], args: argparse.Namespa
 # ---- the perplexity cache ----
 
 
+# A format's entry changes when the arithmetic of the CPU kernel that runs it changes, so that
+# perplexities cached before are recomputed; formats without one are as they first were.
+KERNEL_NUMERICS = {"int8": "per-token int8 activations, MatMulInteger"}
+
+
+def formats_in(target: Path) -> set[str]:
+    """The weight formats an artifact folder stores (none for a dense model or a GGUF file)."""
+    manifest = target / "tierlm_compression.json" if target.is_dir() else None
+    if manifest is None or not manifest.is_file():
+        return set()
+    found: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("format"), str):
+                found.add(node["format"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(manifest.read_text()))
+    return found
+
+
 class PerplexityCache:
     """Perplexities by (file fingerprint, evaluation settings), so a resumed run skips them."""
 
@@ -275,10 +301,13 @@ class PerplexityCache:
 
     @staticmethod
     def key(target: Path, settings: dict) -> str:
-        """What the perplexity depends on: the weights file(s) and the evaluation."""
+        """What the perplexity depends on: the weights file(s), the arithmetic of the kernels
+        that run their formats, and the evaluation."""
         files = [target] if target.is_file() else sorted(target.glob("*.safetensors")) + sorted(target.glob("*.json"))
         stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        return hashlib.sha256(json.dumps([str(target), stamp, settings], sort_keys=True).encode()).hexdigest()
+        numerics = {f: KERNEL_NUMERICS[f] for f in sorted(formats_in(target)) if f in KERNEL_NUMERICS}
+        key = [str(target), stamp, settings] + ([numerics] if numerics else [])
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(key) if self.enabled else None

@@ -76,7 +76,7 @@ def variants(linear: torch.nn.Linear, device: str):
         yield "int4-g128 (tinygemm)", QuantLinear(int4, linear.bias, backend="fast"), torch.float16
         return
     yield "fp32", linear, torch.float32
-    yield "int8-w8a8 (ort acc4)", int8, torch.float32  # the CPU fast path
+    yield "int8-w8a8 (ort MatMulInteger)", int8, torch.float32  # the CPU fast path
     yield "int8-w8a8 (_int_mm)", Int8MatMul(int8.qweight), torch.float32
     yield (
         "int4-g128 (ort acc4)",

@@ -1,5 +1,5 @@
-"""Int3/int4 group-wise and int8 per-row matmuls through onnxruntime's ``MatMulNBits`` contrib
-op (MLAS kernels).
+"""Int3/int4 group-wise matmuls through onnxruntime's ``MatMulNBits`` contrib op, and int8
+per-row ones through ``MatMulInteger`` (MLAS kernels).
 
 Measured on this CPU: faster than fp32 ``nn.Linear`` at batch 1 and 32 and faster than torch's
 own ``_weight_int4pack_mm_for_cpu`` (see bench/kernels_matmul.py). ``accuracy_level`` 4 lets
@@ -16,12 +16,14 @@ the GPTQ ``qweight`` transposed and read as bytes; int3 codes are widened to 4 b
 is the same, so results are identical) because ORT has no 3-bit CPU kernel. Act-order weights
 (``g_idx``) are permuted so groups are contiguous, and the input columns permuted to match.
 
-W8A8 weights (:class:`Int8NBitsMatMul`) run as 8-bit ``MatMulNBits``: the row's scale repeated
-over blocks of the input dim, codes offset by 128 (the op's default 8-bit zero point), and
-MLAS's int8 activations per block (finer than W8A8's per token). At batch 1 on this CPU it took
-less than half ``torch._int_mm``'s time on every Gemma 3 270M shape (the 262k-row output layer:
-7.0 vs 16.7 ms on one thread) and up to 1.8x its time at 64 rows; one kernel per weight keeps a
-sequence's numbers independent of what it is batched with, so decode's case decides.
+W8A8 weights (:class:`Int8MatMulInteger`) run as ``MatMulInteger`` on int8 activations per
+token, quantized inside the graph: the numerics of :meth:`Int8Tensor.linear_reference` and of
+``torch._int_mm``'s kernel, with exact integer sums, so a row's result never depends on the
+rows batched with it. Against 8-bit ``MatMulNBits`` (int8 activations per block of 32 inputs,
+which this module used before) it took the same time at one row and half at eight: MLAS's
+block kernel works two rows at a time and unpacks the weights again for every pair (Gemma 3
+270M's 262k-row int8 output layer: 7.8 vs 7.5 ms at one row, 17.1 vs 32.5 ms at eight, on two
+threads), so decode batches of several streams pay for it.
 
 Threads: a session's intra-op pool wakes its workers for every run; for a small weight at
 batch 1 that hand-off costs more than the second core gives back (Gemma 3 270M's block
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
+from tierlm.kernels.ops.int8_mm import QMAX
 from tierlm.kernels.packing import int4_words_to_bytes
 
 if TYPE_CHECKING:  # a format owns its kernels (QuantizedTensor.kernel), never the reverse
@@ -179,7 +182,7 @@ class _Sessions:
 
 class OrtKernel:
     """A kernel that runs an onnxruntime graph ``[M, k] -> [M, n]`` (:class:`NBitsMatMul`,
-    :class:`Int8NBitsMatMul`, :class:`OrtGraph`)."""
+    :class:`Int8MatMulInteger`, :class:`OrtGraph`)."""
 
     _sessions: _Sessions
     n: int
@@ -302,16 +305,14 @@ class NBitsMatMul(OrtKernel):
         return self._sessions.run(x)
 
 
-class Int8NBitsMatMul(OrtKernel):
-    """``x [M, K] float -> [M, N] float32`` for an :class:`Int8Tensor` (module docstring)."""
+class Int8MatMulInteger(OrtKernel):
+    """``x [M, K] float -> [M, N] float32`` for an :class:`Int8Tensor` with the numerics of
+    :meth:`Int8Tensor.linear_reference` (module docstring)."""
 
-    def __init__(self, qt: Int8Tensor, num_threads: int | None = None, accuracy_level: int = 4) -> None:
-        n, k = qt.shape
-        if int8_block(k) is None:
-            raise ValueError(f"no MatMulNBits block size divides in_features {k}")
-        self.qt, self.accuracy_level = qt, accuracy_level
-        self.n, self.k = n, k
-        self._sessions = _Sessions(self._session, n, n * k, num_threads)
+    def __init__(self, qt: Int8Tensor, num_threads: int | None = None) -> None:
+        self.qt = qt
+        self.n, self.k = qt.shape
+        self._sessions = _Sessions(self._session, self.n, self.n * self.k, num_threads)
 
     @property
     def composable(self) -> bool:
@@ -319,20 +320,49 @@ class Int8NBitsMatMul(OrtKernel):
         return self.qt.smooth is None and self.qt.outlier_idx is None
 
     def graph_part(self, prefix: str, x: str, y: str) -> GraphPart:
-        (n, k), block = self.qt.shape, int8_block(self.qt.shape[1])
-        blob = (self.qt.qweight.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // block, block)
-        scales = self.qt.scale.to(torch.float32)[:, None].expand(n, k // block).contiguous()
-        return _matmul_part(prefix, x, y, blob, scales, None, k, n, block, self.accuracy_level, bits=8)
+        """Per-token int8 activations, the integer product, and both scales, as nodes."""
+        from onnx import TensorProto, helper
+
+        def const(name: str, t: torch.Tensor, dtype: int) -> object:
+            return helper.make_tensor(prefix + name, dtype, list(t.shape), t.numpy().tobytes(), raw=True)
+
+        def scalar(name: str, value: float) -> object:
+            return helper.make_tensor(prefix + name, TensorProto.FLOAT, [], [value])
+
+        # Codes and activations both offset by 128 to uint8: MLAS's AVX2 u8s8 kernel sums
+        # pairs of products in int16 with saturation (10% error on random weights, measured),
+        # its u8u8 kernel does not.
+        weight = (self.qt.qweight.to(torch.int16) + 128).to(torch.uint8).t().contiguous()  # [K, N]
+        offset = torch.tensor(128, dtype=torch.uint8)
+        initializers = [
+            const("W", weight, TensorProto.UINT8),
+            const("offset_u8", offset, TensorProto.UINT8),
+            const("weight_scale", self.qt.scale.to(torch.float32), TensorProto.FLOAT),
+            scalar("qmax", float(QMAX)), scalar("tiny", 1e-12), scalar("offset", 128.0),
+            scalar("low", 128.0 - QMAX), scalar("high", 128.0 + QMAX),
+        ]
+        node, p = helper.make_node, prefix
+        nodes = [  # absmax_quantize per row, then (q·q_wᵀ)·s_x·s_w as Int8MatMul computes it
+            node("Abs", [x], [p + "abs"]),
+            node("ReduceMax", [p + "abs"], [p + "absmax"], axes=[-1], keepdims=1),
+            node("Div", [p + "absmax", p + "qmax"], [p + "raw_scale"]),
+            node("Max", [p + "raw_scale", p + "tiny"], [p + "scale"]),
+            node("Div", [x, p + "scale"], [p + "scaled"]),
+            node("Round", [p + "scaled"], [p + "rounded"]),
+            node("Add", [p + "rounded", p + "offset"], [p + "shifted"]),
+            node("Clip", [p + "shifted", p + "low", p + "high"], [p + "clipped"]),
+            node("Cast", [p + "clipped"], [p + "codes"], to=TensorProto.UINT8),
+            node("MatMulInteger", [p + "codes", p + "W", p + "offset_u8", p + "offset_u8"], [p + "acc"]),
+            node("Cast", [p + "acc"], [p + "acc_f"], to=TensorProto.FLOAT),
+            node("Mul", [p + "acc_f", p + "scale"], [p + "row_scaled"]),
+            node("Mul", [p + "row_scaled", p + "weight_scale"], [y]),
+        ]
+        return GraphPart(nodes, initializers)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         inliers, outliers = self.qt.split_input(x.to(torch.float32))
         y = self._sessions.run(inliers)
         return y if outliers is None else y + self.qt.outlier_product(outliers)
-
-
-def int8_block(k: int) -> int | None:
-    """The largest ``MatMulNBits`` block size dividing ``k`` (fewer repeated scales), or None."""
-    return next((b for b in (128, 64, 32, 16) if k % b == 0), None)
 
 
 class OrtGraph(OrtKernel):
@@ -357,7 +387,7 @@ class OrtGraph(OrtKernel):
 
 
 def _matmul_part(
-    prefix, x, y, blob, scales, zero_points, k, n, block_size, accuracy_level, factors=None, bits=4
+    prefix, x, y, blob, scales, zero_points, k, n, block_size, accuracy_level, factors=None
 ) -> GraphPart:
     """``MatMulNBits`` (plus the low-rank ``factors``' thin product) from ``x`` to ``y``."""
     from onnx import TensorProto, helper
@@ -374,7 +404,7 @@ def _matmul_part(
     nodes = [
         helper.make_node(
             "MatMulNBits", inputs, [base_out], domain="com.microsoft",
-            K=k, N=n, bits=bits, block_size=block_size, accuracy_level=accuracy_level,
+            K=k, N=n, bits=4, block_size=block_size, accuracy_level=accuracy_level,
         )
     ]  # fmt: skip
     if factors is not None:

@@ -105,16 +105,15 @@ class Int8Tensor(QuantizedTensor):
         return y.reshape(*shape[:-1], -1)
 
     def kernel(self, device: torch.device, int4_accuracy_level: int = 4) -> Kernel | None:
-        """CPU: onnxruntime's 8-bit ``MatMulNBits`` (MLAS; faster at decode's small batches, see
+        """CPU: onnxruntime's ``MatMulInteger`` (MLAS; faster at decode's small batches, see
         :mod:`tierlm.kernels.ops.ort_nbits`), else ``torch._int_mm`` (oneDNN, VNNI); CUDA:
-        ``torch._int_mm`` where its shape rules allow."""
+        ``torch._int_mm`` where its shape rules allow. Every one computes the reference's
+        numerics, so ``int4_accuracy_level`` does not apply."""
         from tierlm.kernels.ops.int8_mm import Int8MatMul, cuda_supports
-        from tierlm.kernels.ops.ort_nbits import Int8NBitsMatMul, int8_block, ort_available
+        from tierlm.kernels.ops.ort_nbits import Int8MatMulInteger, ort_available
 
         if device.type == "cpu":
-            if ort_available() and int8_block(self.shape[1]) is not None:
-                return Int8NBitsMatMul(self, accuracy_level=int4_accuracy_level)
-            return Int8MatMul(self, device)
+            return Int8MatMulInteger(self) if ort_available() else Int8MatMul(self, device)
         if device.type == "cuda" and cuda_supports(self):
             return Int8MatMul(self, device)
         return None
