@@ -1,4 +1,4 @@
-"""Where a batch-1 decode step's time goes: the output layer, the blocks' linears, the rest.
+"""Where a decode step's time goes (one row, and eight): the output layer, the blocks' linears, the rest.
 
     python bench/edge_step.py [--model gemma-3-270m] [--artifact w8a8-plain ...] [--threads 1 --threads 2]
                               [--reps 30] [--compile] [--no-llama-cpp]
@@ -25,7 +25,10 @@ of its own, torch on all threads (the split before the shared pool; measured bes
 artifacts at more than one thread; a model without onnxruntime graphs, fp32, has only this one).
 
 With ``--compile``, ``compiled_step_ms``: the same step through ``Transformer.compile_decode``'s
-graph (built before timing, not counted). Each is the median over ``--reps`` calls after warm-up. The anchor row is llama.cpp on the
+graph (built before timing, not counted). The same columns with ``_8_rows``: one step of eight
+rows, one token each in slots 0..7 (what bench/edge.py's eight streams share), and
+``speedup_8_rows`` (``compiled_speedup_8_rows``): eight times the one-row step over the
+eight-row step, the most that batching eight streams can gain in tokens/s. Each is the median over ``--reps`` calls after warm-up. The anchor row is llama.cpp on the
 model's own Q4_K_M GGUF with the same threads (one ``eval`` per token, as bench/edge.py times
 it). Writes bench/results/edge_step.json.
 """
@@ -44,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # `bench.*` imports when run as a script
 
 DEFAULT_ARTIFACTS = ("w8a8-plain", "w8a8-t4", "gptq-w4g64", "composite-edge")
 POSITION = 32  # every timed step attends over the same number of keys
+BATCH_ROWS = 8  # bench/edge.py's concurrent streams: the batched step those streams share
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:
@@ -95,7 +99,7 @@ def breakdown(model_dir: str, threads: int, reps: int, compile: bool, share_pool
         model = load_model(Path(model_dir))
         torch.set_num_threads(torch_threads(model, threads))  # before compiling: graphs are built for it
         model.fuse_projections()
-        model.setup_cache(1, POSITION + 8)
+        model.setup_cache(BATCH_ROWS, POSITION + 8)
         if compile:
             model.compile_decode()
         return model
@@ -103,26 +107,35 @@ def breakdown(model_dir: str, threads: int, reps: int, compile: bool, share_pool
     model = on_passing_thread(load)
     torch.set_num_threads(torch_threads(model, threads))  # again: OpenMP's setting is per thread, and this one times
     c = model.config
-    slot = torch.tensor([0])
+    result = {"pool": "shared" if runs_on_shared_pool(model) else "own"}
     with torch.inference_mode():
-        model(torch.full((1, POSITION), 5), torch.arange(POSITION)[None], slot, logits="none")
-        token, position = torch.tensor([[5]]), torch.tensor([[POSITION]])
-        step_ms = median_ms(lambda: model(token, position, slot, logits="last"), reps)
-        compiled = {"compiled_step_ms": median_ms(lambda: model.decode(token, position, slot), reps)} if compile else {}
-        x = torch.randn(1, 1, c.hidden_size)
-        head_ms = median_ms(lambda: model.head(x), reps)
-        calls = [(module, [torch.randn(1, 1, width) for width in widths]) for module, widths in block_linears(model)]
-        linears_ms = median_ms(lambda: [module(*inputs) for module, inputs in calls], reps)
-    return {
-        "pool": "shared" if runs_on_shared_pool(model) else "own",
-        "step_ms": step_ms,
-        "tok_s": round(1000 / step_ms, 2),
-        "head_ms": head_ms,
-        "linears_ms": linears_ms,
-        "other_ms": round(step_ms - head_ms - linears_ms, 3),
-        "head_share": round(head_ms / step_ms, 3),
-        **compiled,
-    }
+        slots = torch.arange(BATCH_ROWS)
+        model(torch.full((BATCH_ROWS, POSITION), 5), torch.arange(POSITION).expand(BATCH_ROWS, POSITION), slots, logits="none")
+        for rows in (1, BATCH_ROWS):
+            suffix = "" if rows == 1 else f"_{rows}_rows"
+            slot = slots[:rows]
+            token, position = torch.full((rows, 1), 5), torch.full((rows, 1), POSITION)
+            step_ms = median_ms(lambda: model(token, position, slot, logits="last"), reps)
+            x = torch.randn(rows, 1, c.hidden_size)
+            head_ms = median_ms(lambda: model.head(x), reps)
+            calls = [(module, [torch.randn(rows, 1, width) for width in widths]) for module, widths in block_linears(model)]
+            linears_ms = median_ms(lambda: [module(*inputs) for module, inputs in calls], reps)
+            result |= {
+                f"step_ms{suffix}": step_ms,
+                f"head_ms{suffix}": head_ms,
+                f"linears_ms{suffix}": linears_ms,
+                f"other_ms{suffix}": round(step_ms - head_ms - linears_ms, 3),
+            }
+            if compile:
+                result[f"compiled_step_ms{suffix}"] = median_ms(lambda: model.decode(token, position, slot), reps)
+    result |= {"tok_s": round(1000 / result["step_ms"], 2), "head_share": round(result["head_ms"] / result["step_ms"], 3)}
+    # How many times the single row's tokens/s a step of BATCH_ROWS rows gives: what batching
+    # concurrent streams can gain at most, before the engine's own per-token work.
+    for prefix in ("", "compiled_") if compile else ("",):
+        result[f"{prefix}speedup_{BATCH_ROWS}_rows"] = round(
+            BATCH_ROWS * result[f"{prefix}step_ms"] / result[f"{prefix}step_ms_{BATCH_ROWS}_rows"], 2
+        )
+    return result
 
 
 def llama_cpp_step(gguf: Path, threads: int, reps: int) -> dict:

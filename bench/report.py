@@ -40,7 +40,8 @@ ABOUT = {
     "edge_confirm": "A second bench/edge.py run, same settings, fp32 and the two artifacts within +5% perplexity only: "
                     "llama.cpp's tokens/s moves between runs on this shared machine (51-59 in the runs so far), so the "
                     "ratio to it is shown from two runs.",
-    "edge_step": "Where a batch-1 decode step's time goes (bench/edge_step.py): the output layer, the blocks' linears "
+    "edge_step": "Where a decode step's time goes (bench/edge_step.py), at one row and at eight (`_8_rows`: the step "
+                 "eight streams share; `speedup_8_rows`: eight one-row steps' time over one eight-row step): the output layer, the blocks' linears "
                  "(called once each in the step's order, the sequence timed, so each weight comes from memory as in a "
                  "step; where a layer's tail runs as one onnxruntime graph, edge/fused_layers.py, that run with its "
                  "norms and activation) and everything else (norms, attention, rope, cache, dispatch), per artifact and thread count, "

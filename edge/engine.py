@@ -35,7 +35,7 @@ from tierlm.edge.errors import EngineClosed, EngineError, QueueFull
 from tierlm.edge.decoder import Transformer, load_model
 from tierlm.edge.prepare import PreparedRequest, RequestPreparer
 from tierlm.edge.requests import ChoiceScore, Completion, FinishReason, GenerationRequest, TokenDelta
-from tierlm.edge.sampling import sample, token_logprobs
+from tierlm.edge.sampling import greedy_tokens, sample, token_logprobs
 from tierlm.edge.stats import EngineHealth, EngineObserver, EngineStats
 from tierlm.edge.text import TextAssembler
 from tierlm.edge.threads import prepare as prepare_threads
@@ -436,7 +436,7 @@ class DecoderEngine:
         logits = self.model.decode(tokens, positions, slots)
         self._decode_steps += 1
         # One argmax over the batch instead of one per greedy row (sampled rows ignore theirs).
-        best = torch.argmax(logits, dim=-1).tolist()
+        best = greedy_tokens(logits)
         for row, seq, greedy in zip(logits, seqs, best):
             seq.pos += 1
             self._emit(seq, row, greedy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,6 +23,18 @@ def probabilities(logits: Tensor, temperature: float, top_p: float) -> Tensor:
     return probs
 
 
+def greedy_tokens(logits: Tensor) -> list[int]:
+    """The argmax of each row of `logits` ([..., V]; the first on ties), as a flat list.
+
+    On CPU through numpy, whose argmax is vectorised: on one thread, eight rows of Gemma 3's
+    262k logits took 0.25 ms against torch's 2.7 ms (measured on this project's 2-core AVX2
+    VM), a cost paid on every decode step of eight streams.
+    """
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
+        return np.argmax(logits.detach().numpy(), axis=-1).reshape(-1).tolist()
+    return torch.argmax(logits, dim=-1).reshape(-1).tolist()
+
+
 def sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
     """Pick a token id from one row of logits ([V]).
 
@@ -30,7 +43,7 @@ def sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Ge
     reproduces the same draws.
     """
     if temperature == 0.0:
-        return int(torch.argmax(logits))
+        return greedy_tokens(logits)[0]
     return int(torch.multinomial(probabilities(logits, temperature, top_p), 1, generator=generator))
 
 

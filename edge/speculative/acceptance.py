@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tierlm.edge.sampling import probabilities
+from tierlm.edge.sampling import greedy_tokens, probabilities
 
 #: Tokens a drafter keeps of its distribution per draft (the rest of its mass is cut).
 DRAFT_SUPPORT = 256
@@ -61,7 +61,7 @@ def draw(distribution: SparseDistribution, generator: torch.Generator | None) ->
 def accept_greedy(logits: Tensor, drafts: Sequence[int]) -> tuple[int, int]:
     """(accepted drafts, next token) for greedy verification; ``logits`` [k+1, V] are the
     verifier's predictions for each draft position and the one after the last draft."""
-    best = torch.argmax(logits, dim=-1).tolist()
+    best = greedy_tokens(logits)
     accepted = 0
     while accepted < len(drafts) and drafts[accepted] == best[accepted]:
         accepted += 1

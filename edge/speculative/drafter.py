@@ -25,6 +25,7 @@ from typing import Protocol
 import torch
 
 from tierlm.edge.errors import EngineError, InvalidRequest
+from tierlm.edge.sampling import greedy_tokens
 from tierlm.edge.prepare import RequestPreparer
 from tierlm.edge.requests import Completion, FinishReason, GenerationRequest, TokenDelta
 from tierlm.edge.speculative.acceptance import DRAFT_SUPPORT, SparseDistribution, draft_distribution, draw
@@ -304,6 +305,6 @@ class _Generation:
         """The drafter's pick for one position (on the session engine's thread)."""
         request = self.request
         if request.temperature == 0.0:
-            return int(torch.argmax(logits)), None
+            return greedy_tokens(logits)[0], None
         q = draft_distribution(logits, request.temperature, request.top_p, DRAFT_SUPPORT)
         return draw(q, self.generator), q
