@@ -95,6 +95,12 @@ class _Sequence:
         self.choice = -1
         self.choice_fed = 0  # tokens of the current choice fed so far
 
+    @property
+    def plain_prefill(self) -> bool:
+        """Feeding a prompt that ends in generation, not in choice scoring: such chunks of
+        several requests can share a forward call."""
+        return self.phase is _Phase.PREFILL and self.prepared.choice_ids is None
+
 
 class RequestStream:
     """Async iterator over one request's events: `TokenDelta`s, then one `Completion`.
@@ -394,12 +400,28 @@ class DecoderEngine:
         if decoding:
             self._guarded(decoding, lambda: self._decode_step(decoding))
         budget = self.prefill_chunk
-        for seq in [s for s in self._running if s.phase in (_Phase.PREFILL, _Phase.SCORING)]:
-            fed = self._guarded([seq], partial(self._feed_chunk, seq, budget))
+        feeding = [s for s in self._running if s.phase in (_Phase.PREFILL, _Phase.SCORING)]
+        while feeding and budget > 0:
+            seq = feeding.pop(0)
+            if not seq.plain_prefill:
+                fed = self._guarded([seq], partial(self._feed_chunk, seq, budget))
+            else:
+                rows = self._prefill_group(seq, feeding, budget)
+                fed = self._guarded(rows, partial(self._prefill_rows, rows, min(len(seq.feed), budget)))
             budget -= fed or budget  # a failed step ends this iteration's feeding
-            if budget <= 0:
-                break
         return True
+
+    @staticmethod
+    def _prefill_group(first: _Sequence, feeding: list[_Sequence], budget: int) -> list[_Sequence]:
+        """`first` and the plain prefills after it (taken out of `feeding`) that have at least
+        as many prompt tokens left as `first` feeds now, as many as `budget` tokens allow: one
+        forward call feeds them all, and requests that arrive together (a burst, a client's
+        parallel calls) get their first tokens after one call rather than one call each."""
+        n = min(len(first.feed), budget)
+        rows = [first] + [s for s in feeding if s.plain_prefill and len(s.feed) >= n][: budget // n - 1]
+        for seq in rows[1:]:
+            feeding.remove(seq)
+        return rows
 
     def _reap_cancelled(self) -> None:
         with self._cv:
@@ -441,8 +463,31 @@ class DecoderEngine:
             seq.pos += 1
             self._emit(seq, row, greedy)
 
+    def _prefill_rows(self, seqs: list[_Sequence], n: int) -> int:
+        """Feed the next `n` prompt tokens of each of `seqs` (plain prefills) in one call, and
+        stream the first token of each whose prompt that ends; return the tokens fed."""
+        dev = self.device
+        chunks = []
+        for seq in seqs:
+            chunk, seq.feed = seq.feed[:n], seq.feed[n:]
+            chunks.append(chunk)
+        ending = [not seq.feed for seq in seqs]
+        logits = self.model(
+            torch.tensor(chunks, device=dev),
+            torch.tensor([[seq.pos + i for i in range(n)] for seq in seqs], device=dev),
+            torch.tensor([seq.slot for seq in seqs], device=dev),
+            logits="last" if any(ending) else "none",
+        )
+        self._prefill_chunks += 1
+        for row, (seq, last) in enumerate(zip(seqs, ending)):
+            seq.pos += n
+            if last:
+                self._emit(seq, logits[row, -1])
+        return n * len(seqs)
+
     def _feed_chunk(self, seq: _Sequence, limit: int) -> int:
-        """Feed up to `limit` of `seq`'s pending tokens; return how many were fed."""
+        """Feed up to `limit` of the pending tokens of `seq`, a choice-scoring request (its
+        prompt, then its choices); return how many were fed."""
         chunk, seq.feed = seq.feed[:limit], seq.feed[limit:]
         scoring, last = seq.phase is _Phase.SCORING, not seq.feed
         choosing = last and not scoring and seq.prepared.choice_ids is not None
@@ -473,8 +518,6 @@ class DecoderEngine:
             seq.scores = [float(first[column[ids[0]]]) for ids in seq.prepared.choice_ids]
             seq.phase = _Phase.SCORING
             self._next_choice(seq)
-        elif last:
-            self._emit(seq, logits[0, -1])
         return n
 
     @staticmethod

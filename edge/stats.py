@@ -41,7 +41,7 @@ class EngineStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     decode_steps: int = 0
-    prefill_chunks: int = 0
+    prefill_chunks: int = 0  # prefill forward calls; one may feed several requests' chunks
 
 
 @dataclass(frozen=True)

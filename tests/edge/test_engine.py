@@ -115,6 +115,25 @@ def test_eight_concurrent_streams_equal_single_runs(engine):
     assert steps < sum(len(r.token_ids) for r in alone) / 2
 
 
+def test_prompts_of_equal_length_arriving_together_share_one_prefill_call(model_dir):
+    with DecoderEngine.from_pretrained(model_dir, max_batch=4, max_seq_len=MAX_SEQ, prefill_chunk=32) as engine:
+        candidates = ["Gold rose", "Oil fell", "Stocks rose", "Bonds fell", "Rates rose", "Gold fell", "Oil rose"]
+        length = len(engine.tokenizer.encode(candidates[0]))
+        prompts = [p for p in candidates if len(engine.tokenizer.encode(p)) == length][:4]
+        assert len(prompts) >= 3
+        requests = [GenerationRequest(prompt=p, max_tokens=6, request_id=str(i)) for i, p in enumerate(prompts)]
+        alone = [run(engine.generate(r)) for r in requests]
+        calls_before = engine.stats().prefill_chunks
+
+        async def together():
+            return await asyncio.gather(*(engine.generate(r) for r in requests))
+
+        results = run(together())
+        # All prompts were waiting when the engine thread woke, or came in the next iteration.
+        assert engine.stats().prefill_chunks - calls_before <= 2
+        assert [r.token_ids for r in results] == [r.token_ids for r in alone]
+
+
 def test_seeded_sampling_is_reproducible(engine):
     def req(seed):
         return GenerationRequest(prompt=PROMPTS[0], max_tokens=16, temperature=1.0, top_p=0.9, seed=seed)
