@@ -6,7 +6,8 @@ One dedicated thread owns the model. Each iteration of its loop
 2. admits waiting requests into free KV-cache slots,
 3. runs one decode step for every request that is generating (one batched forward), and
 4. feeds admitted prompts, oldest first, at most `prefill_chunk` tokens in all (a long
-   prompt takes several iterations; several short ones can share one),
+   prompt takes several iterations; several short ones can share one, and chunks of the same
+   length share one forward call),
 
 so requests join and leave the running batch at token granularity, and prompts delay running
 streams by one chunk's worth of compute per token at most. Callers use the asyncio API
