@@ -37,9 +37,9 @@ ABOUT = {
     "edge": "Edge runtime decode speed (bench/edge.py) against llama.cpp. Rows `<name> compiled` serve the same artifact "
             "with `tierlm edge serve --compile` (the decode step through torch.compile); their `load_s` includes building "
             "its graphs from an empty inductor cache.",
-    "edge_confirm": "A second bench/edge.py run, same settings, fp32 and the two artifacts within +5% perplexity only: "
-                    "llama.cpp's tokens/s moves between runs on this shared machine (51-59 in the runs so far), so the "
-                    "ratio to it is shown from two runs.",
+    "edge_confirm": "A second bench/edge.py run, same settings, fp32 and the two W8A8 artifacts only (w8a8-plain is "
+                    "within +5% perplexity): llama.cpp's tokens/s moves between runs on this shared machine (compare "
+                    "its row here with edge's), so the ratio to it is shown from two runs.",
     "edge_step": "Where a decode step's time goes (bench/edge_step.py), at one row and at eight (`_8_rows`: the step "
                  "eight streams share; `speedup_8_rows`: eight one-row steps' time over one eight-row step): the output layer, the blocks' linears "
                  "(called once each in the step's order, the sequence timed, so each weight comes from memory as in a "

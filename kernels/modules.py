@@ -28,8 +28,8 @@ Backend = Literal["auto", "fast", "reference"]
 def fast_kernel(qt: QuantizedTensor, device: torch.device | str = "cpu", int4_accuracy_level: int = 4) -> Kernel | None:
     """The fast kernel for ``qt``'s format on ``device``, or None when there is none here.
 
-    Each format brings its own (:meth:`QuantizedTensor.kernel`). CPU: int8 -> ``torch._int_mm``;
-    int3/int4 -> onnxruntime ``MatMulNBits``, where ``int4_accuracy_level`` 4 lets MLAS quantize
+    Each format brings its own (:meth:`QuantizedTensor.kernel`). CPU: int8 -> onnxruntime
+    ``MatMulInteger`` (``torch._int_mm`` without onnxruntime); int3/int4 -> onnxruntime ``MatMulNBits``, where ``int4_accuracy_level`` 4 lets MLAS quantize
     activations to int8 per block (fastest, adds ~1-3% relative output error on outlier-heavy
     inputs) and 0 keeps them in float (exact to the reference, 2-3x slower at batch 1; see
     bench/kernels_matmul.py). CUDA: int8 -> ``torch._int_mm``; int3/int4 -> torch's tinygemm.

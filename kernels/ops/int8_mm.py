@@ -1,6 +1,8 @@
-"""W8A8 matmul through ``torch._int_mm`` (oneDNN s8s8s32 GEMM; VNNI on this CPU).
+"""W8A8 matmul through ``torch._int_mm`` (oneDNN s8s8s32 GEMM where the CPU has VNNI).
 
-On CPU ``_int_mm`` takes any 2-D shapes. On CUDA it wants M > 16 and K, N multiples of 8:
+CUDA's int8 kernel, and the CPU's where onnxruntime is missing: on an AVX2 CPU without VNNI it
+was 2-25x slower than fp32 (bench/results/kernels_matmul.json). On CPU ``_int_mm`` takes any
+2-D shapes. On CUDA it wants M > 16 and K, N multiples of 8:
 small batches are zero-padded to 17 rows (see :func:`cuda_supports`).
 The weight is kept ``[N, K]`` row-major and passed transposed: at batch 1 that layout measured
 faster than a contiguous ``[K, N]`` copy (bench/kernels_matmul.py). ``tierlm.kernels`` caps oneDNN at

@@ -1,10 +1,13 @@
 """Int3/int4 group-wise matmuls through onnxruntime's ``MatMulNBits`` contrib op, and int8
 per-row ones through ``MatMulInteger`` (MLAS kernels).
 
-Measured on this CPU: faster than fp32 ``nn.Linear`` at batch 1 and 32 and faster than torch's
-own ``_weight_int4pack_mm_for_cpu`` (see bench/kernels_matmul.py). ``accuracy_level`` 4 lets
-MLAS quantize the activations to int8 per block and use VNNI dot products; level 0 keeps float
-activations (slower, closer to the reference). One small ONNX graph and session per weight,
+Measured (bench/results/kernels_matmul.json, one thread, 2-core AVX2 AMD EPYC): on Gemma 3
+270M's 262k-row output layer, which no cache holds, int4 runs 6.4x and int8 4.7x faster than
+fp32 at one row; a block weight timed alone stays cached, and there fp32 is as fast at one row
+(a decode step reads each weight from memory: bench/edge_step.py). torch's own CPU int8 and int4
+kernels were slower than fp32 on that machine. ``accuracy_level`` 4 lets MLAS quantize the
+activations to int8 per block and use integer dot products; level 0 keeps float activations
+(slower, closer to the reference). One small ONNX graph and session per weight,
 with the weight baked in as an initializer (ORT prepacks it at session start).
 
 A low-rank correction ``(x · Rᵀ) · Lᵀ`` (the composite's) can be added inside the same graph,
@@ -23,7 +26,10 @@ rows batched with it. Against 8-bit ``MatMulNBits`` (int8 activations per block 
 which this module used before) it took the same time at one row and half at eight: MLAS's
 block kernel works two rows at a time and unpacks the weights again for every pair (Gemma 3
 270M's 262k-row int8 output layer: 7.8 vs 7.5 ms at one row, 17.1 vs 32.5 ms at eight, on two
-threads), so decode batches of several streams pay for it.
+threads, in a probe), so decode batches of several streams paid for it. Per-token activations
+are coarser: Gemma 3 270M W8A8's perplexity rose from +0.6% to +3.0% against fp32 (in a probe,
+per-token activations in the blocks alone gave +2.8%, in the output layer alone +0.9%;
+bench/results/compression.json has the current value).
 
 Threads: a session's intra-op pool wakes its workers for every run; for a small weight at
 batch 1 that hand-off costs more than the second core gives back (Gemma 3 270M's block
