@@ -28,8 +28,8 @@ def _float_activations(model: torch.nn.Module) -> torch.nn.Module:
     level 4, a norm's float rounding in onnxruntime rather than torch can move an activation
     onto the neighbouring int8 level, which a random tiny model amplifies; at level 0 both
     paths compute the same products, so any other difference is a wiring error. (W8A8 kernels
-    always quantize activations per token; on this tiny model no rounding difference crossed
-    a level, so its case is compared as it is served.)"""
+    always quantize activations per token; on this tiny model the fused and plain paths agree
+    within the tolerance below as served, so its case is compared as it is served.)"""
     for module in model.modules():
         if isinstance(module, QuantLinear):
             module.int4_accuracy_level = 0
