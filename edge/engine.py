@@ -407,22 +407,23 @@ class DecoderEngine:
             if not seq.plain_prefill:
                 fed = self._guarded([seq], partial(self._feed_chunk, seq, budget))
             else:
-                rows = self._prefill_group(seq, feeding, budget)
-                fed = self._guarded(rows, partial(self._prefill_rows, rows, min(len(seq.feed), budget)))
+                rows, n = self._prefill_group(seq, feeding, budget)
+                fed = self._guarded(rows, partial(self._prefill_rows, rows, n))
             budget -= fed or budget  # a failed step ends this iteration's feeding
         return True
 
     @staticmethod
-    def _prefill_group(first: _Sequence, feeding: list[_Sequence], budget: int) -> list[_Sequence]:
+    def _prefill_group(first: _Sequence, feeding: list[_Sequence], budget: int) -> tuple[list[_Sequence], int]:
         """`first` and the plain prefills after it (taken out of `feeding`) that have at least
-        as many prompt tokens left as `first` feeds now, as many as `budget` tokens allow: one
+        as many prompt tokens left as `first` feeds now (returned beside them), as many as
+        `budget` tokens allow: one
         forward call feeds them all, and requests that arrive together (a burst, a client's
         parallel calls) get their first tokens after one call rather than one call each."""
         n = min(len(first.feed), budget)
         rows = [first] + [s for s in feeding if s.plain_prefill and len(s.feed) >= n][: budget // n - 1]
         for seq in rows[1:]:
             feeding.remove(seq)
-        return rows
+        return rows, n
 
     def _reap_cancelled(self) -> None:
         with self._cv:

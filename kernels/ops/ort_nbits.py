@@ -330,7 +330,7 @@ class Int8MatMulInteger(OrtKernel):
         from onnx import TensorProto, helper
 
         def const(name: str, t: torch.Tensor, dtype: int) -> object:
-            return helper.make_tensor(prefix + name, dtype, list(t.shape), t.numpy().tobytes(), raw=True)
+            return _initializer(prefix + name, t, dtype)
 
         def scalar(name: str, value: float) -> object:
             return helper.make_tensor(prefix + name, TensorProto.FLOAT, [], [value])
@@ -399,7 +399,7 @@ def _matmul_part(
     from onnx import TensorProto, helper
 
     def init(name, t, dtype):
-        return helper.make_tensor(prefix + name, dtype, list(t.shape), t.numpy().tobytes(), raw=True)
+        return _initializer(prefix + name, t, dtype)
 
     inputs = [x, prefix + "B", prefix + "scales"]
     inits = [init("B", blob, TensorProto.UINT8), init("scales", scales.reshape(-1), TensorProto.FLOAT)]
@@ -422,6 +422,13 @@ def _matmul_part(
             helper.make_node("Add", [base_out, prefix + "correction"], [y]),
         ]
     return GraphPart(nodes, inits)
+
+
+def _initializer(name: str, t: torch.Tensor, dtype: int) -> object:
+    """An onnx initializer holding tensor ``t``'s bytes as ``dtype`` (an onnx ``TensorProto`` type)."""
+    from onnx import helper
+
+    return helper.make_tensor(name, dtype, list(t.shape), t.numpy().tobytes(), raw=True)
 
 
 def _build_session(part: GraphPart, k: int, n: int, threads: int | None):
