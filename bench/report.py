@@ -34,6 +34,9 @@ ABOUT = {
     "soak": "Soak (bench/soak.py): a long run of requests through the stack with tiers killed on the way; nothing may be lost.",
     "store": "The router's store (bench/store.py): ledger and budget operations on SQLite and PostgreSQL.",
     "router": "Router overhead (bench/router.py): what routing adds on top of the tiers' own latency.",
+    "encoders": "The router's sentence encoders (bench/encoders.py): CPU per query against what each keeps of MiniLM on "
+                "HEADLINES dev (cosine, the demonstrations it retrieves, the knn vote, a linear probe). `static-fitted` is "
+                "the policy setting `encoder: static`; everything fitted saw train only.",
     "edge": "Edge runtime decode speed (bench/edge.py) against llama.cpp. Rows `<name> compiled` serve the same artifact "
             "with `tierlm edge serve --compile` (the decode step through torch.compile); their `load_s` includes building "
             "its graphs from an empty inductor cache.",

@@ -97,7 +97,7 @@ def calibrate_outliers(model_dir: Path, channels: int = OUTLIER_CHANNELS) -> dic
     model = build_graph(model_dir)
     inputs = _quantized_inputs(model)
     model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in inputs)
-    session = ort.InferenceSession(model.SerializeToString(), _session_options(1), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     rng = np.random.default_rng(_CALIBRATION_SEED)
     peak: dict[str, np.ndarray] = {}
@@ -116,7 +116,8 @@ def _quantized_inputs(model) -> list[str]:
     return list(dict.fromkeys(n.input[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights))
 
 
-def _session_options(threads: int):
+def session_options(threads: int):
+    """onnxruntime settings for an encoder graph on ``threads`` intra-op threads that do not spin."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -330,7 +331,7 @@ class OnnxEncoder(CachingEncoder):
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.precision = precision
         self.path = prepare_encoder(self.model_dir, cache_dir, precision=precision)
-        self._session = ort.InferenceSession(str(self.path), _session_options(threads), providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(str(self.path), session_options(threads), providers=["CPUExecutionProvider"])
         self._tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of a batch

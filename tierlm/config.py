@@ -297,6 +297,10 @@ class Policy(_Strict):
     # Labelled rows (a workload file, usually its train split) that `balanced` and `retrieved`
     # prompts draw demonstrations from and that no-LLM tiers learn from.
     pool: Path | None = None
+    # The sentence encoder of retrieval, no-LLM tiers and the scorer (router/encoder_choice.py):
+    # `minilm` (all-MiniLM-L6-v2), or `static` (distilled from it and fitted to `pool`: 0.16 ms of
+    # CPU per query against int8 MiniLM's 5.2 ms, keeping less of it; bench/results/encoders.json).
+    encoder: Literal["minilm", "static"] = "minilm"
     tenants: dict[str, TenantConfig] = {}
     limits: LimitsConfig = LimitsConfig()
     learning: LearningConfig = LearningConfig()
@@ -460,6 +464,8 @@ def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append((("tiers", index, "prompt"), f"{prompt.selection!r} selection with k={prompt.k} draws from the policy's `pool`; set one"))
         if tier.launch is not None and tier.launch.runtime != "knn" and tier.model is None:
             problems.append((("tiers", index, "launch", "runtime"), f"runtime {tier.launch.runtime!r} serves the tier's `model`; set one"))
+    if policy.encoder == "static" and policy.pool is None:
+        problems.append((("encoder",), "the static encoder is fitted to the policy's `pool`; set one"))
     order = policy.cascade.order
     for index, name in enumerate(order):
         if name not in seen:

@@ -33,7 +33,7 @@ from tierlm.config import LimitsConfig, Policy, TenantConfig, load_policy, load_
 from tierlm.router.serve import telemetry
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
 from tierlm.router.learn.traffic import policy_version
-from tierlm.router.onnx_encoder import OnnxEncoder
+from tierlm.router.encoder_choice import encoder_key, exact_encoder, rescores, serving_encoder
 from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.cascade import CascadeError, CascadePlan, CascadeRunner, plan
 from tierlm.router.serve.learning import TrafficLearning
@@ -103,11 +103,13 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self._background: set[asyncio.Task] = set()
         self._generation: _Generation | None = None
         self._inflight = 0
-        # One sentence encoder per router (int8 ONNX, no torch), built when a policy first needs
-        # one and shared by retrieval and the scorer through one batcher: each request's query is
-        # embedded once, off the event loop, batched with concurrent requests' (RequestQuery).
-        self._batcher: EncodeBatcher | None = None
-        # The same model in float32, for the few scores too close to a threshold to trust int8 with.
+        # One sentence encoder per policy encoder (router/encoder_choice.py; MiniLM as int8 ONNX,
+        # no torch), built when a policy first needs one and shared by retrieval and the scorer
+        # through one batcher: each request's query is embedded once, off the event loop, batched
+        # with concurrent requests' (RequestQuery). Kept across reloads: requests of the previous
+        # generation may still be using one.
+        self._batchers: dict[str, EncodeBatcher] = {}
+        # MiniLM in float32, for the few scores too close to a threshold to trust int8 with.
         self._exact: EncodeBatcher | None = None
         self._on_keys_changed: list[Callable[[KeyRing | None], None]] = []
         self._apply(*self._read_files())
@@ -129,12 +131,17 @@ class RouterService(router_pb2_grpc.RouterServicer):
     def _apply(self, policy: Policy, tenants: dict[str, TenantConfig], version: str) -> None:
         # Everything that can fail (loading the scorer, the prompt builders) comes before the
         # first change to the running state, so a failed reload leaves it untouched.
-        if needs_encoder(policy) and self._batcher is None:
-            self._batcher = EncodeBatcher(OnnxEncoder(threads=1))
-        if policy.scorer is not None and self._exact is None:
-            self._exact = EncodeBatcher(OnnxEncoder(precision="float32", threads=1))
-        batcher = self._batcher if needs_encoder(policy) else None
-        exact = self._exact if policy.scorer is not None else None
+        batcher = None
+        if needs_encoder(policy):
+            key = encoder_key(policy)
+            if key not in self._batchers:
+                self._batchers[key] = EncodeBatcher(serving_encoder(policy))
+            batcher = self._batchers[key]
+        exact = None
+        if policy.scorer is not None and rescores(policy):
+            if self._exact is None:
+                self._exact = EncodeBatcher(exact_encoder())
+            exact = self._exact
         scorer = load_scorer(policy, batcher, exact)
         prompts = TierPrompts.from_policy(policy, batcher.encoder if batcher else None)
         embed, exact_embed = (batcher.embed if batcher else None), (exact.embed if exact else None)
@@ -491,7 +498,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
 
     def close(self) -> None:
         """Stop the encoding threads (the store is the caller's to close)."""
-        for batcher in (self._batcher, self._exact):
+        for batcher in [*self._batchers.values(), self._exact]:
             if batcher is not None:
                 batcher.close()
 

@@ -44,14 +44,16 @@ MIN_UPTIME_S = 10.0
 def prepare_shared(policy_path: Path) -> None:
     """Build, once, what each worker would otherwise build at the same time: the encoder graphs
     and the retrieval pool's embeddings (both cached on disk)."""
-    from tierlm.router.onnx_encoder import OnnxEncoder, prepare_encoder
+    from tierlm.router.encoder_choice import rescores, serving_encoder
+    from tierlm.router.onnx_encoder import prepare_encoder
     from tierlm.router.serve.prompts import TierPrompts, needs_encoder
 
     policy = load_policy(policy_path)
     if not needs_encoder(policy):
         return
-    prepare_encoder(precision="float32")
-    TierPrompts.from_policy(policy, OnnxEncoder(threads=1))
+    if rescores(policy):
+        prepare_encoder(precision="float32")
+    TierPrompts.from_policy(policy, serving_encoder(policy))
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

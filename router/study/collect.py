@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tierlm.config import CostModel, Policy
-from tierlm.router.embeddings import offline_encoder
+from tierlm.router.encoder_choice import offline_policy_encoder
 from tierlm.router.learn.records import AnswerRecord
 from tierlm.router.prompting import PromptBuilder
 from tierlm.router.study.tier_setup import NO_LLM_MODELS, model_folder, no_llm_tier, prompt_builder
@@ -209,7 +209,7 @@ def collect_policy_tiers(
     pool = list(load_workload(policy.pool)) if policy.pool is not None else []
     chosen = [t for t in policy.tiers if not only or t.name in only]
     needs_encoder = any((t.prompt and t.prompt.selection == "retrieved") or t.model in NO_LLM_MODELS for t in chosen)
-    encoder = offline_encoder(threads) if needs_encoder else None
+    encoder = offline_policy_encoder(policy, threads) if needs_encoder else None
     store = AnswerStore(store_path)
 
     async def main() -> dict[str, int]:

@@ -109,6 +109,13 @@ def test_a_port_out_of_range_is_refused_not_wrapped(command: list[str]) -> None:
     assert error.startswith(f"Error: Invalid value for '{command[-1]}': ") and "65535" in error
 
 
+def test_an_unknown_sentence_encoder_is_refused() -> None:
+    code, error = invoke("knn", "serve", "--pool", str(REPO / "data" / "workloads" / "headlines" / "train.jsonl"),
+                         "--encoder", "bert", "--port", "0", "--no-auth")
+    assert code == ExitCode.USAGE
+    assert error == "Error: Invalid value for --encoder: 'bert' is not one of ['minilm', 'static']"
+
+
 # ---- missing scorer, model, artifact ----
 
 def test_missing_scorer(tmp_path: Path) -> None:

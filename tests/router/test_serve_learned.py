@@ -131,12 +131,13 @@ def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm)
 
 
 def test_a_router_builds_one_encoder_for_retrieval_and_scoring(setup, monkeypatch, tmp_path) -> None:
+    from tierlm.router import onnx_encoder
     from tierlm.router.serve import server
     from tierlm.router.store.sqlite import SqliteStore
 
     built = []
-    real = server.OnnxEncoder
-    monkeypatch.setattr(server, "OnnxEncoder", lambda **kwargs: built.append(kwargs) or real(**kwargs))
+    real = onnx_encoder.OnnxEncoder
+    monkeypatch.setattr(onnx_encoder, "OnnxEncoder", lambda **kwargs: built.append(kwargs) or real(**kwargs))
 
     async def start() -> None:
         service = server.RouterService(setup / "policy.yaml", SqliteStore(tmp_path / "ledger.sqlite"))
@@ -146,3 +147,34 @@ def test_a_router_builds_one_encoder_for_retrieval_and_scoring(setup, monkeypatc
 
     asyncio.run(start())
     assert built == [{"threads": 1}, {"precision": "float32", "threads": 1}]  # int8, and float32 near thresholds
+
+
+def test_a_static_policy_serves_with_its_own_table_and_no_minilm(setup, monkeypatch, tmp_path) -> None:
+    from tierlm.router import onnx_encoder
+    from tierlm.router.serve import server
+    from tierlm.router.static_encoder import StaticEncoder
+    from tierlm.router.store.sqlite import SqliteStore
+    from tierlm.router.workload import load_workload
+
+    rows = list(headlines("train"))
+    static = StaticEncoder.for_pool([row.query for row in load_workload(setup / "pool.jsonl")])  # built once, cached
+    train(records(rows[60:120], np.random.default_rng(0)), static, split="train").save(tmp_path / "scorer")
+    document = yaml.safe_load((setup / "policy.yaml").read_text())
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump({**document, "encoder": "static", "scorer": {"path": str(tmp_path / "scorer")}}))
+    (tmp_path / "minilm-scorer.yaml").write_text(yaml.safe_dump({**document, "encoder": "static"}))
+    built = []
+    real = onnx_encoder.OnnxEncoder
+    monkeypatch.setattr(onnx_encoder, "OnnxEncoder", lambda *args, **kwargs: built.append(kwargs) or real(*args, **kwargs))
+
+    async def start(policy) -> None:
+        service = server.RouterService(policy, SqliteStore(tmp_path / "ledger.sqlite"))
+        try:
+            assert service.reload()
+        finally:
+            service.close()
+            await service.store.close()
+
+    asyncio.run(start(tmp_path / "policy.yaml"))
+    assert built == []  # retrieval and the scorer read the static table; nothing is rescored with MiniLM
+    with pytest.raises(ValueError, match="trained with encoder all-MiniLM-L6-v2:[0-9a-f]+, given .*:static-v"):
+        asyncio.run(start(tmp_path / "minilm-scorer.yaml"))

@@ -37,7 +37,8 @@ def free_form_rows() -> list[dict]:
             for i, w in enumerate(["alpha", "beta", "gamma", "delta"] * 6)]
 
 
-def policy_for(tmp_path: Path, workload: Path, llama_dir: Path, gemma_dir: Path, labels: list[str] | None) -> Path:
+def policy_for(tmp_path: Path, workload: Path, llama_dir: Path, gemma_dir: Path, labels: list[str] | None,
+               encoder: str = "minilm") -> Path:
     prompt = {"selection": "retrieved", "k": 2, "template": "Text: {query}\nAnswer:"}
     if labels:
         prompt["labels"] = labels
@@ -48,7 +49,8 @@ def policy_for(tmp_path: Path, workload: Path, llama_dir: Path, gemma_dir: Path,
     if labels:
         tiers.insert(0, {"name": "knn", "address": "127.0.0.1:1", "model": "knn-vote", "cost": {"per_call": 1e-9}})
     path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump({"tiers": tiers, "cascade": {"order": [t["name"] for t in tiers]}, "pool": str(workload)}))
+    path.write_text(yaml.safe_dump({"tiers": tiers, "cascade": {"order": [t["name"] for t in tiers]}, "pool": str(workload),
+                                    "encoder": encoder}))
     return path
 
 
@@ -59,12 +61,12 @@ def run(*args: str) -> str:
 
 
 @pytest.mark.slow  # two tiny models answer ~100 requests, MiniLM embeds, the scorer cross-validates: ~1 min
-@pytest.mark.parametrize("task", ["labels", "free-form"])
-def test_collect_train_fit_eval_on_any_workload(task: str, tmp_path: Path, llama_dir: Path, gemma_dir: Path) -> None:
+@pytest.mark.parametrize(("task", "encoder"), [("labels", "minilm"), ("free-form", "minilm"), ("labels", "static")])
+def test_collect_train_fit_eval_on_any_workload(task: str, encoder: str, tmp_path: Path, llama_dir: Path, gemma_dir: Path) -> None:
     workload = tmp_path / "workload.jsonl"
     rows = label_rows() if task == "labels" else free_form_rows()
     write_workload(rows, workload)
-    policy = policy_for(tmp_path, workload, llama_dir, gemma_dir, ["hot", "cold"] if task == "labels" else None)
+    policy = policy_for(tmp_path, workload, llama_dir, gemma_dir, ["hot", "cold"] if task == "labels" else None, encoder)
     answers, scorer, fitted = tmp_path / "answers.sqlite", tmp_path / "scorer", tmp_path / "fitted.yaml"
     for split in ("train", "test"):
         run("router", "collect", "--policy", str(policy), "--workload", str(workload), "--split", split, "--out", str(answers))
@@ -77,7 +79,10 @@ def test_collect_train_fit_eval_on_any_workload(task: str, tmp_path: Path, llama
     if task == "free-form":
         assert all(r.label_logprobs is None and r.token_logprobs for r in train_records)  # generated, not label choice
 
-    run("router", "train", "--answers", str(answers), "--out", str(scorer), "--split", "train", "--report-split", "test")
+    run("router", "train", "--answers", str(answers), "--out", str(scorer), "--split", "train", "--report-split", "test",
+        "--policy", str(policy))
+    # The scorer's features come from the policy's encoder, and it records which.
+    assert (":static-v" in json.loads((scorer / "scorer.json").read_text())["encoder"]) == (encoder == "static")
     out = run("router", "fit", "--policy", str(policy), "--answers", str(answers), "--scorer", str(scorer),
               "--budget-share", "0.5", "--out", str(fitted))
     assert "(out-of-fold)" in out

@@ -185,7 +185,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "tierlm.app.cli", *args]
 
 
-def _tier_service(tier: TierConfig, host: str, port: int, run_dir: Path, pool: Path | None) -> Service:
+def _tier_service(tier: TierConfig, host: str, port: int, run_dir: Path, pool: Path | None, encoder: str) -> Service:
     from tierlm.router.study.tier_setup import model_folder
 
     launch = tier.launch
@@ -195,7 +195,8 @@ def _tier_service(tier: TierConfig, host: str, port: int, run_dir: Path, pool: P
         if pool is None:
             raise StackError(f"tier {tier.name!r} runs a no-LLM classifier, which learns from the policy's `pool`; set one")
         argv = _cli("knn", "serve", "--pool", str(pool), "--model", tier.model or "knn-vote", "--host", host,
-                    "--port", str(port), "--tier-name", tier.name, "--threads", str(launch.threads), "--no-auth")
+                    "--port", str(port), "--tier-name", tier.name, "--threads", str(launch.threads),
+                    "--encoder", encoder, "--no-auth")
     elif launch.runtime == "edge":
         argv = _cli("edge", "serve", "--model", str(model_folder(tier)), "--host", host, "--port", str(port),
                     "--tier-name", tier.name, "--threads", str(launch.threads),
@@ -249,7 +250,7 @@ def plan_stack(
         host, port = tier.address.rsplit(":", 1)
         port = free_port(host) if free_ports else int(port)
         document["tiers"][index]["address"] = f"{host}:{port}"
-        services.append(_tier_service(tier, host, port, run_dir, pool))
+        services.append(_tier_service(tier, host, port, run_dir, pool, policy.encoder))
     if policy.scorer is not None:
         document["scorer"]["path"] = str(Path(policy.scorer.path).resolve())
     derived = run_dir / "policy.yaml"

@@ -87,17 +87,18 @@ def cascade(
 
     from tierlm.config import load_policy
     from tierlm.results import write_results
-    from tierlm.router.embeddings import offline_encoder
+    from tierlm.router.encoder_choice import offline_policy_encoder
     from tierlm.router.study.collect import AnswerStore
     from tierlm.router.study.evaluate import evaluate_cascades
     from tierlm.router.workload import load_workload
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    fitted = load_policy(policy) if policy is not None else None
     store = AnswerStore(answers)
     try:
         study = evaluate_cascades(
-            store, scorer_dir, load_workload(workload), offline_encoder(threads), split=split, fit_split=fit_split,
-            pool=load_workload(pool) if pool is not None else None, policy=load_policy(policy) if policy is not None else None,
+            store, scorer_dir, load_workload(workload), offline_policy_encoder(fitted, threads), split=split, fit_split=fit_split,
+            pool=load_workload(pool) if pool is not None else None, policy=fitted,
             budgets=budgets, tiers=only,
             plot_to=out.with_suffix(".png"),
         )

@@ -26,6 +26,7 @@ def serve(
     port: int = typer.Option(50081, "--port", min=0, max=opt.MAX_PORT, help="gRPC port."),
     tier_name: str = typer.Option("knn", "--tier-name", help="Tier name put on answers."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads of the sentence encoder."),
+    encoder_name: str = typer.Option("minilm", "--encoder", help="Sentence encoder: minilm, or static (fitted to --pool; a policy's `encoder`)."),
     api_keys: Path | None = opt.API_KEYS,
     no_auth: bool = opt.NO_AUTH,
     host: str = opt.HOST,
@@ -38,17 +39,20 @@ def serve(
 ) -> None:
     """Serve tierlm.v1.Generator answering label choices from the query's embedding (no LLM)."""
     from tierlm.router.embeddings import Encoder
+    from tierlm.router.encoder_choice import ENCODERS, static_for
     from tierlm.router.study.tier_setup import NO_LLM_MODELS
     from tierlm.router.workload import load_workload
     from tierlm.serving import GrpcServer
     from tierlm.v1 import generator_pb2, generator_pb2_grpc
 
+    if encoder_name not in ENCODERS:
+        raise typer.BadParameter(f"{encoder_name!r} is not one of {list(ENCODERS)}", param_hint="--encoder")
     if model not in NO_LLM_MODELS:
         raise typer.BadParameter(f"{model!r} is not one of {sorted(NO_LLM_MODELS)}", param_hint="--model")
     config = opt.server_config(host, port, metrics_port, tls_cert, tls_key, tls_client_ca, max_request_bytes, drain_s)
     config.keys = opt.key_ring(api_keys, no_auth)
     rows = list(load_workload(pool))
-    encoder = Encoder(threads=threads)
+    encoder = static_for(pool) if encoder_name == "static" else Encoder(threads=threads)
     with encoder.caching():  # the pool's embeddings: from disk after the first start
         knn = NO_LLM_MODELS[model](encoder, rows, tier_name=tier_name)
 

@@ -187,10 +187,12 @@ def train(
     out: Path = typer.Option(..., "--out", help="Folder to write the scorer to."),
     split: str = typer.Option("train", "--split", help="Split to train on."),
     report_split: str = typer.Option("dev", "--report-split", help="Split to report AUROC / Brier / ECE on (if collected)."),
+    policy: Path | None = typer.Option(None, "--policy", exists=True, dir_okay=False, help="The policy the scorer is for: its `encoder` embeds the features (default all-MiniLM-L6-v2)."),
     threads: int = typer.Option(1, "--threads", min=1),
 ) -> None:
     """Train the answer scorer P(correct | query, answer, tier) and report its quality per tier."""
-    from tierlm.router.embeddings import offline_encoder
+    from tierlm.config import load_policy
+    from tierlm.router.encoder_choice import offline_policy_encoder
     from tierlm.router.learn.offline import cascade_data
     from tierlm.router.learn.quality import tier_score_metrics
     from tierlm.router.learn.scorer import Scorer, train as train_scorer
@@ -200,7 +202,7 @@ def train(
     records = store.records(split)
     if not records:
         raise typer.BadParameter(f"no answers for split {split!r} in {answers}", param_hint="--split")
-    encoder = offline_encoder(threads)
+    encoder = offline_policy_encoder(load_policy(policy) if policy is not None else None, threads)
     scorer = train_scorer(records, encoder, split=split)
     scorer.save(out)
     typer.echo(f"scorer for tiers {list(scorer.tiers)} trained on {len(records)} {split} answers -> {out}")
@@ -224,7 +226,8 @@ def fit(
     threads: int = typer.Option(1, "--threads", min=1),
 ) -> None:
     """Fit the cascade's order and thresholds for a budget and write them, with the scorer, into a policy file."""
-    from tierlm.router.embeddings import offline_encoder
+    from tierlm.config import load_policy
+    from tierlm.router.encoder_choice import offline_policy_encoder
     from tierlm.router.study.collect import AnswerStore
     from tierlm.router.study.fit import fit_cascade, write_policy
 
@@ -234,7 +237,7 @@ def fit(
 
     store = AnswerStore(answers)
     try:
-        fitted = fit_cascade(store, scorer, offline_encoder(threads), split=split, budget=budget, budget_share=budget_share)
+        fitted = fit_cascade(store, scorer, offline_policy_encoder(load_policy(policy), threads), split=split, budget=budget, budget_share=budget_share)
     except InfeasibleBudgetError as exc:
         raise CommandError(f"{exc}; raise --budget", ExitCode.FAILED) from None
     finally:
@@ -283,7 +286,8 @@ def refit(
     """Refit the policy from labelled live traffic, shadow-test it against the live one, and
     (with --promote) make it live only if it is at least as accurate at no higher cost (or within
     the policy's learning.refit_budget_per_query, where set)."""
-    from tierlm.router.embeddings import offline_encoder
+    from tierlm.config import load_policy
+    from tierlm.router.encoder_choice import offline_policy_encoder
     from tierlm.router.study.refit import decision_numbers, promote, refit as refit_policy
     from tierlm.router.learn.traffic import policy_version
 
@@ -292,7 +296,7 @@ def refit(
     labelled = asyncio.run(with_store(location, lambda opened: opened.labelled(since_ts)))
     candidate = out or policy.with_name(f"{policy.stem}.candidate.yaml")
     try:
-        result = refit_policy(policy, labelled, offline_encoder(threads), candidate, min_explored=min_explored)
+        result = refit_policy(policy, labelled, offline_policy_encoder(load_policy(policy), threads), candidate, min_explored=min_explored)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
