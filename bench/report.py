@@ -26,6 +26,8 @@ ABOUT = {
             "cascade. The single-tier passes run side by side and the cascade runs alone, so latencies compare within a pass only. "
             "`stack_ready_s` counts from the command's start, so it includes preparing the models and building the edge "
             "artifact when the cache is empty.",
+    "demo-static": "The same demo with `encoder: static` (examples/demo-static/policy.yaml): retrieval, the knn tier and the "
+                   "scorer on the static table fitted to the pool; its scorer and cascade refitted on train by `--refit`.",
     "routing-headlines": "Routing study on HEADLINES (bench/routing.py): every tier alone, fitted cascades, on the test split.",
     "routing-snips": "Routing study on SNIPS intents (bench/routing.py).",
     "routing-xquad": "Routing study on XQuAD English extractive QA (bench/routing.py).",

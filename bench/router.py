@@ -11,7 +11,9 @@ What runs, each in its own process on 127.0.0.1 (client and tiers on the same ma
 * **learned router**: ``tierlm router serve`` on the demo's policy (examples/demo/policy.yaml:
   the learned scorer, retrieved prompts over the 5,000-row HEADLINES pool, thresholds and order),
   its tiers pointed at the scripted ones; the real MiniLM (int8 ONNX) embeds every query, and
-  every request writes its ledger row to SQLite. With ``--workers 1 2`` both are measured;
+  every request writes its ledger row to SQLite. With ``--workers 1 2`` both are measured. The
+  same for examples/demo-static/policy.yaml, the demo with ``encoder: static`` (its own scorer
+  and thresholds, fitted by ``tierlm demo --refit``): rows say which ``encoder``;
 * **pass-through proxy**: the Router contract on the same gRPC plumbing, forwarding each
   request to one instant tier and returning its answer: the floor any router pays here.
 
@@ -51,7 +53,7 @@ from tierlm.serving import GrpcServer, ServerConfig  # noqa: E402
 from tierlm.v1 import generator_pb2, generator_pb2_grpc, router_pb2, router_pb2_grpc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "examples" / "demo" / "policy.yaml"
+POLICIES = {"minilm": REPO / "examples" / "demo" / "policy.yaml", "static": REPO / "examples" / "demo-static" / "policy.yaml"}
 DEV = REPO / "data" / "workloads" / "headlines" / "dev.jsonl"
 TIERS = ("knn", "edge", "cloud")
 CONCURRENCY = (1, 8, 32, 64)
@@ -198,18 +200,20 @@ def spawn(args: list[str]) -> tuple[subprocess.Popen, dict[str, int]]:
 
 
 def encoder_cpu_ms(queries: list[str]) -> dict[str, float]:
-    """CPU ms per query embedded alone (one thread), for each precision the router uses."""
+    """CPU ms per query embedded alone (one thread), for each encoder the router uses."""
+    from tierlm.router.encoder_choice import static_for
     from tierlm.router.onnx_encoder import PRECISIONS, OnnxEncoder
 
+    encoders = {precision: OnnxEncoder(precision=precision, threads=1) for precision in PRECISIONS}
+    encoders["static"] = static_for(REPO / "data" / "workloads" / "headlines" / "train.jsonl")
     out = {}
-    for precision in PRECISIONS:
-        encoder = OnnxEncoder(precision=precision, threads=1)
+    for name, encoder in encoders.items():
         for text in queries[:20]:
             encoder.encode([text])
         started = time.process_time()
         for text in queries[:200]:
             encoder.encode([text])
-        out[precision] = round((time.process_time() - started) / 200 * 1e3, 3)
+        out[name] = round((time.process_time() - started) / 200 * 1e3, 3)
     return out
 
 
@@ -223,16 +227,16 @@ def counter(metrics_ports: list[int], name: str) -> float:
     return total
 
 
-def demo_policy(work: Path, ports: dict[str, int]) -> Path:
-    """The demo's policy with its tiers at the scripted servers, paths made absolute."""
-    policy = yaml.safe_load(DEMO.read_text())
+def demo_policy(source: Path, work: Path, ports: dict[str, int]) -> Path:
+    """A demo policy with its tiers at the scripted servers, paths made absolute."""
+    policy = yaml.safe_load(source.read_text())
     for tier in policy["tiers"]:
         tier["address"] = f"127.0.0.1:{ports[tier['name']]}"
         tier.pop("launch", None)
     policy["pool"] = str((REPO / policy["pool"]).resolve())
     policy["scorer"]["path"] = str((REPO / policy["scorer"]["path"]).resolve())
     policy["limits"] = {"max_concurrent_requests": 4096}
-    path = work / "policy.yaml"
+    path = work / f"policy-{source.parent.name}.yaml"
     path.write_text(yaml.safe_dump(policy))
     return path
 
@@ -281,6 +285,8 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", help="open-loop offered rates (requests/s); "
                         f"default {list(OPEN_FRACTIONS)} x the saturated closed-loop throughput of each path")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="router worker counts to measure")
+    parser.add_argument("--encoder", nargs="+", choices=sorted(POLICIES), default=sorted(POLICIES),
+                        help="the demo policies to measure, by their sentence encoder")
     parser.add_argument("--serve", choices=["tiers", "proxy"], help=argparse.SUPPRESS)
     parser.add_argument("--tier", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -295,7 +301,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     processes: list[subprocess.Popen] = []
     rows: list[dict] = []
-    rescored: dict[int, float] = {}
+    rescored: dict[str, float] = {}
     try:
         tiers, ports = spawn([sys.executable, __file__, "--serve", "tiers"])
         processes.append(tiers)
@@ -305,21 +311,23 @@ def main() -> None:
         rows += asyncio.run(measure(f"127.0.0.1:{proxy_ports['proxy']}", queries, {"path": "passthrough", "workers": 1}, args, args.rates))
         with tempfile.TemporaryDirectory(prefix="tierlm-bench-router-") as folder:
             work = Path(folder)
-            policy = demo_policy(work, ports)
-            for workers in args.workers:
-                print(f"learned router, {workers} worker(s)", flush=True)
-                metrics = free_ports(workers)
-                router, router_ports = spawn([sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", "router", "serve",
-                                              "--policy", str(policy), "--port", "0", "--store", str(work / f"ledger-{workers}.sqlite"),
-                                              "--workers", str(workers), "--metrics-port", str(metrics[0]), "--no-auth"])
-                try:
-                    rows += asyncio.run(measure(f"127.0.0.1:{router_ports['router']}", queries,
-                                                {"path": "learned", "workers": workers}, args, args.rates))
-                    rescored[workers] = round(counter(metrics, "tierlm_router_exact_rescores_total")
-                                              / counter(metrics, "tierlm_router_requests_total"), 3)
-                finally:
-                    router.terminate()
-                    router.wait(timeout=120)
+            for encoder in args.encoder:
+                policy = demo_policy(POLICIES[encoder], work, ports)
+                for workers in args.workers:
+                    print(f"learned router ({encoder} encoder), {workers} worker(s)", flush=True)
+                    metrics = free_ports(workers)
+                    router, router_ports = spawn([sys.executable, "-m", "tierlm.app.cli", "--log-level", "WARNING", "router", "serve",
+                                                  "--policy", str(policy), "--port", "0",
+                                                  "--store", str(work / f"ledger-{encoder}-{workers}.sqlite"), "--workers", str(workers),
+                                                  "--metrics-port", str(metrics[0]), "--no-auth"])
+                    try:
+                        rows += asyncio.run(measure(f"127.0.0.1:{router_ports['router']}", queries,
+                                                    {"path": "learned", "encoder": encoder, "workers": workers}, args, args.rates))
+                        rescored[f"{encoder}, {workers} worker(s)"] = round(
+                            counter(metrics, "tierlm_router_exact_rescores_total") / counter(metrics, "tierlm_router_requests_total"), 3)
+                    finally:
+                        router.terminate()
+                        router.wait(timeout=120)
     finally:
         for process in processes:
             process.terminate()
@@ -327,13 +335,14 @@ def main() -> None:
     for row in rows:  # open-loop rows line up by fraction of each path's own saturation
         if row["mode"] == "open" and not args.rates:
             saturated = max(r["throughput_rps"] for r in rows if r["mode"] == "closed" and r["path"] == row["path"]
-                            and r["workers"] == row["workers"])
+                            and r.get("encoder") == row.get("encoder") and r["workers"] == row["workers"])
             row["fraction"] = round(row["offered_rps"] / saturated, 2)
     path = write_results(
         "router", with_ratios(rows),
         measures=("learned: the demo policy (examples/demo/policy.yaml: learned scorer, retrieved prompts over the "
-                  "5,000-row HEADLINES pool, knn/edge/cloud cascade) with instant scripted tiers, MiniLM int8 ONNX "
-                  "embedding every query, SQLite ledger; passthrough: a proxy forwarding to one instant tier. "
+                  "5,000-row HEADLINES pool, knn/edge/cloud cascade) with instant scripted tiers, every query embedded "
+                  "(encoder minilm: MiniLM int8 ONNX; static: examples/demo-static/policy.yaml, the static table fitted to "
+                  "the pool, with its own scorer and thresholds), SQLite ledger; passthrough: a proxy forwarding to one instant tier. "
                   "overhead = client latency - the tiers' latency in the trace; client, tiers and router share the machine"),
         encoder_cpu_ms_per_query=encoder_cpu_ms(queries),
         exact_rescores_per_request=rescored,

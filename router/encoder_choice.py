@@ -13,6 +13,8 @@ id (which names the pool) and load with nothing else.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tierlm.config import Policy
 from tierlm.router.embeddings import CachingEncoder, offline_encoder
 from tierlm.router.workload import load_workload
@@ -50,9 +52,12 @@ def exact_encoder() -> CachingEncoder:
 
 
 def encoder_key(policy: Policy) -> str:
-    """Policies with the same key embed identically: a reloaded policy with another key needs
-    another encoder."""
-    return f"static:{policy.pool}" if policy.encoder == "static" else "minilm"
+    """Policies with the same key embed identically: a reloaded policy with another key (another
+    encoder, or a static one whose pool file changed) needs another encoder."""
+    if policy.encoder != "static":
+        return "minilm"
+    pool = Path(policy.pool).stat()
+    return f"static:{policy.pool}:{pool.st_mtime_ns}:{pool.st_size}"
 
 
 def offline_policy_encoder(policy: Policy | None, threads: int | None = None) -> CachingEncoder:

@@ -175,7 +175,8 @@ def fit_policy(policy_path: Path, workload: Path, answers: Path, rows: int, budg
     scorer's out-of-fold scores, and write scorer and cascade into the policy. Returns the fit."""
     run_cli("router", "collect", "--policy", str(policy_path), "--workload", str(workload), "--limit", str(rows),
             "--out", str(answers))
-    run_cli("router", "train", "--answers", str(answers), "--out", str(scorer_dir), "--report-split", "none")
+    run_cli("router", "train", "--answers", str(answers), "--out", str(scorer_dir), "--report-split", "none",
+            "--policy", str(policy_path))
     scorer = scorer_dir.resolve().relative_to(Path.cwd()) if scorer_dir.resolve().is_relative_to(Path.cwd()) else scorer_dir
     run_cli("router", "fit", "--policy", str(policy_path), "--answers", str(answers), "--scorer", str(scorer),
             "--budget-share", str(budget_share), "--out", str(policy_path))

@@ -33,11 +33,12 @@ def demo(
     queries: int = typer.Option(DEFAULT_QUERIES, "--queries", min=1, help="HEADLINES dev rows to send (the first N); bench/results/demo.json is --queries 200."),
     concurrency: int = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", min=1, help="Requests in flight from the SDK."),
     single: list[str] = typer.Option(["edge", "cloud"], "--single", help="Tiers to also measure alone (force_tier), repeatable."),
-    out: Path | None = typer.Option(None, "--out", help="Folder for demo.json and demo_cost_accuracy.png (default: the run folder)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the result and its plot (default: the run folder)."),
     refit: bool = typer.Option(False, "--refit", help="Re-run collect -> train -> fit on HEADLINES train (out-of-fold scores) and rewrite the policy's scorer and cascade."),
     fit_rows: int = typer.Option(300, "--fit-rows", min=10, help="Train rows for --refit."),
     budget_share: float = typer.Option(0.25, "--budget-share", min=0.0, help="--refit: mean-cost budget as a share of the dearest tier's."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Logs and ledger of the stack (default: a new folder in the cache)."),
+    name: str = typer.Option("demo", "--name", help="Stem of the result file and plot: <out>/<name>.json, <name>_cost_accuracy.png."),
 ) -> None:
     """Prepare models, start knn + edge + cloud (Ray Serve) + router on 127.0.0.1, route dev
     queries as edge only and cloud only (side by side), then the fitted cascade; print the
@@ -59,6 +60,8 @@ def demo(
     # The narrator reports each service as it comes up; the stack's own log lines would repeat it.
     logging.getLogger("tierlm.app.stack").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)
+    if not name or Path(name).name != name:
+        raise typer.BadParameter(f"{name!r} is not a file name stem", param_hint="--name")
     parsed = load_policy(policy)
     unknown = [name for name in single if name not in {t.name for t in parsed.tiers}]
     if unknown:
@@ -71,8 +74,9 @@ def demo(
     steps.ensure_models(parsed, say)
     if refit:
         say(f"refitting the policy's scorer and cascade on {fit_rows} HEADLINES train rows")
-        cascade = steps.fit_policy(policy, HEADLINES / "train.jsonl", cache_root() / "demo" / "answers.sqlite", fit_rows,
-                                   budget_share, policy.parent / "scorer")
+        # Retrieved prompts depend on the encoder, so the answers to them do: one store per encoder.
+        answers = cache_root() / "demo" / ("answers.sqlite" if parsed.encoder == "minilm" else f"answers-{parsed.encoder}.sqlite")
+        cascade = steps.fit_policy(policy, HEADLINES / "train.jsonl", answers, fit_rows, budget_share, policy.parent / "scorer")
         say(f"fitted on train: {cascade}")
     # The demo's own clients call a router on 127.0.0.1 that lives as long as the demo: no tenants.
     plan = plan_stack(policy, run_dir, router_port=0, free_ports=True, no_auth=True)
@@ -115,10 +119,10 @@ def demo(
 
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_cost_accuracy(
-        out / "demo_cost_accuracy.png", frontier=[(cascade["cost_per_query"], cascade["accuracy"])],
+        out / f"{name}_cost_accuracy.png", frontier=[(cascade["cost_per_query"], cascade["accuracy"])],
         frontier_label="cascade (live)", single_tiers={r["name"]: (r["cost_per_query"], r["accuracy"]) for r in report[:-1]},
         log_x=True, title=f"tierlm demo: HEADLINES dev, {len(rows)} queries",
     )
-    path = write_results("demo", report, folder=out, queries=len(rows), concurrency=concurrency,
+    path = write_results(name, report, folder=out, queries=len(rows), concurrency=concurrency,
                          policy=str(policy), stack_ready_s=round(ready_s, 1))
     say(f"wrote {path} and {plot}")
