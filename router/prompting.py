@@ -187,12 +187,22 @@ class PromptBuilder:
             raise ValueError(f"{pool_embeddings.shape[0]} pool embeddings for {len(self.pool)} pool rows")
         self._pool_similarity = Similarities(pool_embeddings)
 
-    def demonstrations(self, query: str, query_embedding: np.ndarray | None = None) -> list[Labelled]:
+    @property
+    def pool_index(self) -> Similarities | None:
+        """What ``retrieved`` compares a query's embedding with (None for other selections): a
+        caller may compute the similarities itself, batched, and pass them in."""
+        return self._pool_similarity
+
+    def demonstrations(
+        self, query: str, query_embedding: np.ndarray | None = None, similarity: np.ndarray | None = None
+    ) -> list[Labelled]:
         """The demonstrations for ``query``, in prompt order.
 
         Args:
             query_embedding: the query's embedding if the caller already has it (``retrieved``
                 only); saves one encoder pass.
+            similarity: the query's similarity to each pool row, :attr:`pool_index` applied to
+                its embedding, if the caller already has it (``retrieved`` only).
         """
         strategy = self.strategy
         if strategy.selection == "fixed":
@@ -203,15 +213,16 @@ class PromptBuilder:
                 rows = (row for row in self._by_label[label] if not _same_text(row[1].query, query))
                 chosen += [next(rows) for _ in range(need)]
             return [example for _, example in sorted(chosen, key=lambda row: row[0])]
-        return self._retrieve(query, query_embedding)
+        return self._retrieve(query, query_embedding, similarity)
 
-    def _retrieve(self, query: str, query_embedding: np.ndarray | None) -> list[Labelled]:
+    def _retrieve(self, query: str, query_embedding: np.ndarray | None, similarity: np.ndarray | None) -> list[Labelled]:
         assert self._pool_similarity is not None
-        if query_embedding is None:
-            if self._encoder is None:
-                raise ValueError("retrieved selection needs an encoder or the query's embedding")
-            query_embedding = self._encoder.encode([query])[0]
-        similarity = self._pool_similarity(np.asarray(query_embedding, dtype=np.float32))
+        if similarity is None:
+            if query_embedding is None:
+                if self._encoder is None:
+                    raise ValueError("retrieved selection needs an encoder or the query's embedding")
+                query_embedding = self._encoder.encode([query])[0]
+            similarity = self._pool_similarity(np.asarray(query_embedding, dtype=np.float32))
         k = self.strategy.k
         # Only the top rows need ordering (the router does this per request): every row at least
         # as similar as the (k + spare)-th, ordered by similarity then pool position, which is
@@ -229,9 +240,11 @@ class PromptBuilder:
         """The first ``k`` pool rows in ``order`` that are not the query itself."""
         return list(islice((self.pool[i] for i in order if not _same_text(self.pool[i].query, query)), k))
 
-    def build_prompt(self, query: str, query_embedding: np.ndarray | None = None) -> str:
-        """The full prompt for ``query``."""
-        return render_prompt(self.strategy, self.demonstrations(query, query_embedding), query)
+    def build_prompt(
+        self, query: str, query_embedding: np.ndarray | None = None, similarity: np.ndarray | None = None
+    ) -> str:
+        """The full prompt for ``query`` (arguments as :meth:`demonstrations`)."""
+        return render_prompt(self.strategy, self.demonstrations(query, query_embedding, similarity), query)
 
     def content_free_prompts(self, query: str, query_embedding: np.ndarray | None = None) -> list[str]:
         """The calibration prompts for ``query``: its own demonstrations, content-free query text.

@@ -9,16 +9,25 @@ it is busy form the next batch, up to ``max_batch``. This is Triton's dynamic ba
 no queue delay, or vLLM's continuous batching for an encoder: batches grow with the load by
 themselves. The event loop only moves texts and futures; onnxruntime and the tokenizer release
 the GIL, so the loop keeps serving while a batch encodes.
+
+A text may ask for its similarities to a retrieval pool's rows too (:meth:`EncodeBatcher.embed_compared`):
+they are computed on the same thread as one product per pool for the whole batch, which reads
+the pool's embeddings (7.7 MB for 5,000 rows) once for every query in the batch instead of once
+per query, and leaves only the choice of the nearest rows to the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tierlm.router.embeddings import TextEncoder
+from tierlm.router.embeddings import Similarities, TextEncoder
+
+Compared = tuple[np.ndarray, tuple[np.ndarray, ...]]
+"""An embedding and its similarities to the rows of each pool asked for, in the order asked."""
 
 
 class EncodeBatcher:
@@ -37,7 +46,7 @@ class EncodeBatcher:
         self.max_batch = max_batch
         self.window_s = window_s
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierlm-encode")
-        self._waiting: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self._waiting: list[tuple[str, Sequence[Similarities], asyncio.Future[Compared]]] = []
         self._busy = False  # a batch is encoding, or one is about to start
         self.batches = 0  # encode calls so far (for tests and the bench)
 
@@ -47,9 +56,13 @@ class EncodeBatcher:
 
     async def embed(self, text: str) -> np.ndarray:
         """The unit-norm embedding of ``text``."""
+        return (await self.embed_compared(text, ()))[0]
+
+    async def embed_compared(self, text: str, pools: Sequence[Similarities]) -> Compared:
+        """The unit-norm embedding of ``text`` and its similarities to each of ``pools``' rows."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._waiting.append((text, future))
+        future: asyncio.Future[Compared] = loop.create_future()
+        self._waiting.append((text, tuple(pools), future))
         if not self._busy:
             self._busy = True
             if self.window_s > 0:
@@ -59,18 +72,28 @@ class EncodeBatcher:
         return await future
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = [(text, future) for text, future in self._waiting[: self.max_batch] if not future.cancelled()]
+        batch = [item for item in self._waiting[: self.max_batch] if not item[2].cancelled()]
         del self._waiting[: self.max_batch]
         if not batch:
             self._next(loop)
             return
         self.batches += 1
-        work = loop.run_in_executor(self._thread, self.encoder.encode, [text for text, _ in batch])
+        work = loop.run_in_executor(self._thread, self._encode_and_compare, [text for text, _, _ in batch],
+                                    [pools for _, pools, _ in batch])
         work.add_done_callback(lambda done: self._deliver(loop, batch, done))
+
+    def _encode_and_compare(self, texts: list[str], wanted: list[tuple[Similarities, ...]]) -> list[Compared]:
+        embeddings = self.encoder.encode(texts)
+        found: list[dict[int, np.ndarray]] = [{} for _ in texts]
+        for pool in {id(pool): pool for pools in wanted for pool in pools}.values():
+            members = [i for i, pools in enumerate(wanted) if any(p is pool for p in pools)]
+            for i, similarity in zip(members, pool(embeddings[members])):
+                found[i][id(pool)] = similarity
+        return [(embeddings[i], tuple(found[i][id(pool)] for pool in pools)) for i, pools in enumerate(wanted)]
 
     def _deliver(self, loop: asyncio.AbstractEventLoop, batch: list, done: asyncio.Future) -> None:
         error = done.exception()
-        for i, (_, future) in enumerate(batch):
+        for i, (_, _, future) in enumerate(batch):
             if future.done():  # its request was cancelled meanwhile
                 continue
             if error is not None:

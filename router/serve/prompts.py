@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 
 from tierlm.config import Policy, PromptStrategy
-from tierlm.router.embeddings import CachingEncoder
+from tierlm.router.embeddings import CachingEncoder, Similarities
 from tierlm.router.prompting import PromptBuilder, query_pattern, request_query
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.workload import load_workload
@@ -47,6 +47,13 @@ class TierPrompts:
                     distinct.append((strategy, PromptBuilder(strategy, pool, encoder=encoder)))
         return cls({name: next(b for known, b in distinct if known == strategy) for name, strategy in strategies.items()})
 
+    @property
+    def pools(self) -> tuple[Similarities, ...]:
+        """The retrieval pools of the tiers' strategies, each once: a request's query is compared
+        with them when it is embedded (RequestQuery's ``compare``)."""
+        indexes = (builder.pool_index for builder in self._builders.values())
+        return tuple({id(index): index for index in indexes if index is not None}.values())
+
     def query_text(self, request: generator_pb2.GenerateRequest) -> str:
         """The query a strategy wraps: the prompt without a strategy's query block around it, or
         the chat's last user turn."""
@@ -69,7 +76,8 @@ class TierPrompts:
         prompt = query.prompts.get(id(builder))
         if prompt is None:
             embedding = query.embedding() if strategy.selection == "retrieved" else None
-            prompt = query.prompts[id(builder)] = builder.build_prompt(query.text, query_embedding=embedding)
+            prompt = query.prompts[id(builder)] = builder.build_prompt(
+                query.text, query_embedding=embedding, similarity=query.similarity(builder.pool_index))
         rewritten.prompt = prompt
         if strategy.labels:
             del rewritten.choices[:]

@@ -5,17 +5,23 @@ answer it judges) read the same sentence embedding of the query; computing it on
 is the difference between one encoder pass and several on the router's hot path. The embedding
 is awaited (:meth:`RequestQuery.embedded`), so it is computed off the event loop and batched
 with other requests' (:class:`~tierlm.router.serve.batcher.EncodeBatcher`); afterwards every
-reader takes it synchronously (:meth:`RequestQuery.embedding`).
+reader takes it synchronously (:meth:`RequestQuery.embedding`). With ``compare``, the same
+batch also gives the query's similarities to the retrieval pools' rows
+(:meth:`EncodeBatcher.embed_compared`), which retrieval then reads (:meth:`RequestQuery.similarity`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
+from tierlm.router.embeddings import Similarities
+
 Embed = Callable[[str], Awaitable[np.ndarray]]
 """Text -> its unit-norm embedding, e.g. :meth:`EncodeBatcher.embed`."""
+Compare = Callable[[str, Sequence[Similarities]], Awaitable[tuple[np.ndarray, tuple[np.ndarray, ...]]]]
+"""Text, pools -> its embedding and its similarities to each pool's rows, e.g. :meth:`EncodeBatcher.embed_compared`."""
 
 
 class RequestQuery:
@@ -26,22 +32,36 @@ class RequestQuery:
         embed: how to embed it; None when the router needs no embeddings.
         exact: how to embed it exactly, when ``embed`` is a faster approximation (the int8
             encoder) and a decision needs the exact embedding (see LearnedScorer).
+        compare: instead of ``embed``: how to embed it together with its similarities to ``pools``.
+        pools: the retrieval pools whose similarities ``compare`` computes.
     """
 
-    def __init__(self, text: str, embed: Embed | None = None, exact: Embed | None = None):
+    def __init__(self, text: str, embed: Embed | None = None, exact: Embed | None = None, *,
+                 compare: Compare | None = None, pools: Sequence[Similarities] = ()):
         self.text = text
         self._embed = embed
         self._exact = exact
+        self._compare = compare
+        self._pools = tuple(pools)
         self._embedding: np.ndarray | None = None
         self._exact_embedding: np.ndarray | None = None
+        self._similarities: dict[int, np.ndarray] = {}
         #: Prompts rendered for this query, by prompt builder: tiers sharing a strategy share one.
         self.prompts: dict[int, str] = {}
 
     async def embedded(self) -> np.ndarray | None:
         """The query's embedding, computed on the first call; None without an embedder."""
-        if self._embed is not None and self._embedding is None:
-            self._embedding = await self._embed(self.text)
+        if self._embedding is None:
+            if self._compare is not None:
+                self._embedding, rows = await self._compare(self.text, self._pools)
+                self._similarities = {id(pool): row for pool, row in zip(self._pools, rows)}
+            elif self._embed is not None:
+                self._embedding = await self._embed(self.text)
         return self._embedding
+
+    def similarity(self, pool: Similarities | None) -> np.ndarray | None:
+        """The query's similarity to each of ``pool``'s rows if they came with its embedding, else None."""
+        return self._similarities.get(id(pool)) if pool is not None else None
 
     async def exactly_embedded(self) -> np.ndarray | None:
         """The exact embedding, if the router has an exact encoder besides the fast one; else the
@@ -58,6 +78,6 @@ class RequestQuery:
         Raises:
             RuntimeError: if there is an embedder and the embedding was not awaited yet.
         """
-        if self._embed is not None and self._embedding is None:
+        if (self._embed is not None or self._compare is not None) and self._embedding is None:
             raise RuntimeError("the query's embedding is read before it was awaited (RequestQuery.embedded)")
         return self._embedding

@@ -144,7 +144,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
             exact = self._exact
         scorer = load_scorer(policy, batcher, exact)
         prompts = TierPrompts.from_policy(policy, batcher.encoder if batcher else None)
-        embed, exact_embed = (batcher.embed if batcher else None), (exact.embed if exact else None)
+        # Retrieval's similarities come with the query's embedding: one product per pool per batch.
+        compare, exact_embed = (batcher.embed_compared if batcher else None), (exact.embed if exact else None)
+        pools = prompts.pools
         check_tokenizers(policy)
         retired = []
         for tier in policy.tiers:
@@ -163,7 +165,8 @@ class RouterService(router_pb2_grpc.RouterServicer):
             self._breakers.pop(gone, None)
         runner = CascadeRunner(
             dict(self._clients), dict(self._breakers), _TimedScorer(scorer), self._observe_tier,
-            rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), embed, exact_embed),
+            rewrite=prompts.rewrite,
+            query_of=lambda request: RequestQuery(prompts.query_text(request), exact=exact_embed, compare=compare, pools=pools),
             speculation=SpeculativePair.from_policy(policy),
         )
         cache = ResponseCache(policy.cache.max_entries, policy.cache.ttl_s) if policy.cache.enabled else None

@@ -12,13 +12,14 @@ import yaml
 from tierlm.config import load_policy
 from tierlm.router.learn.records import AnswerRecord
 from tierlm.router.learn.scorer import Scorer, train
+from tierlm.router.prompting import PromptBuilder
 from tierlm.router.serve.cascade import CascadeRunner, plan
 from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.breaker import CircuitBreaker
 from tierlm.router.serve.prompts import TierPrompts
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.scoring import LearnedScorer, load_scorer
-from tierlm.router.workload import write_workload
+from tierlm.router.workload import load_workload, write_workload
 from tierlm.v1 import generator_pb2, router_pb2
 
 from tests.support.workloads import LABELS, headlines
@@ -110,7 +111,8 @@ def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm)
     edge, cloud = Echo(), Echo()
     runner = CascadeRunner(
         {"edge": edge, "cloud": cloud}, {"edge": CircuitBreaker(5, 1.0), "cloud": CircuitBreaker(5, 1.0)}, scorer,
-        rewrite=prompts.rewrite, query_of=lambda request: RequestQuery(prompts.query_text(request), batcher.embed),
+        rewrite=prompts.rewrite,
+        query_of=lambda request: RequestQuery(prompts.query_text(request), compare=batcher.embed_compared, pools=prompts.pools),
     )
     request = generator_pb2.GenerateRequest(prompt="Q: gold climbs on a weaker dollar\nA:", max_tokens=1)
     cascade_plan = plan(policy, router_pb2.RoutingOptions(), None)
@@ -128,6 +130,9 @@ def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm)
     assert edge.prompts[0].startswith("Direction?\n\nQ: ") and edge.prompts[0].endswith("Q: gold climbs on a weaker dollar\nA:")
     assert edge.prompts[0].count("\nA: ") == 3  # three retrieved demonstrations
     assert cloud.prompts == edge.prompts  # one strategy, one retrieval for both tiers
+    # The similarities that came with the batch retrieve what the builder retrieves by itself.
+    builder = PromptBuilder(policy.tier("edge").prompt, list(load_workload(policy.pool)), encoder=minilm)
+    assert edge.prompts[0] == builder.build_prompt("gold climbs on a weaker dollar")
 
 
 def test_a_router_builds_one_encoder_for_retrieval_and_scoring(setup, monkeypatch, tmp_path) -> None:
@@ -154,7 +159,6 @@ def test_a_static_policy_serves_with_its_own_table_and_no_minilm(setup, monkeypa
     from tierlm.router.serve import server
     from tierlm.router.static_encoder import StaticEncoder
     from tierlm.router.store.sqlite import SqliteStore
-    from tierlm.router.workload import load_workload
 
     rows = list(headlines("train"))
     static = StaticEncoder.for_pool([row.query for row in load_workload(setup / "pool.jsonl")])  # built once, cached
