@@ -35,7 +35,9 @@ ABOUT = {
     "drift-headlines-snips": "Drift the other way (bench/drift.py --before headlines --after snips): HEADLINES traffic shifts to SNIPS.",
     "soak": "Soak (bench/soak.py): a long run of requests through the stack with tiers killed on the way; nothing may be lost.",
     "store": "The router's store (bench/store.py): ledger and budget operations on SQLite and PostgreSQL.",
-    "router": "Router overhead (bench/router.py): what routing adds on top of the tiers' own latency.",
+    "router": "Router overhead (bench/router.py): what routing adds on top of the tiers' own latency, for a pass-through "
+              "proxy (the floor) and the learned path of the demo's policy with instant scripted tiers; `encoder` says which "
+              "sentence encoder embeds every query (minilm: examples/demo/policy.yaml; static: examples/demo-static/policy.yaml).",
     "encoders": "The router's sentence encoders (bench/encoders.py): CPU per query against what each keeps of MiniLM on "
                 "HEADLINES dev (cosine, the demonstrations it retrieves, the knn vote, a linear probe). `static-fitted` is "
                 "the policy setting `encoder: static`; everything fitted saw train only.",
