@@ -1,15 +1,15 @@
-"""A static sentence encoder distilled from all-MiniLM-L6-v2 and fitted to a pool: 0.16 ms a query.
+"""A static sentence encoder distilled from all-MiniLM-L6-v2 and fitted to a pool: 0.08 ms a query.
 
-MiniLM costs 5-7 ms of CPU per query on the router's 2-core machine (bench/results/router.json),
-more than the whole overhead budget of a router hop. A static encoder looks each word piece up in
+MiniLM costs 4.9 ms of CPU per query in int8 on the router's 2-core machine
+(bench/results/router.json), more than the whole overhead budget of a router hop. A static encoder looks each word piece up in
 a table and averages: no attention, so order and context are lost, but no matmul either.
 
 **Distillation** (Model2Vec's recipe, https://github.com/MinishLab/model2vec): every word piece of
 MiniLM's vocabulary goes through MiniLM's float32 graph alone (``[CLS] piece [SEP]``) and its
 pooled embedding becomes the piece's row. Rows are centred and weighted by SIF, with frequencies
 estimated by Zipf's law from the piece's id, as Model2Vec does. A text's embedding is the mean of
-its pieces' rows, L2-normalised. Model2Vec's own ``distill`` needs transformers < 5.4 (this
-project pins 5.x later) and torch; the graph of :mod:`tierlm.router.onnx_encoder` needs neither.
+its pieces' rows, L2-normalised. Model2Vec's own ``distill`` needs torch and transformers < 5.4
+(this project runs 5.24); the graph of :mod:`tierlm.router.onnx_encoder` needs neither.
 
 **Fitting to a pool** (Tokenlearn's idea, regression onto the teacher's embeddings, solved in
 closed form): the texts a policy retrieves from are embedded by MiniLM once, and the table moves
@@ -25,7 +25,7 @@ The fitted table is not MiniLM: scorers trained with MiniLM do not load with it 
 ``approximates``). bench/results/encoders.json measures what it keeps on HEADLINES dev with the
 5,000-row train pool: cosine 0.94 to MiniLM, 58% of MiniLM's 8 retrieved demonstrations, knn
 vote 0.752 (MiniLM 0.770), a linear probe as good as on MiniLM's embedding (0.842 and 0.843), at
-0.16 ms of CPU per query against int8 MiniLM's 5.2.
+0.08 ms of CPU per query against int8 MiniLM's 5.1.
 """
 
 from __future__ import annotations

@@ -298,8 +298,8 @@ class Policy(_Strict):
     # prompts draw demonstrations from and that no-LLM tiers learn from.
     pool: Path | None = None
     # The sentence encoder of retrieval, no-LLM tiers and the scorer (router/encoder_choice.py):
-    # `minilm` (all-MiniLM-L6-v2), or `static` (distilled from it and fitted to `pool`: 0.16 ms of
-    # CPU per query against int8 MiniLM's 5.2 ms, keeping less of it; bench/results/encoders.json).
+    # `minilm` (all-MiniLM-L6-v2), or `static` (distilled from it and fitted to `pool`: 0.08 ms of
+    # CPU per query against int8 MiniLM's 5.1 ms, keeping less of it; bench/results/encoders.json).
     encoder: Literal["minilm", "static"] = "minilm"
     tenants: dict[str, TenantConfig] = {}
     limits: LimitsConfig = LimitsConfig()
