@@ -6,9 +6,8 @@ train, fit, eval) run it in torch with the on-disk embedding cache. Its scorers 
 
 ``static``: the table distilled from MiniLM and fitted to the policy's ``pool``
 (:mod:`tierlm.router.static_encoder`), 0.08 ms of CPU per query against int8 MiniLM's 5.1 ms
-(bench/results/encoders.json). The
-same table serves and trains, so there is nothing to rescore; scorers trained with it record its
-id (which names the pool) and load with nothing else.
+(bench/results/encoders.json). The same table serves and trains, so there is nothing to
+rescore; scorers trained with it record its id (which names the pool) and load with nothing else.
 """
 
 from __future__ import annotations
