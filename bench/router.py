@@ -201,20 +201,13 @@ def spawn(args: list[str]) -> tuple[subprocess.Popen, dict[str, int]]:
 
 def encoder_cpu_ms(queries: list[str]) -> dict[str, float]:
     """CPU ms per query embedded alone (one thread), for each encoder the router uses."""
+    from bench.encoders import cpu_ms_per_query
     from tierlm.router.encoder_choice import static_for
     from tierlm.router.onnx_encoder import PRECISIONS, OnnxEncoder
 
     encoders = {precision: OnnxEncoder(precision=precision, threads=1) for precision in PRECISIONS}
     encoders["static"] = static_for(REPO / "data" / "workloads" / "headlines" / "train.jsonl")
-    out = {}
-    for name, encoder in encoders.items():
-        for text in queries[:20]:
-            encoder.encode([text])
-        started = time.process_time()
-        for text in queries[:200]:
-            encoder.encode([text])
-        out[name] = round((time.process_time() - started) / 200 * 1e3, 3)
-    return out
+    return {name: cpu_ms_per_query(encoder, queries, timed=200, warmup=20) for name, encoder in encoders.items()}
 
 
 def counter(metrics_ports: list[int], name: str) -> float:

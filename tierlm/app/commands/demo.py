@@ -38,7 +38,7 @@ def demo(
     fit_rows: int = typer.Option(300, "--fit-rows", min=10, help="Train rows for --refit."),
     budget_share: float = typer.Option(0.25, "--budget-share", min=0.0, help="--refit: mean-cost budget as a share of the dearest tier's."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Logs and ledger of the stack (default: a new folder in the cache)."),
-    name: str = typer.Option("demo", "--name", help="Stem of the result file and plot: <out>/<name>.json, <name>_cost_accuracy.png."),
+    result_name: str = typer.Option("demo", "--name", help="Stem of the result file and plot: <out>/<name>.json, <name>_cost_accuracy.png."),
 ) -> None:
     """Prepare models, start knn + edge + cloud (Ray Serve) + router on 127.0.0.1, route dev
     queries as edge only and cloud only (side by side), then the fitted cascade; print the
@@ -60,8 +60,8 @@ def demo(
     # The narrator reports each service as it comes up; the stack's own log lines would repeat it.
     logging.getLogger("tierlm.app.stack").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)
-    if not name or Path(name).name != name:
-        raise typer.BadParameter(f"{name!r} is not a file name stem", param_hint="--name")
+    if not result_name or Path(result_name).name != result_name:
+        raise typer.BadParameter(f"{result_name!r} is not a file name stem", param_hint="--name")
     parsed = load_policy(policy)
     unknown = [name for name in single if name not in {t.name for t in parsed.tiers}]
     if unknown:
@@ -119,10 +119,10 @@ def demo(
 
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_cost_accuracy(
-        out / f"{name}_cost_accuracy.png", frontier=[(cascade["cost_per_query"], cascade["accuracy"])],
+        out / f"{result_name}_cost_accuracy.png", frontier=[(cascade["cost_per_query"], cascade["accuracy"])],
         frontier_label="cascade (live)", single_tiers={r["name"]: (r["cost_per_query"], r["accuracy"]) for r in report[:-1]},
         log_x=True, title=f"tierlm demo: HEADLINES dev, {len(rows)} queries",
     )
-    path = write_results(name, report, folder=out, queries=len(rows), concurrency=concurrency,
+    path = write_results(result_name, report, folder=out, queries=len(rows), concurrency=concurrency,
                          policy=str(policy), stack_ready_s=round(ready_s, 1))
     say(f"wrote {path} and {plot}")
