@@ -37,7 +37,9 @@ ABOUT = {
     "store": "The router's store (bench/store.py): ledger and budget operations on SQLite and PostgreSQL.",
     "router": "Router overhead (bench/router.py): what routing adds on top of the tiers' own latency, for a pass-through "
               "proxy (the floor) and the learned path of the demo's policy with instant scripted tiers; `encoder` says which "
-              "sentence encoder embeds every query (minilm: examples/demo/policy.yaml; static: examples/demo-static/policy.yaml).",
+              "sentence encoder embeds every query (minilm: examples/demo/policy.yaml; static: examples/demo-static/policy.yaml, "
+              "whose knn tier votes inside the router, `in_router`). Open-loop rows run at fractions of each path's own "
+              "saturation (`fraction`) and at 400 requests/s, 80% of the 500/s target.",
     "encoders": "The router's sentence encoders (bench/encoders.py): CPU per query against what each keeps of MiniLM on "
                 "HEADLINES dev (cosine, the demonstrations it retrieves, the knn vote, a linear probe). `static-fitted` is "
                 "the policy setting `encoder: static`; everything fitted saw train only.",

@@ -119,6 +119,8 @@ class PromptBuilder:
         encoder: the sentence encoder; needed by ``retrieved`` only.
         pool_embeddings: the pool's embeddings if already computed (row ``i`` for ``pool[i]``);
             otherwise ``retrieved`` encodes the pool once here.
+        pool_index: instead of ``pool_embeddings``: the pool's similarity index, shared with
+            other users of the same pool (one product per query for all of them).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class PromptBuilder:
         *,
         encoder: TextEncoder | None = None,
         pool_embeddings: np.ndarray | None = None,
+        pool_index: Similarities | None = None,
     ) -> None:
         self.strategy = strategy
         self.pool = list(pool)
@@ -140,7 +143,7 @@ class PromptBuilder:
         elif strategy.selection == "balanced":
             self._prepare_balanced()
         else:
-            self._prepare_retrieval(pool_embeddings)
+            self._prepare_retrieval(pool_embeddings, pool_index)
 
     def _fixed_demonstrations(self, path: Path | None) -> list[Labelled]:
         k = self.strategy.k
@@ -176,9 +179,14 @@ class PromptBuilder:
         base, extra = divmod(self.strategy.k, n)
         return [base + (1 if i < extra else 0) for i in range(n)]
 
-    def _prepare_retrieval(self, pool_embeddings: np.ndarray | None) -> None:
+    def _prepare_retrieval(self, pool_embeddings: np.ndarray | None, pool_index: Similarities | None) -> None:
         if self.strategy.k > len(self.pool) - 1:
             raise ValueError(f"retrieved k={self.strategy.k} needs a pool of at least {self.strategy.k + 1} rows")
+        if pool_index is not None:
+            if len(pool_index.rows) != len(self.pool):
+                raise ValueError(f"an index of {len(pool_index.rows)} rows for {len(self.pool)} pool rows")
+            self._pool_similarity = pool_index
+            return
         if pool_embeddings is None:
             if self._encoder is None:
                 raise ValueError("retrieved selection needs an encoder or the pool's embeddings")

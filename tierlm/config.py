@@ -125,9 +125,17 @@ class LaunchConfig(_Strict):
     num_cpus: Annotated[int, Field(ge=1)] | None = None
 
 
+# The no-LLM models (router/nollm): the ones a tier may run inside the router (`in_router`).
+IN_ROUTER_MODELS = ("knn-vote", "minilm-probe")
+
+
 class TierConfig(_Strict):
     name: TierName
-    address: str
+    # Where the tier serves the Generator contract; none for an `in_router` tier.
+    address: str | None = None
+    # A no-LLM model (`model` in IN_ROUTER_MODELS) that the router answers itself, from the query
+    # embedding and pool similarities it computes for every request anyway: no call, no process.
+    in_router: bool = False
     cost: CostModel = CostModel()
     timeout_s: Annotated[float, Field(gt=0.0)] = 10.0
     tls: TLSClientConfig | None = None
@@ -148,7 +156,9 @@ class TierConfig(_Strict):
 
     @field_validator("address")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         match = _ADDRESS.match(value) or _ADDRESS_LIST.match(value)
         ports = [int(p) for p in re.findall(r":(\d{1,5})(?:,|$)", value)] if match else []
         if not ports or not all(0 < p < 65536 for p in ports):
@@ -451,6 +461,22 @@ def validate_document(document: YamlDocument, model: type[_Model], expected: str
         raise PolicyError(document.source, problems) from None
 
 
+def _placement_problems(tier: TierConfig, pool: Path | None) -> list[tuple[tuple[str, ...], str]]:
+    """Where the tier runs: at an address, or (a no-LLM model over the pool) inside the router."""
+    if not tier.in_router:
+        return [] if tier.address is not None else [
+            (("address",), f"set the tier's address (host:port), or in_router: true for a no-LLM model {list(IN_ROUTER_MODELS)}")]
+    problems: list[tuple[tuple[str, ...], str]] = []
+    if tier.model not in IN_ROUTER_MODELS:
+        problems.append((("model",), f"only a no-LLM model {list(IN_ROUTER_MODELS)} runs in the router, not {tier.model!r}"))
+    for field in ("address", "launch", "tls", "api_key_env"):
+        if getattr(tier, field) is not None:
+            problems.append(((field,), f"an in_router tier is not called over the network: remove {field}"))
+    if pool is None:
+        problems.append((("in_router",), "an in_router tier learns from the policy's `pool`; set one"))
+    return problems
+
+
 def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
     """Rules that span fields, which pydantic's per-field validation cannot see."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -464,6 +490,7 @@ def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append((("tiers", index, "prompt"), f"{prompt.selection!r} selection with k={prompt.k} draws from the policy's `pool`; set one"))
         if tier.launch is not None and tier.launch.runtime != "knn" and tier.model is None:
             problems.append((("tiers", index, "launch", "runtime"), f"runtime {tier.launch.runtime!r} serves the tier's `model`; set one"))
+        problems += [(("tiers", index, *path), message) for path, message in _placement_problems(tier, policy.pool)]
     if policy.encoder == "static" and policy.pool is None:
         problems.append((("encoder",), "the static encoder is fitted to the policy's `pool`; set one"))
     order = policy.cascade.order

@@ -46,25 +46,40 @@ class EmbeddingTier(generator_pb2_grpc.GeneratorServicer):
         encoder: the sentence encoder (queries and pool rows).
         pool: the labelled rows the classifier learns from.
         tier_name: reported in every reply.
+        pool_embeddings: the pool's embeddings by ``encoder`` if already computed (row ``i``
+            for ``pool[i]``); otherwise the pool is encoded here.
     """
 
     model_name = ""
     """The ``model`` a reply reports and a policy tier names to get this tier."""
 
-    def __init__(self, encoder: TextEncoder, pool: Sequence[Labelled], tier_name: str):
+    def __init__(self, encoder: TextEncoder, pool: Sequence[Labelled], tier_name: str,
+                 pool_embeddings: np.ndarray | None = None):
         self.encoder = encoder
         self.tier_name = tier_name
         self.labels = pool_labels(pool)
         self._pool_index = {_normalized(row.query): i for i, row in enumerate(pool)}
-        self.pool_embeddings = encoder.encode([row.query for row in pool])
+        if pool_embeddings is None:
+            pool_embeddings = encoder.encode([row.query for row in pool])
+        elif len(pool_embeddings) != len(pool):
+            raise ValueError(f"{len(pool_embeddings)} pool embeddings for {len(pool)} pool rows")
+        self.pool_embeddings = pool_embeddings
 
-    def predict(self, query_embedding: np.ndarray, own_row: int | None) -> tuple[str, Mapping[str, float]]:
+    def predict(
+        self, query_embedding: np.ndarray, own_row: int | None, similarity: np.ndarray | None = None
+    ) -> tuple[str, Mapping[str, float]]:
         """The answer label and the log-probability (or a smoothed stand-in) of every label;
-        ``own_row`` is the pool row equal to the query, which must not take part, or None."""
+        ``own_row`` is the pool row equal to the query, which must not take part, or None;
+        ``similarity`` the query's similarity to every pool row, if the caller has it."""
         raise NotImplementedError
 
-    def answer(self, request: generator_pb2.GenerateRequest) -> generator_pb2.GenerateResponse:
-        """Answer one label-choice request synchronously."""
+    def answer(
+        self, request: generator_pb2.GenerateRequest, embedding: np.ndarray | None = None,
+        similarity: np.ndarray | None = None,
+    ) -> generator_pb2.GenerateResponse:
+        """Answer one label-choice request synchronously; ``embedding`` (and ``similarity``, as
+        in :meth:`predict`) of the request's query if the caller computed them already (the
+        router, for a tier it runs itself), else the query is encoded here."""
         started = time.perf_counter()
         choices = list(request.choices) or list(self.labels)
         if set(c.strip() for c in choices) - set(self.labels):
@@ -73,7 +88,9 @@ class EmbeddingTier(generator_pb2_grpc.GeneratorServicer):
             )
         query = request_query(request)
         own_row = self._pool_index.get(_normalized(query))
-        winner, logprobs = self.predict(self.encoder.encode([query])[0], own_row)
+        if embedding is None:
+            embedding, similarity = self.encoder.encode([query])[0], None
+        winner, logprobs = self.predict(embedding, own_row, similarity)
         scores = {c: float(logprobs[c.strip()]) for c in choices}
         # The classifier's own winner when it is among the choices (its tie-breaks included),
         # else the likeliest choice.

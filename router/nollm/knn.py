@@ -85,16 +85,18 @@ class KnnVote:
         if exclude is not None and len(exclude) != len(queries):
             raise ValueError(f"{len(exclude)} exclusions for {len(queries)} queries")
         out: list[KnnPrediction] = []
+        skips = list(exclude) if exclude is not None else [None] * len(queries)
         for start in range(0, len(queries), chunk):
             similarity = queries[start : start + chunk] @ self._pool.T
-            if exclude is not None:
-                for row, skip in enumerate(exclude[start : start + chunk]):
-                    if skip is not None:
-                        similarity[row, skip] = -np.inf
-            out += [self._vote(row) for row in similarity]
+            out += [self.vote(row, skip) for row, skip in zip(similarity, skips[start : start + chunk])]
         return out
 
-    def _vote(self, similarity: np.ndarray) -> KnnPrediction:
+    def vote(self, similarity: np.ndarray, exclude: int | None = None) -> KnnPrediction:
+        """The vote of one query whose similarity to every pool row is ``similarity`` (computed
+        elsewhere, e.g. batched with other work); ``exclude`` as in :meth:`predict`."""
+        if exclude is not None:
+            similarity = similarity.copy()
+            similarity[exclude] = -np.inf
         k = self.k
         top = np.argpartition(-similarity, k - 1)[:k]
         top = top[np.lexsort((top, -similarity[top]))]  # nearest first; index breaks exact ties

@@ -19,12 +19,18 @@ class KnnGenerator(EmbeddingTier):
 
     model_name = "knn-vote"
 
-    def __init__(self, encoder: TextEncoder, pool: Sequence[Labelled], k: int = 8, tier_name: str = "knn"):
-        super().__init__(encoder, pool, tier_name)
+    def __init__(self, encoder: TextEncoder, pool: Sequence[Labelled], k: int = 8, tier_name: str = "knn",
+                 pool_embeddings: np.ndarray | None = None):
+        super().__init__(encoder, pool, tier_name, pool_embeddings)
         self.knn = KnnVote(self.pool_embeddings, [row.label for row in pool], k=k, labels=self.labels)
 
-    def predict(self, query_embedding: np.ndarray, own_row: int | None) -> tuple[str, Mapping[str, float]]:
-        (vote,) = self.knn.predict(query_embedding[None, :], exclude=[own_row])
+    def predict(
+        self, query_embedding: np.ndarray, own_row: int | None, similarity: np.ndarray | None = None
+    ) -> tuple[str, Mapping[str, float]]:
+        if similarity is None:
+            (vote,) = self.knn.predict(query_embedding[None, :], exclude=[own_row])
+        else:
+            vote = self.knn.vote(similarity, exclude=own_row)
         # Smoothed vote shares as the answer's "log-probabilities", so confidence signals exist.
         total = self.knn.k + 0.5 * len(self.labels)
         return vote.label, {label: math.log((vote.votes.get(label, 0) + 0.5) / total) for label in self.labels}

@@ -19,12 +19,15 @@ class ProbeGenerator(EmbeddingTier):
     model_name = "minilm-probe"
 
     def __init__(
-        self, encoder: TextEncoder, pool: Sequence[Labelled], tier_name: str = "probe", c: float = DEFAULT_C, folds: int = 5
+        self, encoder: TextEncoder, pool: Sequence[Labelled], tier_name: str = "probe", c: float = DEFAULT_C, folds: int = 5,
+        pool_embeddings: np.ndarray | None = None,
     ):
-        super().__init__(encoder, pool, tier_name)
+        super().__init__(encoder, pool, tier_name, pool_embeddings)
         self.probe = LinearProbe(self.pool_embeddings, [row.label for row in pool], labels=self.labels, c=c, folds=folds)
 
-    def predict(self, query_embedding: np.ndarray, own_row: int | None) -> tuple[str, Mapping[str, float]]:
+    def predict(
+        self, query_embedding: np.ndarray, own_row: int | None, similarity: np.ndarray | None = None
+    ) -> tuple[str, Mapping[str, float]]:
         (probs,) = self.probe.probabilities(query_embedding[None, :], exclude=[own_row])
         # Floored so a label the probe all but rules out still has a finite log-probability.
         logprobs = dict(zip(self.labels, np.log(np.maximum(probs, 1e-12)).tolist()))

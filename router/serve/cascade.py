@@ -29,7 +29,7 @@ from tierlm.router.decision import accepts
 from tierlm.router.learn.traffic import SeenAnswer
 from tierlm.router.prompting import request_query
 from tierlm.router.serve.breaker import BreakerState, CircuitBreaker
-from tierlm.router.serve.query import RequestQuery
+from tierlm.router.serve.query import RequestQuery, current_query
 from tierlm.router.serve.scoring import AnswerScorer
 from tierlm.router.serve.speculative import SpeculativePair, failure_stats
 from tierlm.router.serve.tiers import Tier, TierFailure
@@ -225,6 +225,7 @@ class CascadeRunner:
         the scorer alike."""
         routed = RoutedRequest(request, self._query_of(request), {})
         await routed.query.embedded()
+        current_query.set(routed.query)  # for the tiers the router answers itself (the request's task and its children)
         for tier in plan_.tiers:
             tier_request = self.request_for(routed, tier.name)
             routed.stage_costs[tier.name] = worst_case_cost(tier, tier_request)

@@ -9,20 +9,40 @@ query embedding (:class:`~tierlm.router.serve.query.RequestQuery`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 
 from tierlm.config import Policy, PromptStrategy
 from tierlm.router.embeddings import CachingEncoder, Similarities
-from tierlm.router.prompting import PromptBuilder, query_pattern, request_query
+from tierlm.router.prompting import Labelled, PromptBuilder, query_pattern, request_query
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.workload import load_workload
 from tierlm.v1 import generator_pb2
 
 
 def needs_encoder(policy: Policy) -> bool:
-    """Whether serving the policy embeds queries (a learned scorer or a retrieved prompt)."""
-    return policy.scorer is not None or any(t.prompt and t.prompt.selection == "retrieved" for t in policy.tiers)
+    """Whether serving the policy embeds queries (a learned scorer, a retrieved prompt, or a tier
+    the router answers from the embedding)."""
+    return policy.scorer is not None or _compares_with_pool(policy)
+
+
+def _compares_with_pool(policy: Policy) -> bool:
+    return any((t.prompt and t.prompt.selection == "retrieved") or t.in_router for t in policy.tiers)
+
+
+def policy_pool(policy: Policy) -> list[Labelled]:
+    """The policy's labelled pool rows (none without a pool)."""
+    return list(load_workload(policy.pool)) if policy.pool is not None else []
+
+
+def pool_index(policy: Policy, pool: Sequence[Labelled], encoder: CachingEncoder | None) -> Similarities | None:
+    """One similarity index over the pool's embeddings for everything that compares a query
+    with the pool (retrieval of every strategy, in-router tiers), or None if nothing does.
+    The embeddings come from the disk cache after the first start (a 5,000-row pool takes
+    seconds to embed); queries never touch it."""
+    if encoder is None or not _compares_with_pool(policy):
+        return None
+    with encoder.caching():
+        return Similarities(encoder.encode([row.query for row in pool]))
 
 
 class TierPrompts:
@@ -33,26 +53,17 @@ class TierPrompts:
         self._wrappers = list(dict.fromkeys(query_pattern(b.strategy.template) for b in self._builders.values()))
 
     @classmethod
-    def from_policy(cls, policy: Policy, encoder: CachingEncoder | None) -> TierPrompts:
-        """One builder per distinct strategy: tiers that share one (the demo's edge and cloud)
-        share its demonstrations, retrieved once per request."""
+    def from_policy(cls, policy: Policy, pool: Sequence[Labelled], index: Similarities | None) -> TierPrompts:
+        """One builder per distinct strategy over ``pool`` (retrieving through ``index``, see
+        :func:`pool_index`): tiers that share one (the demo's edge and cloud) share its
+        demonstrations, retrieved once per request."""
         strategies = {t.name: t.prompt for t in policy.tiers if t.prompt is not None}
-        pool = list(load_workload(policy.pool)) if policy.pool is not None else []
         distinct: list[tuple[PromptStrategy, PromptBuilder]] = []
-        # The pool's embeddings come from the disk cache after the first start (a 5,000-row
-        # pool takes seconds to embed); queries never touch it.
-        with encoder.caching() if encoder is not None else nullcontext():
-            for strategy in strategies.values():
-                if not any(strategy == known for known, _ in distinct):
-                    distinct.append((strategy, PromptBuilder(strategy, pool, encoder=encoder)))
+        for strategy in strategies.values():
+            if not any(strategy == known for known, _ in distinct):
+                retrieves = strategy.selection == "retrieved"
+                distinct.append((strategy, PromptBuilder(strategy, pool, pool_index=index if retrieves else None)))
         return cls({name: next(b for known, b in distinct if known == strategy) for name, strategy in strategies.items()})
-
-    @property
-    def pools(self) -> tuple[Similarities, ...]:
-        """The retrieval pools of the tiers' strategies, each once: a request's query is compared
-        with them when it is embedded (RequestQuery's ``compare``)."""
-        indexes = (builder.pool_index for builder in self._builders.values())
-        return tuple({id(index): index for index in indexes if index is not None}.values())
 
     def query_text(self, request: generator_pb2.GenerateRequest) -> str:
         """The query a strategy wraps: the prompt without a strategy's query block around it, or

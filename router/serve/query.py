@@ -13,6 +13,7 @@ batch also gives the query's similarities to the retrieval pools' rows
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -81,3 +82,9 @@ class RequestQuery:
         if (self._embed is not None or self._compare is not None) and self._embedding is None:
             raise RuntimeError("the query's embedding is read before it was awaited (RequestQuery.embedded)")
         return self._embedding
+
+
+current_query: ContextVar[RequestQuery | None] = ContextVar("tierlm_current_query", default=None)
+"""The query of the request being routed (set by the cascade once it is embedded), like
+``current_tenant``: tiers the router answers itself read its embedding and similarities here
+instead of computing them again."""

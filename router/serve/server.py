@@ -37,7 +37,8 @@ from tierlm.router.encoder_choice import encoder_key, exact_encoder, rescores, s
 from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.cascade import CascadeError, CascadePlan, CascadeRunner, plan
 from tierlm.router.serve.learning import TrafficLearning
-from tierlm.router.serve.prompts import TierPrompts, needs_encoder
+from tierlm.router.serve.in_router import InRouterTier, in_router_tiers
+from tierlm.router.serve.prompts import TierPrompts, needs_encoder, policy_pool, pool_index
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.response_cache import ResponseCache, cache_key
 from tierlm.router.serve.scoring import AnswerScorer, load_scorer
@@ -96,7 +97,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self.store = store
         # Off only when the operator said so (`--no-auth`); no tenants then means no caller.
         self.auth = auth
-        self._clients: dict[str, TierClient] = {}
+        self._clients: dict[str, TierClient | InRouterTier] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         # Work that outlives a request's handler: bookings of requests that ended without an
         # answer, explorations; stopping the router waits for them (drain_background).
@@ -143,15 +144,24 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 self._exact = EncodeBatcher(exact_encoder())
             exact = self._exact
         scorer = load_scorer(policy, batcher, exact)
-        prompts = TierPrompts.from_policy(policy, batcher.encoder if batcher else None)
-        # Retrieval's similarities come with the query's embedding: one product per pool per batch.
+        pool = policy_pool(policy)
+        index = pool_index(policy, pool, batcher.encoder if batcher else None)
+        prompts = TierPrompts.from_policy(policy, pool, index)
+        in_router = in_router_tiers(policy, pool, index, batcher)
+        # Retrieval's and in-router tiers' similarities come with the query's embedding: one
+        # product for the whole batch.
         compare, exact_embed = (batcher.embed_compared if batcher else None), (exact.embed if exact else None)
-        pools = prompts.pools
+        pools = (index,) if index is not None else ()
         check_tokenizers(policy)
         retired = []
         for tier in policy.tiers:
             client = self._clients.get(tier.name)
-            if client is None or client.config != tier:
+            if tier.in_router:
+                # Rebuilt on every reload: it holds the pool and encoder of this generation.
+                if client is not None:
+                    retired.append(client)
+                self._clients[tier.name] = in_router[tier.name]
+            elif client is None or client.config != tier:
                 if client is not None:
                     retired.append(client)
                 self._clients[tier.name] = TierClient(tier)

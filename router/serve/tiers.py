@@ -70,6 +70,8 @@ class TierClient:
     router's event loop."""
 
     def __init__(self, config: TierConfig):
+        if config.address is None:
+            raise ValueError(f"tier {config.name!r} has no address to call (an in_router tier runs in the router)")
         self.config = config
         if config.tls is None:
             self._channel = grpc.aio.insecure_channel(config.address, CHANNEL_OPTIONS)

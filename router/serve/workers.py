@@ -46,14 +46,14 @@ def prepare_shared(policy_path: Path) -> None:
     and the retrieval pool's embeddings (both cached on disk)."""
     from tierlm.router.encoder_choice import rescores, serving_encoder
     from tierlm.router.onnx_encoder import prepare_encoder
-    from tierlm.router.serve.prompts import TierPrompts, needs_encoder
+    from tierlm.router.serve.prompts import needs_encoder, policy_pool, pool_index
 
     policy = load_policy(policy_path)
     if not needs_encoder(policy):
         return
     if rescores(policy):
         prepare_encoder(precision="float32")
-    TierPrompts.from_policy(policy, serving_encoder(policy))
+    pool_index(policy, policy_pool(policy), serving_encoder(policy))
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

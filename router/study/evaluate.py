@@ -25,7 +25,7 @@ from tierlm.router.nollm.probe import LinearProbe
 from tierlm.router.study.cascade_report import frontier_on, policy_row, routing_rows
 from tierlm.router.study.collect import AnswerStore
 from tierlm.router.study.frontier_plot import plot_cost_accuracy
-from tierlm.router.study.tier_setup import NO_LLM_MODELS
+from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.router.workload import Workload, WorkloadRow
 
 

@@ -10,15 +10,11 @@ from tierlm.edge import catalog
 from tierlm.errors import MissingResource
 from tierlm.router.embeddings import TextEncoder
 from tierlm.router.nollm.base import EmbeddingTier
-from tierlm.router.nollm.knn_tier import KnnGenerator
-from tierlm.router.nollm.probe_tier import ProbeGenerator
+from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.router.prompting import Labelled, PromptBuilder
 
 #: A tier without a prompt strategy is sent each row's query as it is.
 VERBATIM = PromptStrategy(k=0, template="{query}")
-
-#: Policy `model` names that run a no-LLM tier in-process, and the class that runs each.
-NO_LLM_MODELS: dict[str, type[EmbeddingTier]] = {cls.model_name: cls for cls in (KnnGenerator, ProbeGenerator)}
 
 
 def prompt_builder(tier: TierConfig, pool: Sequence[Labelled], encoder: TextEncoder | None) -> PromptBuilder:

@@ -82,6 +82,13 @@ def test_policy_passes_router_fields_through_unchanged(chart):
     assert tier["timeout_s"] == 1.5
 
 
+def test_an_in_router_tier_gets_no_address(chart):
+    knn = {"name": "knn", "in_router": True, "model": "knn-vote", "cost": {"per_call": 1.0e-8}, "timeout_s": 5.0}
+    values = {"router": {"policy": {"tiers": [knn], "pool": "/data/pool.jsonl", "cascade": {"order": ["knn"]}}}}
+    (tier,) = policy_of(chart, chart.render(values))["tiers"]
+    assert tier == knn
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

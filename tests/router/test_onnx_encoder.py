@@ -21,7 +21,7 @@ from tierlm.router.onnx_encoder import OnnxEncoder, build_graph, encoder_path, p
 from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.breaker import CircuitBreaker
 from tierlm.router.serve.cascade import CascadeRunner, plan
-from tierlm.router.serve.prompts import TierPrompts
+from tierlm.router.serve.prompts import TierPrompts, policy_pool, pool_index
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.scoring import load_scorer
 from tierlm.router.workload import load_workload
@@ -119,7 +119,8 @@ def demo_decisions(encoder, queries: list[str], knn: InProcess, exact=None) -> t
     thresholds): per query the tiers called, their scores and the accepted tier; the prompts the
     edge tier was sent; how many scores were recomputed exactly."""
     policy = load_policy(DEMO_POLICY)
-    prompts = TierPrompts.from_policy(policy, encoder)
+    pool = policy_pool(policy)
+    prompts = TierPrompts.from_policy(policy, pool, pool_index(policy, pool, encoder))
     edge, cloud = ScriptedLabels("edge"), ScriptedLabels("cloud")
 
     async def route_all() -> list[tuple]:

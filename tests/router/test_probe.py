@@ -11,7 +11,8 @@ import pytest
 from tierlm.errors import GenerationError
 from tierlm.router.nollm.probe import LinearProbe
 from tierlm.router.nollm.probe_tier import ProbeGenerator
-from tierlm.router.study.tier_setup import NO_LLM_MODELS
+from tierlm.config import IN_ROUTER_MODELS
+from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.v1 import generator_pb2
 
 from tests.support.workloads import row
@@ -70,4 +71,5 @@ def test_the_tier_answers_label_choices_with_log_probabilities(hashing_encoder) 
 
 
 def test_policies_name_both_no_llm_tiers() -> None:
-    assert set(NO_LLM_MODELS) == {"knn-vote", "minilm-probe"}
+    # The policy schema (below the router) lists the same names for `in_router` tiers.
+    assert set(NO_LLM_MODELS) == {"knn-vote", "minilm-probe"} == set(IN_ROUTER_MODELS)

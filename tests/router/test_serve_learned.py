@@ -16,7 +16,7 @@ from tierlm.router.prompting import PromptBuilder
 from tierlm.router.serve.cascade import CascadeRunner, plan
 from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.breaker import CircuitBreaker
-from tierlm.router.serve.prompts import TierPrompts
+from tierlm.router.serve.prompts import TierPrompts, policy_pool, pool_index
 from tierlm.router.serve.query import RequestQuery
 from tierlm.router.serve.scoring import LearnedScorer, load_scorer
 from tierlm.router.workload import load_workload, write_workload
@@ -93,7 +93,9 @@ def test_the_learned_scorer_scores_like_the_trained_model(setup, minilm) -> None
 def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm) -> None:
     policy = load_policy(setup / "policy.yaml")
     encoder = Counting(minilm)
-    prompts = TierPrompts.from_policy(policy, encoder)
+    pool = policy_pool(policy)
+    index = pool_index(policy, pool, encoder)
+    prompts = TierPrompts.from_policy(policy, pool, index)
     batcher = EncodeBatcher(encoder)
     scorer = load_scorer(policy, batcher)
     pool_texts = len(encoder.texts)
@@ -112,7 +114,7 @@ def test_retrieval_and_the_scorer_share_one_embedding_per_request(setup, minilm)
     runner = CascadeRunner(
         {"edge": edge, "cloud": cloud}, {"edge": CircuitBreaker(5, 1.0), "cloud": CircuitBreaker(5, 1.0)}, scorer,
         rewrite=prompts.rewrite,
-        query_of=lambda request: RequestQuery(prompts.query_text(request), compare=batcher.embed_compared, pools=prompts.pools),
+        query_of=lambda request: RequestQuery(prompts.query_text(request), compare=batcher.embed_compared, pools=(index,)),
     )
     request = generator_pb2.GenerateRequest(prompt="Q: gold climbs on a weaker dollar\nA:", max_tokens=1)
     cascade_plan = plan(policy, router_pb2.RoutingOptions(), None)

@@ -169,7 +169,8 @@ as a string; 1.0e-07 is a float to every YAML reader. */}}
 
 {{/* The router's policy ------------------------------------------------------------------
 router.policy with every tier's address resolved: a tier without an address named "edge" or
-"cloud" points at the chart's own Service; anything else must say where it is. Checks what
+"cloud" points at the chart's own Service; an in_router tier runs inside the router and has
+none; anything else must say where it is. Checks what
 would otherwise only fail inside the router, after the rollout: duplicate tier names, a
 cascade naming an unknown tier, a default address for a component that is switched off. */}}
 {{- define "tierlm.policy" -}}
@@ -183,7 +184,7 @@ cascade naming an unknown tier, a default address for a component that is switch
 {{- end -}}
 {{- $names = append $names $tier.name -}}
 {{- $resolved := deepCopy $tier -}}
-{{- if not $tier.address -}}
+{{- if not (or $tier.address $tier.in_router) -}}
 {{- if eq $tier.name "edge" -}}
 {{- if not $root.Values.edge.enabled -}}
 {{- fail (printf "router.policy.tiers[%d] (edge) has no address and edge.enabled is false: set its address or remove the tier" $i) -}}

@@ -40,7 +40,7 @@ def serve(
     """Serve tierlm.v1.Generator answering label choices from the query's embedding (no LLM)."""
     from tierlm.router.embeddings import Encoder
     from tierlm.router.encoder_choice import ENCODERS, static_for
-    from tierlm.router.study.tier_setup import NO_LLM_MODELS
+    from tierlm.router.nollm.models import NO_LLM_MODELS
     from tierlm.router.workload import load_workload
     from tierlm.serving import GrpcServer
     from tierlm.v1 import generator_pb2, generator_pb2_grpc
