@@ -131,17 +131,19 @@ def plan(policy: Policy, routing: router_pb2.RoutingOptions, tenant_budget_per_q
 class RoutedRequest:
     """One request on its way through the cascade.
 
-    Built by :meth:`CascadeRunner.prepare` before anything is called: what each tier of the plan
-    will be sent (so budgets reserve what those requests may cost) and the query, embedded at
-    most once. The trace fills in as tiers are tried; the caller keeps it, so a request that is
-    cancelled or times out is still billed and ledgered for the tiers it called.
+    Built by :meth:`CascadeRunner.prepare` before anything is called: the query, embedded at
+    most once, and, when a budget prices the request up front, what each tier of the plan will be
+    sent and may cost (otherwise a tier's request is rendered when it is first called). The trace
+    fills in as tiers are tried; the caller keeps it, so a request that is cancelled or times out
+    is still billed and ledgered for the tiers it called.
     """
 
     request: generator_pb2.GenerateRequest
     query: RequestQuery
     tier_requests: dict[str, generator_pb2.GenerateRequest]
     trace: router_pb2.RoutingTrace = field(default_factory=router_pb2.RoutingTrace)
-    # The most calling each tier of the plan may cost (a speculative stage: both tiers, and its fallback).
+    # The most calling each tier of the plan may cost (a speculative stage: both tiers, and its
+    # fallback); filled by a priced prepare.
     stage_costs: dict[str, float] = field(default_factory=dict)
     # The best answer that was scored below its threshold, kept in case every later tier fails.
     fallback: tuple[generator_pb2.GenerateResponse, router_pb2.TierAttempt] | None = None
@@ -155,7 +157,8 @@ class RoutedRequest:
         self.responses[tier] = answer
 
     def worst_case_cost(self, plan_: CascadePlan) -> float:
-        """What the request may cost at most: every tier of the plan called, with its own request."""
+        """What the request may cost at most: every tier of the plan called, with its own request
+        (the request must have been prepared ``priced``)."""
         return sum(self.stage_costs[tier.name] for tier in plan_.tiers)
 
     def add(self, tier: str, outcome: int, reason: str, cost: float = 0.0, latency_ms: float = 0.0) -> router_pb2.TierAttempt:
@@ -219,14 +222,16 @@ class CascadeRunner:
         self._query_of = query_of
         self._on_tier_call = on_tier_call or (lambda tier, seconds, ok: None)
 
-    async def prepare(self, request: generator_pb2.GenerateRequest, plan_: CascadePlan) -> RoutedRequest:
-        """What each tier of the plan will be sent, before anything is called. The query is
-        embedded here (off the event loop, batched with other requests'), once for retrieval and
-        the scorer alike."""
+    async def prepare(self, request: generator_pb2.GenerateRequest, plan_: CascadePlan, priced: bool = True) -> RoutedRequest:
+        """The request ready for the cascade, before anything is called. The query is embedded
+        here (off the event loop, batched with other requests'), once for retrieval and the scorer
+        alike. ``priced``: also render what each tier of the plan will be sent and its worst-case
+        cost, for a budget that holds or checks it up front; unpriced, a tier's prompt is rendered
+        when the tier is called, so a request the first tier answers renders no other."""
         routed = RoutedRequest(request, self._query_of(request), {})
         await routed.query.embedded()
         current_query.set(routed.query)  # for the tiers the router answers itself (the request's task and its children)
-        for tier in plan_.tiers:
+        for tier in plan_.tiers if priced else ():
             tier_request = self.request_for(routed, tier.name)
             routed.stage_costs[tier.name] = worst_case_cost(tier, tier_request)
             pair = self.speculation
@@ -338,7 +343,7 @@ class CascadeRunner:
         A None from a breaker in the half-open state has claimed its single probe: every
         outcome of the call then records a verdict or releases it."""
         if plan_.budget_per_query is not None:
-            would_spend = routed.trace.total_cost + routed.stage_costs.get(tier.name, worst_case_cost(tier, routed.tier_requests[tier.name]))
+            would_spend = routed.trace.total_cost + routed.stage_costs.get(tier.name, worst_case_cost(tier, self.request_for(routed, tier.name)))
             if would_spend > plan_.budget_per_query:
                 return f"may cost {would_spend:.6g} in all, over budget_per_query {plan_.budget_per_query:g}"
         breaker = self.breakers[tier.name]
@@ -349,7 +354,7 @@ class CascadeRunner:
     async def _attempt(self, tier: TierConfig, routed: RoutedRequest, remaining: float | None) -> _Call | None:
         """Call the tier unary; None after a retryable failure (recorded), which moves on to the
         next tier. A failure that is the request's fault ends the cascade with its code."""
-        request = routed.tier_requests[tier.name]
+        request = self.request_for(routed, tier.name)
         started = time.perf_counter()
         try:
             answer = await self.tiers[tier.name].generate(request, remaining)
@@ -395,7 +400,7 @@ class CascadeRunner:
         pair = self.speculation
         return (
             pair is not None
-            and pair.applies(tier, routed.tier_requests[tier.name])
+            and pair.applies(tier, self.request_for(routed, tier.name))
             and self.breakers[pair.draft.name].state is BreakerState.CLOSED
             and self.breakers[tier.name].state is BreakerState.CLOSED
         )
@@ -404,7 +409,7 @@ class CascadeRunner:
         """Reach ``tier`` (the verify tier) through the draft tier; if that fails, the policy's
         fallback tier answers alone, and the trace says both."""
         pair = self.speculation
-        request = pair.request(routed.tier_requests[tier.name])
+        request = pair.request(self.request_for(routed, tier.name))
         started = time.perf_counter()
         try:
             # The generation takes as long as the verify tier's would: its timeout bounds the call.
@@ -455,7 +460,7 @@ class CascadeRunner:
         generated = 0  # tokens streamed so far (each chunk carries its tokens' log-probs)
         streamed: list[generator_pb2.GenerateResponse] = []
         try:
-            async for chunk in self.tiers[tier.name].stream(routed.tier_requests[tier.name], remaining):
+            async for chunk in self.tiers[tier.name].stream(self.request_for(routed, tier.name), remaining):
                 if chunk.is_final:
                     cost = tier.cost.cost(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     latency = (time.perf_counter() - call_started) * 1e3
@@ -514,7 +519,7 @@ class CascadeRunner:
         """Record a call the client's cancellation or deadline cut short, billed for the prompt the
         tier processed (estimated) and the tokens it had generated; no verdict on the tier."""
         latency = (time.perf_counter() - call_started) * 1e3
-        cost = tier.cost.cost(prompt_token_estimate(routed.tier_requests[tier.name]), completion_tokens)
+        cost = tier.cost.cost(prompt_token_estimate(self.request_for(routed, tier.name)), completion_tokens)
         routed.add(tier.name, Outcome.TIER_OUTCOME_FAILED,
                    f"cut by the client after {latency:.0f} ms, {completion_tokens} tokens generated", cost, latency)
         self.breakers[tier.name].release()

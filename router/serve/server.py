@@ -326,10 +326,14 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 await self._finish(book)
                 yield router_pb2.CompleteResponse(answer=cached, trace=book.trace)
                 return
-            routed = await generation.runner.prepare(inner, cascade_plan)
+            budget = self._daily_budget(generation, tenant)
+            # Priced up front only when a budget needs the worst case before any tier is called.
+            priced = budget is not None or cascade_plan.budget_per_query is not None
+            routed = await generation.runner.prepare(inner, cascade_plan, priced=priced)
             book.trace = routed.trace
             explore = generation.learning.explores()
-            book.reservation = await self._reserve(generation, book, routed.worst_case_cost(cascade_plan), cascade_plan)
+            if budget is not None:
+                book.reservation = await self._reserve(generation, book, routed.worst_case_cost(cascade_plan), budget, cascade_plan)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             if stream:
@@ -412,17 +416,19 @@ class RouterService(router_pb2_grpc.RouterServicer):
         except ValueError as exc:  # a routing option the policy cannot apply
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
+    @staticmethod
+    def _daily_budget(generation: _Generation, tenant: str) -> float | None:
+        config = generation.tenants.get(tenant)
+        return None if config is None else config.budget_per_day
+
     async def _reserve(
-        self, generation: _Generation, book: _Booking, worst_case: float, cascade_plan: CascadePlan
-    ) -> Reservation | None:
-        """Hold the request's worst-case cost under its tenant's daily budget (if it has one)."""
-        config = generation.tenants.get(book.tenant)
-        if config is None or config.budget_per_day is None:
-            return None
+        self, generation: _Generation, book: _Booking, worst_case: float, budget_per_day: float, cascade_plan: CascadePlan
+    ) -> Reservation:
+        """Hold the request's worst-case cost under its tenant's daily budget."""
         # The hold outlives every tier the request may call, then any router's sweep frees it.
         lease_s = sum(tier.timeout_s for tier in cascade_plan.tiers) + generation.policy.limits.lease_margin_s
         try:
-            return await self.store.reserve(book.request.request_id, book.tenant, worst_case, config.budget_per_day, lease_s)
+            return await self.store.reserve(book.request.request_id, book.tenant, worst_case, budget_per_day, lease_s)
         except BudgetExceeded as exc:
             seconds_left = _SECONDS_PER_DAY - time.time() % _SECONDS_PER_DAY
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), (

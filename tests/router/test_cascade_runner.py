@@ -104,6 +104,29 @@ def outcomes(trace: router_pb2.RoutingTrace) -> list[tuple[str, int]]:
     return [(a.tier, a.outcome) for a in trace.attempts]
 
 
+def test_unpriced_a_tier_request_is_rendered_only_when_the_tier_is_called() -> None:
+    rendered: list[str] = []
+
+    def rewrite(tier, request, query):
+        rendered.append(tier)
+        return request
+
+    policy = parse_policy(POLICY)
+    cascade_plan = plan(policy, router_pb2.RoutingOptions(), None)
+    request = generator_pb2.GenerateRequest(prompt="gold rises", max_tokens=4)
+
+    async def go(priced: bool) -> float | None:
+        cascade = runner(ScriptedTier(answer("up", 0.9)), ScriptedTier(answer("down", 0.99)), rewrite=rewrite)
+        routed = await cascade.prepare(request, cascade_plan, priced=priced)
+        await cascade.complete(routed, cascade_plan, None)
+        return routed.worst_case_cost(cascade_plan) if priced else None
+
+    assert asyncio.run(go(priced=False)) is None and rendered == ["small"]  # the small tier answered
+    rendered.clear()
+    # Priced (a budget holds the worst case up front): every tier of the plan, before any call.
+    assert asyncio.run(go(priced=True)) == pytest.approx(0.001 + 0.01 + 4 * 0.001) and rendered == ["small", "large"]
+
+
 def test_a_confident_cheap_answer_is_accepted_and_the_large_tier_never_called() -> None:
     small, large = ScriptedTier(answer("up", 0.9)), ScriptedTier(answer("down", 0.99))
     [(final, trace)] = route(runner(small, large))
