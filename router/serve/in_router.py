@@ -18,11 +18,11 @@ from tierlm.config import Policy, TierConfig
 from tierlm.errors import GenerationError
 from tierlm.router.embeddings import Similarities
 from tierlm.router.nollm.base import EmbeddingTier
+from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.router.prompting import Labelled, request_query
 from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.query import Compare, current_query
 from tierlm.router.serve.tiers import TierFailure
-from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.v1 import generator_pb2
 
 

@@ -8,11 +8,11 @@ import grpc
 import numpy as np
 import pytest
 
+from tierlm.config import IN_ROUTER_MODELS
 from tierlm.errors import GenerationError
+from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.router.nollm.probe import LinearProbe
 from tierlm.router.nollm.probe_tier import ProbeGenerator
-from tierlm.config import IN_ROUTER_MODELS
-from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.v1 import generator_pb2
 
 from tests.support.workloads import row
