@@ -18,7 +18,7 @@ from tierlm.config import Policy, TierConfig
 from tierlm.errors import GenerationError
 from tierlm.router.embeddings import Similarities
 from tierlm.router.nollm.base import EmbeddingTier
-from tierlm.router.nollm.models import NO_LLM_MODELS
+from tierlm.router.nollm.models import no_llm_tier
 from tierlm.router.prompting import Labelled, request_query
 from tierlm.router.serve.batcher import EncodeBatcher
 from tierlm.router.serve.query import Compare, current_query
@@ -74,15 +74,14 @@ def in_router_tiers(
 ) -> dict[str, InRouterTier]:
     """The policy's ``in_router`` tiers by name, learning from ``pool`` (the policy's), whose
     embeddings ``pool_index`` holds, with the router's encoder."""
-    tiers = [t for t in policy.tiers if t.in_router]
-    if not tiers:
+    if not any(t.in_router for t in policy.tiers):
         return {}
     if pool_index is None or batcher is None:
         raise ValueError("in_router tiers need the policy's pool embedded by the router's encoder")
-    return {
-        tier.name: InRouterTier(
-            tier, NO_LLM_MODELS[tier.model](batcher.encoder, pool, tier_name=tier.name, pool_embeddings=pool_index.rows),
-            pool_index, batcher.embed_compared,
-        )
-        for tier in tiers
-    }
+    tiers: dict[str, InRouterTier] = {}
+    for tier in (t for t in policy.tiers if t.in_router):
+        model = no_llm_tier(tier, batcher.encoder, pool, pool_embeddings=pool_index.rows)
+        if model is None:  # the policy's checks refuse this first (tierlm.config.IN_ROUTER_MODELS)
+            raise ValueError(f"tier {tier.name!r}: {tier.model!r} is not a no-LLM model")
+        tiers[tier.name] = InRouterTier(tier, model, pool_index, batcher.embed_compared)
+    return tiers

@@ -23,9 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tierlm.config import CostModel, Policy
 from tierlm.router.encoder_choice import offline_policy_encoder
 from tierlm.router.learn.records import AnswerRecord
-from tierlm.router.nollm.models import NO_LLM_MODELS
+from tierlm.router.nollm.models import NO_LLM_MODELS, no_llm_tier
 from tierlm.router.prompting import PromptBuilder
-from tierlm.router.study.tier_setup import model_folder, no_llm_tier, prompt_builder
+from tierlm.router.study.tier_setup import model_folder, prompt_builder
 from tierlm.router.workload import Workload, WorkloadRow, load_workload
 from tierlm.v1 import generator_pb2
 

@@ -21,11 +21,11 @@ from tierlm.router.learn.quality import tier_score_metrics
 from tierlm.router.learn.scorer import Scorer
 from tierlm.router.nollm.base import pool_labels
 from tierlm.router.nollm.knn import KnnVote
+from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.router.nollm.probe import LinearProbe
 from tierlm.router.study.cascade_report import frontier_on, policy_row, routing_rows
 from tierlm.router.study.collect import AnswerStore
 from tierlm.router.study.frontier_plot import plot_cost_accuracy
-from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.router.workload import Workload, WorkloadRow
 
 

@@ -9,8 +9,6 @@ from tierlm.config import PromptStrategy, TierConfig
 from tierlm.edge import catalog
 from tierlm.errors import MissingResource
 from tierlm.router.embeddings import TextEncoder
-from tierlm.router.nollm.base import EmbeddingTier
-from tierlm.router.nollm.models import NO_LLM_MODELS
 from tierlm.router.prompting import Labelled, PromptBuilder
 
 #: A tier without a prompt strategy is sent each row's query as it is.
@@ -36,10 +34,3 @@ def model_folder(tier: TierConfig) -> Path:
     if not folder.is_dir():
         raise MissingResource(f"tier {tier.name!r}: model {tier.model!r} is neither a known model name nor a folder")
     return folder
-
-
-def no_llm_tier(tier: TierConfig, encoder: TextEncoder, pool: Sequence[Labelled]) -> EmbeddingTier | None:
-    """The tier's no-LLM Generator (its classifier learns from ``pool``), or None if its model
-    is a language model."""
-    cls = NO_LLM_MODELS.get(tier.model or "")
-    return None if cls is None else cls(encoder, pool, tier_name=tier.name)

@@ -53,10 +53,10 @@ def test_only_a_no_llm_model_over_the_pool_runs_in_the_router(tmp_path: Path) ->
 
 
 class Comparing:
-    """The router's ``compare`` over an encoder and a pool index, counting its calls."""
+    """The router's ``compare`` over an encoder, counting its calls."""
 
-    def __init__(self, encoder, index: Similarities):
-        self.encoder, self.index, self.calls = encoder, index, 0
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, 0
 
     async def __call__(self, text, pools):
         self.calls += 1
@@ -81,7 +81,7 @@ def test_the_tier_answers_what_it_answers_on_its_own_from_the_routed_query() -> 
     encoder = DenseEncoder()
     served = KnnGenerator(encoder, pool, tier_name="knn")  # what `tierlm knn serve` runs
     index = Similarities(served.pool_embeddings)
-    compare = Comparing(encoder, index)
+    compare = Comparing(encoder)
     tier = InRouterTier(TierConfig(**KNN), KnnGenerator(encoder, pool, tier_name="knn", pool_embeddings=index.rows),
                         index, compare)
     queries = [pool[3].query] + [row.query for row in list(headlines("dev"))[:30]]  # a pool row: it must not vote
