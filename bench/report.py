@@ -40,6 +40,9 @@ ABOUT = {
               "sentence encoder embeds every query (minilm: examples/demo/policy.yaml; static: examples/demo-static/policy.yaml, "
               "whose knn tier votes inside the router, `in_router`). Open-loop rows run at fractions of each path's own "
               "saturation (`fraction`) and at 400 requests/s, 80% of the 500/s target.",
+    "static_demonstrations": "Do the static encoder's retrieved demonstrations cost the cloud model accuracy? "
+                             "(bench/static_demonstrations.py) On HEADLINES train only: a 4,000-row pool, the static encoder "
+                             "fitted to it, held-out train rows answered by gemma-3-270m with each retrieval's 8 demonstrations.",
     "encoders": "The router's sentence encoders (bench/encoders.py): CPU per query against what each keeps of MiniLM on "
                 "HEADLINES dev (cosine, the demonstrations it retrieves, the knn vote, a linear probe). `static-fitted` is "
                 "the policy setting `encoder: static`; everything fitted saw train only.",
